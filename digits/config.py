@@ -1,0 +1,110 @@
+"""Typed configuration of every job: one dataclass per job, one name per knob.
+
+The field names are the MLproject parameter names and the CLI flag names (``--batch_size``), so a value
+travels unchanged from ``mlflow run -P batch_size=256`` to ``TrainConfig.batch_size``. Optuna fills the
+same dataclass (``tuning.space.suggest_config``). This module knows nothing of argparse, MLflow or Optuna.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where MNIST comes from and how the 60,000 training images are split."""
+
+    data_dir: str = field(default="", metadata={"help": "directory with the four MNIST IDX files (gzipped or not); empty: $DIGITS_DATA_DIR, else ~/.cache/digits/mnist, downloading there if empty"})
+    val_size: int = field(default=5000, metadata={"help": "images held out of the 60,000 training images for validation (stratified, seeded)"})
+    subset: int = field(default=0, metadata={"help": "train on the first N training images of a stratified order; 0 = all"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation, the batch order and the augmentation"})
+
+    def validate(self) -> None:
+        _check(self.val_size >= 10, f"val_size must be at least 10, got {self.val_size}")
+        _check(self.val_size <= 30000, f"val_size must be at most 30000, got {self.val_size}")
+        _check(self.subset >= 0, f"subset must be 0 (all) or a positive number of images, got {self.subset}")
+        _check(self.subset == 0 or self.subset >= 100, f"subset must be 0 (all) or at least 100 images, got {self.subset}")
+        _check(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(DataConfig):
+    """Everything that defines one CNN training run: network shape, optimisation and the machine."""
+
+    epochs: int = field(default=10, metadata={"help": "passes over the training split"})
+    batch_size: int = field(default=128, metadata={"help": "images per optimisation step"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (with Nesterov momentum) or adamw"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate of the schedule"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (AdamW: beta1)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "decoupled weight decay (not applied to biases and norms)"})
+    schedule: str = field(default="onecycle", metadata={"help": "onecycle (linear warm-up, cosine decay) or cosine (decay only)"})
+    warmup: float = field(default=0.2, metadata={"help": "fraction of the steps spent warming up (onecycle only)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 0.5)"})
+    width: int = field(default=16, metadata={"help": "channels of the first block; each later block doubles them"})
+    blocks: int = field(default=3, metadata={"help": "convolutional blocks, 1 to 4: the first is one 3x3 convolution at 28x28, each later one two 3x3 convolutions at half the resolution of the one before"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout before the classifier, in [0, 0.9]"})
+    batch_norm: bool = field(default=True, metadata={"help": "batch normalisation after each convolution"})
+    augment: float = field(default=0.5, metadata={"help": "augmentation strength in [0, 1]: random shifts (up to 3 px), rotations (up to 15 degrees) and scaling (up to 15%) times this; 0 = off"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda > mps > cpu), cpu, cuda or mps"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = one per available core"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the network (CUDA only: it costs more than it saves on a short CPU run)"})
+
+    def validate(self) -> None:
+        super().validate()
+        _check(1 <= self.epochs <= 1000, f"epochs must be an integer from 1 to 1000, got {self.epochs}")
+        _check(1 <= self.batch_size <= 65536, f"batch_size must be an integer from 1 to 65536, got {self.batch_size}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(math.isfinite(self.lr) and 0 < self.lr <= 10, f"lr must be a number in (0, 10], got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(0 <= self.weight_decay < 1, f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
+        _check(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        _check(1 <= self.width <= 512, f"width must be an integer from 1 to 512, got {self.width}")
+        _check(1 <= self.blocks <= 4, f"blocks must be an integer from 1 to 4, got {self.blocks}")
+        _check(0 <= self.dropout <= 0.9, f"dropout must be in [0, 0.9], got {self.dropout}")
+        _check(0 <= self.augment <= 1, f"augment must be in [0, 1], got {self.augment}")
+        _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.threads >= 0, f"threads must be 0 (auto) or a positive integer, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build a config from a dict (a saved config.json), ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def parse_bool(text: str) -> bool:
+    """Parse a CLI/MLproject boolean: true/false, 1/0, yes/no, on/off (any case)."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected a boolean (true/false), got {text!r}")
