@@ -13,13 +13,17 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from digits.errors import DigitsError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(DigitsError, ValueError):
     """A configuration value is invalid; the message is one line meant for the user."""
+
+    exit_code = 2  # the usage-error code, as argparse uses
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class DataConfig:
         _check(self.subset >= 0, f"subset must be 0 (all) or a positive number of images, got {self.subset}")
         _check(self.subset == 0 or self.subset >= 100, f"subset must be 0 (all) or at least 100 images, got {self.subset}")
         _check(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only this class's own fields (a subclass's ``to_dict`` has all of its own)."""
+        return {f.name: getattr(self, f.name) for f in fields(DataConfig)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,24 @@ class TrainConfig(DataConfig):
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The Optuna search over ``TrainConfig`` (run by ``tuning``; this module does not import optuna)."""
+
+    n_trials: int = field(default=12, metadata={"help": "trials to add to the study in this run (about 10 minutes on 2 CPU cores with the full training split)"})
+    timeout: float = field(default=0.0, metadata={"help": "stop starting new trials after this many seconds; 0 = no limit"})
+    trial_epochs: int = field(default=2, metadata={"help": "epochs of each trial (the final model trains for epochs)"})
+    storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"})
+    study_name: str = field(default="digits-cnn", metadata={"help": "name of the Optuna study in storage"})
+
+    def validate(self) -> None:
+        _check(1 <= self.n_trials <= 10000, f"n_trials must be an integer from 1 to 10000, got {self.n_trials}")
+        _check(math.isfinite(self.timeout) and self.timeout >= 0, f"timeout must be 0 (none) or a positive number of seconds, got {self.timeout}")
+        _check(1 <= self.trial_epochs <= 100, f"trial_epochs must be an integer from 1 to 100, got {self.trial_epochs}")
+        _check(bool(self.storage.strip()), "storage must be an Optuna storage URL such as sqlite:///optuna.db")
+        _check(bool(self.study_name.strip()), "study_name must not be empty")
 
 
 def _check(ok: bool, message: str) -> None:

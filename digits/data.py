@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from digits.errors import DigitsError
+
 log = logging.getLogger(__name__)
 
 FILES = {
@@ -31,7 +33,7 @@ _MAGIC = {3: 0x00000803, 1: 0x00000801}
 DATASET_NAME = "mnist"
 
 
-class DataError(RuntimeError):
+class DataError(DigitsError):
     """MNIST could not be found, downloaded or read; the message is one line naming the file and the fault."""
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from digits.config import ConfigError, TrainConfig
 from digits.data import augment_batch, to_device
+from digits.errors import DigitsError
 from digits.model import build_model
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict], None]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DigitsError):
     """The training loss became NaN or infinite: the run is useless and stops."""
 
 

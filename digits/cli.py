@@ -1,0 +1,160 @@
+"""``digits`` command line: parse and validate flags, run a job, turn errors into one line and an exit code.
+
+Flags are generated from the config dataclasses, so a flag, its MLproject parameter and its config field share
+one name (``--batch_size``, also spelt ``--batch-size``). Every flag's help states its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, Callable, Sequence
+
+from digits.config import ConfigError, DataConfig, SearchConfig, TrainConfig, parse_bool
+from digits.errors import DigitsError
+
+PROG = "digits"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        value = float(text)
+        if value != int(value):
+            raise ValueError
+        return int(value)  # accept "10" and "10.0" (MLflow may pass either), not "10.5"
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {int: _int, float: _float, bool: _bool, str: str, "int": _int, "float": _float, "bool": _bool, "str": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """Add one flag per field of the dataclass ``cls`` (name, type, default and help from the field)."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default if f.default is not MISSING else None
+        shown = "empty" if default == "" else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+        parser.add_argument(*names, dest=f.name, type=_PARSERS[f.type], default=default, help=help_text, metavar=str(f.type).upper() if isinstance(f.type, str) else f.type.__name__.upper())
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Build and validate the dataclass ``cls`` from parsed flags."""
+    config = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    config.validate()
+    return config
+
+
+# --- the subcommands ----------------------------------------------------------------------------------------------
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    from digits import pipeline
+
+    pipeline.run_main(config_from_args(TrainConfig, args))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digits import pipeline
+
+    config = config_from_args(TrainConfig, args)
+    mnist, split = pipeline.load_data(config)
+    pipeline.run_cnn(config, mnist, split, nested=False)
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from digits import pipeline
+
+    config = config_from_args(DataConfig, args)
+    mnist, split = pipeline.load_data(config)
+    pipeline.run_baseline(config, mnist, split, nested=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``digits`` parser with every subcommand."""
+    parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("main", help="the whole pipeline: baseline, CNN, test evaluation (the MLproject's main entry point)")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(handler=cmd_main)
+
+    p = sub.add_parser("train", help="train and evaluate one CNN with the given config")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("baseline", help="fit and evaluate the logistic-regression baseline")
+    add_config_flags(p, DataConfig)
+    p.set_defaults(handler=cmd_baseline)
+    return parser
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    from digits.tracking import RunInterrupted
+
+    raise RunInterrupted(f"received signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``digits`` console script and ``python -m digits``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C: runs end KILLED, trials are marked failed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return args.handler(args)
+    except DigitsError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        from mlflow.exceptions import MlflowException
+
+        from digits.tracking import RunInterrupted
+
+        if isinstance(exc, RunInterrupted):
+            print(f"{PROG} {args.command}: stopped by {exc}", file=sys.stderr)
+            return 143
+        if isinstance(exc, MlflowException):  # a bad tracking URI, an unknown model: the user's to fix
+            print(f"{PROG} {args.command}: error: MLflow: {str(exc.message).strip().splitlines()[0]}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

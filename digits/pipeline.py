@@ -1,0 +1,100 @@
+"""The jobs behind the MLproject entry points: each model in its own MLflow run, the steps in order.
+
+This is the top layer: it may call into ``tuning`` (the library modules below it never do).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+
+from digits import baseline, tracking
+from digits.config import DataConfig, TrainConfig
+from digits.data import MNIST, Split, load_mnist, split_train_val
+from digits.evaluation import log_test_evaluation
+from digits.model import predict_proba, save_checkpoint
+from digits.train import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutcome:
+    """What a model's run left behind: its id, its test metrics and (for the CNN) the logged model's URI."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str | None = None
+
+
+def load_data(config: DataConfig) -> tuple[MNIST, Split]:
+    """Load MNIST (``config.data_dir`` or the cache) and split it as ``config`` says."""
+    t0 = time.perf_counter()
+    mnist = load_mnist(config.data_dir or None)
+    split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+    log.info(
+        "MNIST from %s (digest %s): %d train, %d validation, %d test images (%.1fs)",
+        mnist.source, mnist.digest, len(split.train), len(split.val), len(mnist.test_labels), time.perf_counter() - t0,
+    )
+    return mnist, split
+
+
+def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
+    """Fit the logistic-regression baseline on the training split, evaluate it on test, log it as ``baseline-logreg``."""
+    with tracking.model_run("baseline-logreg", nested=nested, model_family="logreg", pipeline_step="baseline") as active:
+        mlflow.log_params({"model": "LogisticRegression", "solver": "lbfgs", "C": 1.0, "max_iter": 100, **DataConfig.to_dict(config)})
+        tracking.log_dataset(mnist, "train", split.train, "training")
+        tracking.log_dataset(mnist, "test", None, "testing")
+        t0 = time.perf_counter()
+        model = baseline.fit_baseline(mnist.train_images[split.train], mnist.train_labels[split.train], seed=config.seed)
+        fit_seconds = time.perf_counter() - t0
+        proba = baseline.predict_proba(model, mnist.test_images)
+        metrics = log_test_evaluation(mnist.test_labels, proba)
+        mlflow.log_metric("fit_seconds", fit_seconds)
+        example = baseline.features(mnist.test_images[:2])
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=mlflow.models.infer_signature(example, proba[:2]), input_example=example
+        )
+        log.info("baseline: test accuracy %.2f%% (fit %.1fs)", 100 * metrics["test_accuracy"], fit_seconds)
+        return ModelOutcome(active.info.run_id, metrics, info.model_uri)
+
+
+def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, final: bool = False) -> ModelOutcome:
+    """Train the CNN, evaluate it once on the test set and log config, epochs, metrics and checkpoint.
+
+    ``final``: train on the training and validation images together (the configuration was already chosen
+    on validation), so no validation metrics are logged.
+    """
+    name, step = ("cnn-final", "final") if final else ("cnn", "train")
+    with tracking.model_run(name, nested=nested, model_family="cnn", pipeline_step=step) as active:
+        tracking.log_config(config)
+        train_idx = np.sort(np.concatenate([split.train, split.val])) if final else split.train
+        tracking.log_dataset(mnist, "train", train_idx, "training")
+        if not final:
+            tracking.log_dataset(mnist, "train", split.val, "validation")
+        tracking.log_dataset(mnist, "test", None, "testing")
+        val = None if final else (mnist.train_images[split.val], mnist.train_labels[split.val])
+        result = fit(config, (mnist.train_images[train_idx], mnist.train_labels[train_idx]), val, callbacks=[tracking.epoch_logger()])
+        mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
+        proba = predict_proba(result.model, mnist.test_images)
+        metrics = log_test_evaluation(mnist.test_labels, proba)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(result.model, config, tmp)
+            mlflow.log_artifacts(tmp, "checkpoint")
+        log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
+        return ModelOutcome(active.info.run_id, metrics)
+
+
+def run_main(config: TrainConfig) -> None:
+    """The ``main`` entry point: baseline, then the CNN, each a child of the (``mlflow run``) parent run."""
+    mnist, split = load_data(config)
+    with tracking.run("main", tags={"pipeline_step": "main"}):
+        tracking.log_config(config)
+        base = run_baseline(config, mnist, split, nested=True)
+        cnn = run_cnn(config, mnist, split, nested=True)
+        mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})

@@ -1,0 +1,95 @@
+"""MLflow glue: experiment choice, parent and child runs, config params, datasets, the per-epoch logging callback.
+
+Knows nothing of Optuna. The training loop never imports this module: it reports epochs to callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from typing import Iterator
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+
+from digits.config import TrainConfig
+from digits.data import DATASET_NAME, MNIST
+
+DEFAULT_EXPERIMENT = "digits"
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C so that runs end as KILLED and studies stay consistent."""
+
+
+def use_default_experiment() -> None:
+    """Log into the experiment ``digits`` unless MLflow was told otherwise (``mlflow run``, MLFLOW_EXPERIMENT_*)."""
+    if not any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+
+
+@contextlib.contextmanager
+def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, KILLED on Ctrl-C/SIGTERM, else FAILED.
+
+    A top-level run resumes ``MLFLOW_RUN_ID`` when ``mlflow run`` set it, so that run becomes the parent.
+    """
+    if not nested:
+        use_default_experiment()
+    resuming = not nested and bool(os.environ.get("MLFLOW_RUN_ID"))
+    active = mlflow.start_run(run_name=None if resuming else name, nested=nested, tags=tags)
+    try:
+        yield active
+    except (KeyboardInterrupt, RunInterrupted):
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def model_run(name: str, *, nested: bool, model_family: str, pipeline_step: str, **tags: str):
+    """A model's run (a child of the pipeline's run when ``nested``), with the tags the MLflow UI compares by."""
+    return run(name, nested=nested, tags={"model_family": model_family, "pipeline_step": pipeline_step, **tags})
+
+
+def log_config(config: TrainConfig) -> None:
+    """Log every config field as a param and the whole config as ``config.json``."""
+    mlflow.log_params(config.to_dict())
+    mlflow.log_dict(config.to_dict(), "config.json")
+
+
+def epoch_logger(prefix: str = ""):
+    """A ``fit`` callback that logs each epoch's metrics with ``step`` = epoch."""
+
+    def callback(epoch: int, metrics: dict) -> None:
+        mlflow.log_metrics({prefix + k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    return callback
+
+
+def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: str) -> None:
+    """Log one part of MNIST (``train``/``test``, optionally the rows ``indices``) as a run input.
+
+    The digest covers the file content and the rows chosen, so two runs share a digest exactly when they
+    saw the same images.
+    """
+    images = getattr(mnist, f"{part}_images")
+    labels = getattr(mnist, f"{part}_labels")
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    digest = hashlib.sha256(mnist.digest.encode() + part.encode())
+    if indices is not None:
+        digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    with warnings.catch_warnings():
+        # MLflow registers two equivalent local-file source classes and warns that a path matches both.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            images, targets=labels, source=mnist.source, name=f"{DATASET_NAME}-{context}", digest=digest.hexdigest()[:16]
+        )
+    mlflow.log_input(dataset, context=context)
