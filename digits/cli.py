@@ -80,7 +80,7 @@ def config_from_args(cls: type, args: argparse.Namespace):
 def cmd_main(args: argparse.Namespace) -> int:
     from digits import pipeline
 
-    pipeline.run_main(config_from_args(TrainConfig, args))
+    pipeline.run_main(config_from_args(TrainConfig, args), config_from_args(SearchConfig, args), args.model_name)
     return 0
 
 
@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("main", help="the whole pipeline: baseline, CNN, test evaluation (the MLproject's main entry point)")
+    p = sub.add_parser("main", help="the whole pipeline: baseline, Optuna search, final CNN, test evaluation, registry (the MLproject's main entry point)")
     add_config_flags(p, TrainConfig)
+    add_config_flags(p, SearchConfig)
+    p.add_argument("--model_name", "--model-name", default="digits-cnn", help="registered model name of the final CNN (default: digits-cnn)")
     p.set_defaults(handler=cmd_main)
 
     p = sub.add_parser("train", help="train and evaluate one CNN with the given config")

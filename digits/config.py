@@ -107,18 +107,21 @@ class TrainConfig(DataConfig):
 class SearchConfig:
     """The Optuna search over ``TrainConfig`` (run by ``tuning``; this module does not import optuna)."""
 
-    n_trials: int = field(default=12, metadata={"help": "trials to add to the study in this run (about 10 minutes on 2 CPU cores with the full training split)"})
+    n_trials: int = field(default=12, metadata={"help": "trials to add to the study in this run (about 10 minutes on 2 CPU cores with the full training split); 0 = no search, train the given config"})
     timeout: float = field(default=0.0, metadata={"help": "stop starting new trials after this many seconds; 0 = no limit"})
     trial_epochs: int = field(default=2, metadata={"help": "epochs of each trial (the final model trains for epochs)"})
     storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"})
     study_name: str = field(default="digits-cnn", metadata={"help": "name of the Optuna study in storage"})
 
     def validate(self) -> None:
-        _check(1 <= self.n_trials <= 10000, f"n_trials must be an integer from 1 to 10000, got {self.n_trials}")
+        _check(0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}")
         _check(math.isfinite(self.timeout) and self.timeout >= 0, f"timeout must be 0 (none) or a positive number of seconds, got {self.timeout}")
         _check(1 <= self.trial_epochs <= 100, f"trial_epochs must be an integer from 1 to 100, got {self.trial_epochs}")
         _check(bool(self.storage.strip()), "storage must be an Optuna storage URL such as sqlite:///optuna.db")
         _check(bool(self.study_name.strip()), "study_name must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def _check(ok: bool, message: str) -> None:

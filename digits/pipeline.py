@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 
 from digits import baseline, tracking
-from digits.config import DataConfig, TrainConfig
+from digits.config import DataConfig, SearchConfig, TrainConfig
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_test_evaluation
 from digits.model import predict_proba, save_checkpoint
@@ -90,11 +90,21 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
         return ModelOutcome(active.info.run_id, metrics)
 
 
-def run_main(config: TrainConfig) -> None:
-    """The ``main`` entry point: baseline, then the CNN, each a child of the (``mlflow run``) parent run."""
+def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digits-cnn") -> None:
+    """The ``main`` entry point: baseline, Optuna search, the best config retrained on train+validation, test.
+
+    Every step is a child of the pipeline's run (the one ``mlflow run`` created, or a new ``main`` run).
+    ``search.n_trials == 0`` skips the search and retrains ``config`` itself.
+    """
     mnist, split = load_data(config)
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
+        mlflow.log_params({**search.to_dict(), "model_name": model_name})
         base = run_baseline(config, mnist, split, nested=True)
-        cnn = run_cnn(config, mnist, split, nested=True)
+        best = config
+        if search.n_trials:
+            from tuning.search import run_search  # the top layer is the only one that knows the search
+
+            best = run_search(config, search, mnist, split)
+        cnn = run_cnn(best, mnist, split, nested=True, final=True)
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
