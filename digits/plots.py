@@ -1,0 +1,356 @@
+"""Matplotlib figures of predictions and of the data: each function returns a ``matplotlib.figure.Figure``.
+
+Figures are built with ``Figure(...)`` directly, never with pyplot: no global figure registry, no backend chosen
+at import, so they render headless and from any thread. ``figure_to_png`` turns one into PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from digits.metrics import LABELS, N_CLASSES, confusion_counts, per_class_roc_auc, reliability_bins
+
+DPI = 110
+# matplotlib's tab10, written out so that nothing is computed at import and the rcParams colour cycle cannot change it.
+_DIGIT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+# The tab10 colours alone are hard to tell apart for some readers: alternate the line style too.
+_LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def figure_to_png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes at its own size and dpi."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _as_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 2 and images.shape[1] == 28 * 28:
+        return images.reshape(-1, 28, 28)
+    if images.ndim == 4 and images.shape[1] == 1:
+        return images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), got {images.shape}")
+    return images
+
+
+def _message(fig: Figure, text: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    return fig
+
+
+def _text_color(rgba: Sequence[float]) -> str:
+    # Relative luminance (sRGB weights): dark cells get white text, light cells black.
+    r, g, b = rgba[:3]
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5 else "black"
+
+
+def confusion_matrix_figure(y_true: np.ndarray, y_pred: np.ndarray, normalize: bool) -> Figure:
+    """10x10 confusion matrix heatmap with the count (or, with ``normalize``, the fraction of the true row) in each cell.
+
+    The colour scale is logarithmic so that the few errors stay visible next to the large diagonal; zero cells are white.
+    """
+    counts = confusion_counts(y_true, y_pred)
+    if normalize:
+        rows = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    else:
+        values = counts.astype(np.float64)
+
+    fig = _figure(7.5, 6.5)
+    ax = fig.add_subplot()
+    # Blues from 15% up: the smallest non-zero cell still gets a visible tint, while zero cells stay white.
+    cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.15, 1.0, 256))).with_extremes(bad="white")
+    positive = values[values > 0]
+    # At least a decade between vmin and vmax, so the colour bar always has a labelled tick.
+    vmax = 1.0 if normalize else max(10.0, float(positive.max(initial=1)))
+    vmin = min(float(positive.min(initial=1)), 0.1) if normalize else 1.0
+    norm = LogNorm(vmin=vmin, vmax=vmax)
+    image = ax.imshow(np.ma.masked_equal(values, 0), cmap=cmap, norm=norm)
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
+    colorbar.set_label(("fraction of the true digit's images" if normalize else "count") + " (log scale; white = 0)")
+
+    for i in range(N_CLASSES):
+        for j in range(N_CLASSES):
+            value = values[i, j]
+            if value == 0:
+                text, color = "0", "0.7"  # grey: present but unobtrusive
+            else:
+                if normalize:
+                    # Three decimals: at MNIST accuracies most errors are below 0.01; never print a non-zero share as 0.
+                    text = f"{value:.3f}" if value >= 0.0005 else "<.001"
+                else:
+                    text = f"{int(value)}"
+                color = _text_color(cmap(norm(value)))
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+
+    ax.set_xticks(LABELS)
+    ax.set_yticks(LABELS)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    ax.tick_params(length=0)
+    n = int(counts.sum())
+    accuracy = np.trace(counts) / n if n else float("nan")
+    kind = "row-normalised" if normalize else "counts"
+    ax.set_title(f"Confusion matrix ({kind}), {n:,} images, accuracy {accuracy:.2%}")
+    return fig
+
+
+def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
+    """One-vs-rest ROC curve of each digit, its AUC in the legend; the false-positive rate is on a log scale.
+
+    MNIST AUCs are all near 0.999: on a linear axis the ten curves overlap in the top-left corner, while the log
+    axis spreads out the low false-positive rates where they differ.
+    """
+    from sklearn.metrics import roc_curve
+
+    y_true, proba = np.asarray(y_true), np.asarray(proba)
+    aucs = per_class_roc_auc(y_true, proba)
+    fig = _figure(9, 6)
+    ax = fig.add_subplot()
+    if not aucs:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "ROC undefined: the labels hold a single digit", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    # The smallest non-zero FPR any curve can reach: 1 / (number of negatives of the digit with the most negatives).
+    floor = 1.0 / max(int(np.sum(y_true != d)) for d in aucs)
+    left = 10 ** math.floor(math.log10(floor))
+    starts = []  # each curve's TPR at the left edge
+    for digit, auc in aucs.items():
+        fpr, tpr, _ = roc_curve(y_true == digit, proba[:, digit])
+        starts.append(float(tpr[fpr <= left].max()))
+        # FPR 0 has no place on a log axis: draw those points at the left edge, so each curve starts where it should.
+        ax.plot(
+            np.maximum(fpr, left), tpr, color=_DIGIT_COLORS[digit], linestyle=_LINESTYLES[digit % len(_LINESTYLES)],
+            linewidth=1.6, label=f"{digit}  (AUC {auc:.4f})",
+        )
+    # Zoom the TPR axis to where the curves start at the left edge (to a multiple of 0.1): near-perfect
+    # classifiers otherwise squeeze all ten curves into a thin band under 1.0. The title says so.
+    bottom = max(0.0, math.floor(min(starts) * 10) / 10 - 0.1) if min(starts) >= 0.3 else 0.0
+    chance = np.logspace(math.log10(left), 0, 100)
+    ax.plot(chance, chance, color="0.6", linestyle=":", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(left, 1)
+    ax.set_ylim(bottom, 1.005)
+    ax.set_xlabel(f"false positive rate (log scale; a rate of 0 is drawn at {left:g})")
+    ax.set_ylabel("true positive rate")
+    ax.grid(True, which="major", alpha=0.3)
+    macro = float(np.mean(list(aucs.values())))
+    zoom = f"; true positive rate from {bottom:.1f}" if bottom > 0 else ""
+    ax.set_title(f"ROC one-vs-rest per digit, macro AUC {macro:.4f}\n(false positive rate on a log scale{zoom})")
+    # Outside the axes: inside, it would hide part of the curves or the chance line.
+    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title_fontsize=9, frameon=False)
+    return fig
+
+
+def training_curves_figure(history: list[dict]) -> Figure:
+    """Loss and accuracy per epoch (x = 1..n): train_* against val_*; series absent from ``history`` are left out."""
+    fig = _figure(10, 4.5)
+    if not history:
+        return _message(fig, "no epochs in the training history")
+    epochs = np.arange(1, len(history) + 1)
+    panels = [("loss", "loss", None), ("accuracy", "accuracy", PercentFormatter(1.0))]
+    axes = fig.subplots(1, 2)
+    for ax, (name, ylabel, formatter) in zip(axes, panels):
+        drawn = 0
+        for split, style in (("train", "-o"), ("val", "--s")):
+            key = f"{split}_{name}"
+            values = np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
+            if np.all(np.isnan(values)):
+                continue
+            ax.plot(epochs, values, style, markersize=4 if len(epochs) <= 30 else 0, label=key)
+            drawn += 1
+        ax.set_title(name.capitalize())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, len(epochs) + 0.5)
+        ax.grid(True, alpha=0.3)
+        if formatter is not None:
+            ax.yaxis.set_major_formatter(formatter)
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"Training curves ({len(epochs)} epoch{'s' if len(epochs) != 1 else ''})")
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, max_images: int = 36) -> Figure:
+    """Grid of the misclassified images, most confident mistakes first, each titled "true 4 → pred 9 (0.87)"."""
+    images, y_true, proba = _as_images(images), np.asarray(y_true), np.asarray(proba)
+    y_pred = proba.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    if wrong.size == 0 or max_images < 1:
+        return _message(_figure(6, 2.5), f"no misclassified images among {len(y_true):,}")
+    confidence = proba[wrong, y_pred[wrong]]
+    shown = wrong[np.argsort(-confidence, kind="stable")[:max_images]]
+    cols = min(6, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig = _figure(max(6.0, 1.4 * cols + 0.2), 1.5 * rows + 0.8)  # at least 6 inches, so the two-line title fits
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i in zip(axes, shown):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"true {y_true[i]} → pred {y_pred[i]} ({proba[i, y_pred[i]]:.2f})", fontsize=8.5)
+    mistakes = f"{len(wrong):,} mistake{'s' if len(wrong) != 1 else ''}"
+    which = f"all {mistakes}" if len(shown) == len(wrong) else f"the {len(shown)} most confident of {mistakes}"
+    fig.suptitle(
+        f"Misclassified: {which} in {len(y_true):,} images\n"
+        "(in parentheses: the probability given to the wrong prediction)",
+        fontsize=11,
+    )
+    return fig
+
+
+def reliability_figure(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, the diagonal, and the bin counts below; ECE in the title."""
+    rel = reliability_bins(y_true, proba, bins)
+    fig = _figure(7, 7)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = rel.count > 0
+    top.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1, label="perfect calibration")
+    # Each bin's point sits at its mean confidence, so its distance from the diagonal is exactly the bin's gap.
+    top.plot(rel.confidence[filled], rel.accuracy[filled], "o-", color="tab:blue", markersize=5, label="bins: accuracy vs mean confidence")
+    top.vlines(rel.confidence[filled], rel.confidence[filled], rel.accuracy[filled], color="tab:red", linewidth=1.5, label="gap (what the ECE averages)")
+    top.text(0.97, 0.05, "above the diagonal: under-confident\nbelow: over-confident", transform=top.transAxes,
+             ha="right", va="bottom", fontsize=9, color="0.3")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=9)
+    top.grid(True, alpha=0.3)
+    top.set_title(f"Reliability diagram: ECE {rel.ece:.4f} ({bins} bins of top-1 confidence)")
+
+    bottom.stairs(rel.count, rel.edges, fill=True, color="0.55")
+    bottom.set_yscale("log")  # most predictions fall in the last bin: a linear scale would hide the others
+    bottom.set_ylim(0.5, max(10, rel.count.max()) * 2)
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("images per bin")
+    bottom.grid(True, alpha=0.3)
+    return fig
+
+
+def class_distribution_figure(labels: np.ndarray) -> Figure:
+    """One bar per digit with its count written above it."""
+    labels = np.asarray(labels).astype(np.int64)
+    counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES]
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    bars = ax.bar(LABELS, counts, color=_DIGIT_COLORS)
+    ax.bar_label(bars, labels=[f"{c:,}" for c in counts], padding=2, fontsize=9)
+    ax.set_xticks(LABELS)
+    ax.set_xlabel("digit")
+    ax.set_ylabel("images")
+    ax.set_ylim(0, max(1, counts.max()) * 1.12)  # room for the labels above the bars
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"Class distribution ({counts.sum():,} images)")
+    return fig
+
+
+def pixel_histogram_figure(images: np.ndarray) -> Figure:
+    """Histogram of pixel intensities 0-255 (one bin per value) on a log-scaled y axis."""
+    pixels = np.clip(np.asarray(images).ravel(), 0, 255).astype(np.int64)
+    counts = np.bincount(pixels, minlength=256)
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    ax.stairs(counts, np.arange(257) - 0.5, fill=True, color="tab:blue")
+    ax.set_yscale("log")  # about 80% of MNIST pixels are 0: on a linear scale every other bar is invisible
+    ax.set_xlim(-3, 258)  # a little margin, so the bars at 0 and 255 do not hide in the axis lines
+    ax.set_xticks([0, 32, 64, 96, 128, 160, 192, 224, 255])
+    ax.set_xlabel("pixel intensity (0 = background, 255 = ink)")
+    ax.set_ylabel("pixels (log scale)")
+    ax.grid(True, axis="y", alpha=0.3)
+    zero = counts[0] / max(1, counts.sum())
+    ax.set_title(f"Pixel intensities of {len(np.asarray(images)):,} images ({zero:.0%} of pixels are 0)")
+    return fig
+
+
+def mean_images_figure(images: np.ndarray, labels: np.ndarray) -> Figure:
+    """The mean image of each digit in a 2x5 grid, titled with the digit and its number of images."""
+    images, labels = _as_images(images), np.asarray(labels)
+    fig = _figure(9, 4.4)
+    axes = fig.subplots(2, 5).ravel()
+    for digit, ax in zip(LABELS, axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        members = labels == digit
+        n = int(members.sum())
+        if n:
+            ax.imshow(images[members].mean(axis=0), cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.set_facecolor("0.9")
+            ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{digit}  (n={n:,})", fontsize=10)
+    fig.suptitle("Mean image of each digit")
+    return fig
+
+
+def embedding_figure(images: np.ndarray, labels: np.ndarray, method: str = "pca", sample: int = 2000, seed: int = 0) -> Figure:
+    """2-D PCA or t-SNE of a seeded random sample of ``sample`` images (0 = all), coloured by digit.
+
+    Each digit is labelled at the median of its points, and the legend maps colours to digits.
+    """
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    from sklearn.decomposition import PCA  # the embeddings cost a large import; only this figure needs it
+
+    images, labels = _as_images(images), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    n = len(images) if sample <= 0 else min(sample, len(images))
+    index = np.sort(rng.choice(len(images), size=n, replace=False))
+    x = images[index].reshape(n, -1).astype(np.float32) / 255
+    y = labels[index]
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=seed)
+        points = pca.fit_transform(x)
+        explained = pca.explained_variance_ratio_
+        axis_names = (f"PC 1 ({explained[0]:.0%} of variance)", f"PC 2 ({explained[1]:.0%} of variance)")
+        title = f"PCA of {n:,} images"
+    else:
+        from sklearn.manifold import TSNE
+
+        # t-SNE on 50 principal components (the usual practice): faster, and the noise dimensions do not help.
+        reduced = PCA(n_components=min(50, n, x.shape[1]), random_state=seed).fit_transform(x)
+        perplexity = min(30.0, max(2.0, (n - 1) / 3))
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+        axis_names = ("t-SNE 1", "t-SNE 2")
+        title = f"t-SNE of {n:,} images (perplexity {perplexity:g})"
+
+    fig = _figure(8.5, 7)
+    ax = fig.add_subplot()
+    for digit in LABELS:
+        members = y == digit
+        if not members.any():
+            continue
+        ax.scatter(points[members, 0], points[members, 1], s=6, alpha=0.6, color=_DIGIT_COLORS[digit], label=str(digit), linewidths=0)
+    for digit in LABELS:
+        members = y == digit
+        if not members.any():
+            continue
+        cx, cy = np.median(points[members], axis=0)
+        text = ax.text(cx, cy, str(digit), fontsize=16, fontweight="bold", ha="center", va="center", color=_DIGIT_COLORS[digit])
+        # A white outline keeps the label readable on top of its own (and other) points.
+        text.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="white")])
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(f"{title}, seeded sample (seed {seed}); labels at each digit's median")
+    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=3, frameon=False)
+    return fig
