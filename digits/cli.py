@@ -78,25 +78,26 @@ def config_from_args(cls: type, args: argparse.Namespace):
 
 
 def cmd_main(args: argparse.Namespace) -> int:
-    from digits import pipeline
+    config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    from digits import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
 
-    pipeline.run_main(config_from_args(TrainConfig, args), config_from_args(SearchConfig, args), args.model_name)
+    pipeline.run_main(config, search, args.model_name)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(TrainConfig, args)
     from digits import pipeline
 
-    config = config_from_args(TrainConfig, args)
     mnist, split = pipeline.load_data(config)
     pipeline.run_cnn(config, mnist, split, nested=False)
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    config = config_from_args(DataConfig, args)
     from digits import pipeline
 
-    config = config_from_args(DataConfig, args)
     mnist, split = pipeline.load_data(config)
     pipeline.run_baseline(config, mnist, split, nested=False)
     return 0

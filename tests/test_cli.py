@@ -1,0 +1,99 @@
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from digits.cli import build_parser
+from tests.conftest import ROOT, digits_command, write_idx
+
+pytestmark = pytest.mark.unit
+
+
+def _subcommands():
+    parser = build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def _flags(subparser):
+    return {opt for action in subparser._actions for opt in action.option_strings}
+
+
+def test_every_mlproject_parameter_reaches_its_command_and_the_cli():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    subcommands = _subcommands()
+    for name, entry in project["entry_points"].items():
+        command = entry["command"]
+        sub = command.split()[3]  # python -m digits SUB ...
+        assert sub in subcommands, f"entry point {name}: no CLI subcommand {sub}"
+        flags = _flags(subcommands[sub])
+        for param, spec in entry.get("parameters", {}).items():
+            assert f"--{param} {{{param}}}" in command, f"entry point {name}: parameter {param} does not reach its command"
+            assert f"--{param}" in flags, f"entry point {name}: the CLI has no flag --{param}"
+            default = subcommands[sub].get_default(param)
+            assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), (name, param)
+        assert set(re.findall(r"\{(\w+)\}", command)) == set(entry.get("parameters", {})), f"{name}: command uses undeclared parameters"
+
+
+def test_every_flag_states_its_default():
+    for name, sub in _subcommands().items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert "(default:" in (action.help or ""), f"digits {name} {action.option_strings[0]} does not state its default"
+
+
+def _run(*args, env=None):
+    return subprocess.run(digits_command(*args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "-1"], "epochs must be an integer from 1 to 1000, got -1"),
+        (["--epochs", "abc"], "argument --epochs: expected an integer, got 'abc'"),
+        (["--epochs", "2.5"], "expected an integer, got '2.5'"),
+        (["--device", "tpu"], "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
+        (["--lr", "nan"], "expected a finite number"),
+        (["--batch_norm", "maybe"], "expected a boolean"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(args, message):
+    result = _run("train", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _store_runs(uri):
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_wrong_data_dir_is_one_line_and_logs_nothing(tmp_path, tracking_uri):
+    result = _run("train", "--data_dir", str(tmp_path / "missing"), "--epochs", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"digits train: error: data_dir {tmp_path / 'missing'} does not exist or is not a directory"
+    assert "Traceback" not in result.stderr
+    assert _store_runs(tracking_uri) == []
+
+
+def test_truncated_idx_file_is_one_line_and_logs_nothing(fake_mnist_dir, tracking_uri):
+    path = fake_mnist_dir / "train-images-idx3-ubyte.gz"
+    import gzip
+
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+    result = _run("main", "--data_dir", str(fake_mnist_dir), "--val_size", "200", "--epochs", "1", "--n_trials", "0")
+    assert result.returncode == 1
+    assert re.search(r"train-images-idx3-ubyte.gz: truncated", result.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in result.stderr
+    assert _store_runs(tracking_uri) == []
+
+
+def test_help_lists_subcommands():
+    result = _run("--help")
+    assert result.returncode == 0
+    for sub in ("main", "train", "baseline"):
+        assert re.search(rf"^\s+{sub}\s", result.stdout, re.M)

@@ -1,0 +1,60 @@
+"""End to end: the real `mlflow run` on real MNIST into a temporary tracking store, then the store read back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.data]
+
+
+def mlflow_run(entry: str, params: dict, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``mlflow run . --env-manager local -e ENTRY -P k=v ...`` with this venv first on PATH."""
+    args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", entry]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_mlflow_run_train_logs_a_finished_run(mnist_dir, tracking_uri):
+    mlflow_run("train", {"epochs": 1, "subset": 10000, "data_dir": mnist_dir, "device": "cpu"})
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "1" and run.data.params["subset"] == "10000" and run.data.params["width"] == "16"
+    assert run.data.tags["model_family"] == "cnn"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    assert history[0].value > 0.9  # chance is 0.1; a broken model or loop cannot get here
+    assert run.data.metrics["test_accuracy"] > 0.9
+    for key in ("train_loss", "val_loss", "lr", "images_per_second", "test_macro_f1", "test_log_loss"):
+        assert key in run.data.metrics
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"mnist-training", "mnist-validation", "mnist-testing"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.json" in artifacts
+
+
+def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
+    mlflow_run("main", {"epochs": 1, "subset": 5000, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu"})
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert {"baseline-logreg", "cnn-final"} <= set(children)
+    base, cnn = children["baseline-logreg"], children["cnn-final"]
+    assert base.data.tags["model_family"] == "logreg" and cnn.data.tags["model_family"] == "cnn"
+    assert base.data.metrics["test_accuracy"] > 0.85 and cnn.data.metrics["test_accuracy"] > 0.9
+    shared = {k for k in base.data.metrics if k.startswith("test_")}
+    assert {"test_accuracy", "test_macro_f1", "test_log_loss"} <= shared <= set(cnn.data.metrics)
+    assert all(r.info.status == "FINISHED" for r in children.values())

@@ -1,0 +1,109 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from digits import train as train_module
+from digits.config import ConfigError, TrainConfig
+from digits.data import read_mnist_dir
+from digits.model import build_model, load_checkpoint, predict_proba, save_checkpoint
+from digits.train import NonFiniteLossError, fit, lr_factor, resolve_device
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("width, blocks, batch_norm", [(8, 1, True), (16, 3, True), (12, 4, False), (32, 2, True)])
+def test_model_output_shape(width, blocks, batch_norm):
+    model = build_model(TrainConfig(width=width, blocks=blocks, batch_norm=batch_norm)).eval()
+    out = model(torch.rand(5, 1, 28, 28))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+
+
+def test_one_batch_overfit():
+    # 64 random images with random labels: only a working loop (gradients, optimiser, schedule) memorises them.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=64).astype(np.uint8)
+    config = TrainConfig(epochs=60, batch_size=64, lr=0.05, augment=0.0, label_smoothing=0.0, dropout=0.0, weight_decay=0.0, width=8, device="cpu")
+    result = fit(config, (images, labels))
+    assert result.history[0]["train_loss"] > 1.5
+    assert result.history[-1]["train_loss"] < 0.05
+    assert (predict_proba(result.model, images).argmax(1) == labels).all()
+
+
+def test_fake_data_run_learns_and_reports_every_epoch(fake_mnist_dir):
+    m = read_mnist_dir(fake_mnist_dir)
+    seen = []
+    config = TrainConfig(epochs=3, batch_size=64, width=8, lr=0.05, device="cpu", val_size=200)
+    result = fit(config, (m.train_images[:1000], m.train_labels[:1000]), (m.train_images[1000:], m.train_labels[1000:]), callbacks=[lambda e, metrics: seen.append((e, metrics))])
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert set(seen[-1][1]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"}
+    assert seen[-1][1]["val_accuracy"] > 0.9
+
+
+def test_training_is_reproducible_with_a_seed(fake_mnist_dir):
+    m = read_mnist_dir(fake_mnist_dir)
+    config = TrainConfig(epochs=1, batch_size=100, width=8, device="cpu", val_size=200, augment=0.5)
+    a = fit(config, (m.train_images[:500], m.train_labels[:500]))
+    b = fit(config, (m.train_images[:500], m.train_labels[:500]))
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+
+
+def test_nan_loss_stops_with_a_clear_error(monkeypatch):
+    real = train_module.F.cross_entropy
+    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    images = np.zeros((32, 28, 28), np.uint8)
+    with pytest.raises(NonFiniteLossError, match="training loss became nan in epoch 1"):
+        fit(TrainConfig(epochs=2, batch_size=16, width=4, device="cpu"), (images, np.zeros(32, np.uint8)))
+
+
+def test_callback_exception_stops_training():
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        raise Stop
+
+    images = np.zeros((32, 28, 28), np.uint8)
+    with pytest.raises(Stop):
+        fit(TrainConfig(epochs=5, batch_size=16, width=4, device="cpu"), (images, np.zeros(32, np.uint8)), callbacks=[stop])
+
+
+def test_checkpoint_round_trip_uses_plain_tensors(tmp_path):
+    config = TrainConfig(width=8, blocks=2)
+    model = build_model(config).eval()
+    save_checkpoint(model, config, tmp_path)
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)  # would fail on a pickled module
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    loaded, loaded_config = load_checkpoint(tmp_path)
+    assert loaded_config == config
+    x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    np.testing.assert_allclose(predict_proba(model, x), predict_proba(loaded, x), atol=1e-6)
+
+
+def test_schedules():
+    onecycle = TrainConfig(schedule="onecycle", warmup=0.2)
+    values = [lr_factor(s, 100, onecycle) for s in range(101)]
+    assert values[0] == pytest.approx(0.1) and max(values) == pytest.approx(1.0) and values[20] == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(0.0, abs=1e-9)
+    cosine = TrainConfig(schedule="cosine")
+    assert lr_factor(0, 100, cosine) == 1.0 and lr_factor(50, 100, cosine) == pytest.approx(0.5)
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="lr must be"):
+        TrainConfig(lr=math.nan).validate()
+    with pytest.raises(ConfigError, match="optimizer must be one of sgd, adamw"):
+        TrainConfig(optimizer="rmsprop").validate()
+    with pytest.raises(ConfigError, match="subset must be 0"):
+        TrainConfig(subset=5).validate()
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "unknown_future_key": 1}) == TrainConfig()
+
+
+def test_unavailable_device_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this check needs a machine without CUDA")  # the GPU machine has one
+    with pytest.raises(ConfigError, match="'cuda' was asked for but is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")
