@@ -1,0 +1,79 @@
+"""The dependency rules of ARCHITECTURE.md, checked in fresh interpreters."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+BLOCK = textwrap.dedent(
+    """
+    import sys
+    class Block:
+        def __init__(self, names): self.names = names
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.names:
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, Block(BLOCKED))
+    """
+)
+
+
+def _python(code: str, blocked: set[str] = frozenset()) -> subprocess.CompletedProcess:
+    script = f"BLOCKED = {set(blocked)!r}\n" + BLOCK + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_training_loop_runs_with_torch_and_numpy_alone():
+    result = _python(
+        """
+        import numpy as np
+        from digits.config import TrainConfig
+        from digits.train import fit
+        from digits.model import save_checkpoint
+        r = fit(TrainConfig(epochs=1, batch_size=16, width=4, device="cpu"), (np.zeros((32, 28, 28), np.uint8), np.zeros(32, np.uint8)))
+        print("ok", len(r.history))
+        """,
+        blocked={"mlflow", "optuna", "sklearn", "pandas", "matplotlib", "tuning"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok 1" in result.stdout
+
+
+def test_library_modules_never_import_optuna_or_tuning():
+    modules = ["config", "data", "model", "train", "baseline", "metrics", "plots", "tracking", "evaluation", "pipeline", "cli"]
+    result = _python(
+        f"""
+        import importlib, sys
+        for m in {modules!r}:
+            importlib.import_module("digits." + m)
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("optuna", "tuning"))
+        print("imported:", bad)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "imported: []" in result.stdout
+
+
+def test_importing_does_no_work(tmp_path):
+    # No mkdirs, no tracking-URI setting, no logging configuration at import time.
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import logging, os, pkgutil, importlib, mlflow, digits
+            for m in pkgutil.iter_modules(digits.__path__):
+                if m.name != "__main__":
+                    importlib.import_module("digits." + m.name)
+            assert not logging.getLogger().handlers, logging.getLogger().handlers
+            assert "MLFLOW_TRACKING_URI" not in os.environ
+            print(sorted(os.listdir(".")))
+            """
+        )],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
