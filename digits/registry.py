@@ -1,0 +1,337 @@
+"""The Model Registry: log the serving pyfunc, register versions, move aliases by the promotion rule, roll back.
+
+Promotion rule: a new version takes the alias ``champion`` only when its test accuracy is strictly higher than
+the current champion's (the first version always does); otherwise it takes ``challenger``, and the version,
+its source run and the return value say why. ``set_alias`` promotes or rolls back by hand.
+
+Knows nothing of training: it gets a checkpoint directory and numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import math
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+
+from digits.errors import DigitsError
+from digits.model import CONFIG_FILE, WEIGHTS_FILE
+
+CNN_MODEL_NAME = "digits-cnn"
+BASELINE_MODEL_NAME = "digits-baseline"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
+TAG_ACCURACY = "test_accuracy"
+TAG_RUN = "source_run_id"
+TAG_DIGEST = "data_digest"
+TAG_COMMIT = "git_commit"
+PROMOTION_TAG = "promotion"
+
+# The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
+# environment needs only the pip requirements below. tests/test_registry.py checks their imports.
+SERVING_MODULES = ("__init__.py", "errors.py", "config.py", "model.py", "preprocess.py", "serving.py")
+SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow")
+
+# models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
+_ENTRY_POINT = '''"""The pyfunc entry point of the digits CNN (MLflow models-from-code): the model is built from code, not unpickled."""
+from mlflow.models import set_model
+
+from digits.serving import DigitClassifier
+
+set_model(DigitClassifier())
+'''
+
+
+class RegistryError(DigitsError):
+    """A registry operation cannot be done (no such model or version, bad alias); one line for the user."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What registering a version did: the version, whether it became champion, the alias it got and why."""
+
+    model_name: str
+    version: int
+    promoted: bool
+    alias: str
+    reason: str
+
+
+def signature() -> ModelSignature:
+    """The served model's signature: one ``image`` column in, digit / confidence / probabilities out.
+
+    ``image`` is typed Any because a row is either base64 PNG/JPEG text or 28x28 / 784 pixel values: MLflow
+    cannot type such a column, and one column lets ``{"inputs": array}`` and ``dataframe_split`` with pictures
+    reach the same model. ``preprocess`` validates every value instead.
+    """
+    inputs = Schema([ColSpec(AnyType(), "image")])
+    outputs = Schema([ColSpec(DataType.long, "digit"), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> Any:
+    """Two rows: a synthetic 7 drawn dark on light as base64 PNG, and the same digit as MNIST pixel values."""
+    import base64
+    import io
+
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from digits.preprocess import to_mnist
+
+    canvas = Image.new("L", (160, 200), 255)
+    ImageDraw.Draw(canvas).line([(30, 40), (130, 40), (70, 170)], fill=0, width=14, joint="curve")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return pd.DataFrame({"image": [picture, to_mnist(canvas).tolist()]})
+
+
+def serving_requirements() -> list[str]:
+    """Pinned pip requirements of the served model: the installed versions of mlflow, torch, numpy, pandas, Pillow."""
+    pins = []
+    for name in SERVING_REQUIREMENTS:
+        version = importlib.metadata.version(name).split("+")[0]  # torch "2.x+cpu": the local label is not on PyPI
+        pins.append(f"{name}=={version}")
+    return pins
+
+
+def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
+    """Log the CNN checkpoint (weights.pt + config.json) as the serving pyfunc into the active run.
+
+    Models-from-code with the serving modules as ``code_paths``: nothing is pickled. Logs the signature, an
+    input example and pinned pip requirements. Keep the returned ``ModelInfo.model_uri`` to register it.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (checkpoint_dir / f).is_file()]
+    if missing:
+        raise RegistryError(f"{checkpoint_dir} is not a checkpoint: missing {', '.join(missing)}")
+    if mlflow.active_run() is None:
+        raise RegistryError("log_cnn_model needs an active MLflow run (mlflow.start_run())")
+    package = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="digits-model-") as tmp:
+        bundle = Path(tmp) / "digits"
+        bundle.mkdir()
+        for module in SERVING_MODULES:
+            shutil.copy2(package / module, bundle / module)
+        entry = Path(tmp) / "digits_model.py"
+        entry.write_text(_ENTRY_POINT)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts={"checkpoint": str(checkpoint_dir)},
+            code_paths=[str(bundle)],
+            signature=signature(),
+            input_example=input_example(),
+            pip_requirements=serving_requirements(),
+        )
+
+
+def register_cnn(
+    model_uri: str,
+    *,
+    model_name: str = CNN_MODEL_NAME,
+    test_accuracy: float,
+    run_id: str,
+    data_digest: str,
+    git_commit: str | None = None,
+    description: str | None = None,
+) -> Promotion:
+    """Register ``model_uri`` as a new version of ``model_name``, tag it, and move ``champion`` if it is better.
+
+    Tags: test_accuracy, source_run_id, data_digest, git_commit (``None``: the checkout's HEAD, if any). The
+    version gets ``champion`` when its test accuracy beats the champion's, else ``challenger``; the reason is
+    set as the ``promotion`` tag of the version and of run ``run_id``.
+    """
+    return _register(model_uri, model_name, test_accuracy, run_id, data_digest, git_commit, description)
+
+
+def register_baseline(
+    model_uri: str,
+    *,
+    model_name: str = BASELINE_MODEL_NAME,
+    test_accuracy: float,
+    run_id: str,
+    data_digest: str,
+    git_commit: str | None = None,
+    description: str | None = None,
+) -> Promotion:
+    """Register the baseline (logistic regression) as ``digits-baseline``, with the same tags and promotion rule."""
+    return _register(model_uri, model_name, test_accuracy, run_id, data_digest, git_commit, description)
+
+
+def set_alias(model_name: str, alias: str, version: int | str) -> int | None:
+    """Point ``alias`` of ``model_name`` at ``version`` (explicit promotion or roll-back); return the version it left.
+
+    Raises ``RegistryError`` for a model or version that does not exist or an alias MLflow refuses.
+    """
+    client = MlflowClient()
+    version = _version_number(version)
+    _get_model(client, model_name)
+    try:
+        client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise RegistryError(f"cannot read {model_name} version {version}: {_first_line(exc)}") from None
+        raise RegistryError(f"{model_name} has no version {version} (versions: {_versions_text(client, model_name)})") from None
+    previous = _alias_version(client, model_name, alias)
+    try:
+        client.set_registered_model_alias(model_name, alias, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"cannot set alias {alias!r} of {model_name}: {_first_line(exc)}") from None
+    was = f"version {previous.version}" if previous else "no version"
+    client.set_model_version_tag(model_name, str(version), PROMOTION_TAG, f"alias {alias} set by hand (it was on {was})")
+    return int(previous.version) if previous else None
+
+
+def current_git_commit(path: str | Path | None = None) -> str | None:
+    """The commit checked out at ``path`` (default: this package's directory); ``None`` outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=path or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def serving_imports() -> dict[str, set[str]]:
+    """Top-level modules imported by each bundled serving module (checked by the tests: no training code)."""
+    package = Path(__file__).resolve().parent
+    found: dict[str, set[str]] = {}
+    for module in SERVING_MODULES:
+        tree = ast.parse((package / module).read_text())
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[module] = names
+    return found
+
+
+# --- internals ---------------------------------------------------------------------------------------------
+
+
+def _register(
+    model_uri: str,
+    model_name: str,
+    test_accuracy: float,
+    run_id: str,
+    data_digest: str,
+    git_commit: str | None,
+    description: str | None,
+) -> Promotion:
+    accuracy = float(test_accuracy)
+    if not (math.isfinite(accuracy) and 0 <= accuracy <= 1):
+        raise RegistryError(f"test_accuracy must be a number from 0 to 1, got {test_accuracy!r}")
+    commit = git_commit or current_git_commit() or "unknown"
+    client = MlflowClient()
+    tags = {TAG_ACCURACY: repr(accuracy), TAG_RUN: run_id, TAG_DIGEST: data_digest, TAG_COMMIT: commit}
+    try:
+        registered = mlflow.register_model(model_uri, model_name, tags=tags)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot register {model_uri} as {model_name}: {_first_line(exc)}") from None
+    version = int(registered.version)
+    if description:
+        client.update_model_version(model_name, str(version), description=description)
+
+    champion = _alias_version(client, model_name, CHAMPION)
+    best = _accuracy(champion) if champion else None
+    if champion is None:
+        promoted, reason = True, f"version {version} (test_accuracy {accuracy:.4f}) is the first champion of {model_name}"
+    elif best is None:
+        promoted, reason = False, (
+            f"version {version} (test_accuracy {accuracy:.4f}) is challenger: champion version {champion.version} has no "
+            f"{TAG_ACCURACY} tag to compare with; promote by hand with `digits register`"
+        )
+    elif accuracy > best:
+        promoted, reason = True, (
+            f"version {version} (test_accuracy {accuracy:.4f}) beats champion version {champion.version} ({best:.4f}): now champion"
+        )
+    else:
+        promoted, reason = False, (
+            f"version {version} (test_accuracy {accuracy:.4f}) does not beat champion version {champion.version} "
+            f"({best:.4f}): challenger, not promoted"
+        )
+    alias = CHAMPION if promoted else CHALLENGER
+    client.set_registered_model_alias(model_name, alias, str(version))
+    client.set_model_version_tag(model_name, str(version), PROMOTION_TAG, reason)
+    if run_id:
+        client.set_tag(run_id, PROMOTION_TAG, reason)
+        client.set_tag(run_id, "registered_version", f"{model_name}/{version}")
+    return Promotion(model_name=model_name, version=version, promoted=promoted, alias=alias, reason=reason)
+
+
+def _get_model(client: MlflowClient, model_name: str) -> None:
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise RegistryError(f"cannot read registered model {model_name!r}: {_first_line(exc)}") from None
+        names = sorted(m.name for m in client.search_registered_models(max_results=100))
+        known = ", ".join(names) if names else "none"
+        raise RegistryError(f"no registered model named {model_name!r} (registered: {known})") from None
+
+
+def _alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if _not_found(exc) or exc.error_code == ErrorCode.Name(ErrorCode.INVALID_PARAMETER_VALUE):
+            return None
+        raise
+
+
+def _accuracy(version: ModelVersion) -> float | None:
+    try:
+        value = float(version.tags.get(TAG_ACCURACY, "nan"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _version_number(version: int | str) -> int:
+    try:
+        number = int(str(version).strip())
+    except ValueError:
+        raise RegistryError(f"version must be a positive integer, got {version!r}") from None
+    if number < 1:
+        raise RegistryError(f"version must be a positive integer, got {version!r}")
+    return number
+
+
+def _versions_text(client: MlflowClient, model_name: str) -> str:
+    escaped = model_name.replace("'", "\\'")
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{escaped}'"))
+    return ", ".join(map(str, versions)) if versions else "none"
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def _first_line(exc: MlflowException) -> str:
+    lines = str(exc.message).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,106 @@
+"""The served model: an MLflow pyfunc that reads pictures or pixel values and answers digit, confidence, probabilities.
+
+Logged as models-from-code (``registry.log_cnn_model``): no pickle. The network is rebuilt from the bundled
+``digits`` code and its config JSON, and the weights are a state_dict loaded with ``weights_only=True``.
+Needs torch, numpy, pandas, Pillow and mlflow only; imports nothing from training, tracking or tuning.
+
+Input: one column ``image``; each row is base64 PNG/JPEG text (a picture, any size and polarity, which
+``preprocess.to_mnist`` makes MNIST-like) or 28x28 / 784 pixel values 0-255, light ink on dark (used as is).
+``{"inputs": [[...], ...]}`` fills that one column with an (N, 28, 28) or (N, 784) array.
+Output: one row per image: ``digit`` (int), ``confidence`` (float), ``probabilities`` (ten floats).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+from digits.errors import DigitsError
+from digits.model import load_checkpoint, predict_proba
+from digits.preprocess import MAX_BATCH, InputError, to_mnist_batch
+
+INPUT_COLUMN = "image"
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+class DigitClassifier(mlflow.pyfunc.PythonModel):
+    """The CNN behind the endpoint: validates and preprocesses the ``image`` column, then predicts."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json)."""
+        self.model, self.config = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Digit, confidence and the ten probabilities for each row of ``model_input``."""
+        try:
+            images = to_mnist_batch(_column(model_input), max_batch=MAX_BATCH)
+        except InputError as exc:
+            # BAD_REQUEST makes the scoring server answer 400 with this message; any other exception is a
+            # 400 whose message says nothing useful.
+            raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
+        return predictions_frame(predict_proba(self.model, images))
+
+
+def predictions_frame(probabilities: np.ndarray) -> pd.DataFrame:
+    """The endpoint's output for (N, 10) probabilities: columns digit, confidence, probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "digit": probabilities.argmax(axis=1).astype(np.int64),
+            "confidence": probabilities.max(axis=1),
+            "probabilities": probabilities.tolist(),
+        }
+    )
+
+
+def _column(model_input: Any) -> Sequence[Any]:
+    # The signature makes MLflow hand over a DataFrame with the `image` column; a direct caller of
+    # PythonModel.predict may pass an array or a list.
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN not in model_input.columns:
+            raise InputError(f"the input needs a column named {INPUT_COLUMN!r}, got columns {list(map(str, model_input.columns))}")
+        return model_input[INPUT_COLUMN].tolist()
+    if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
+        return list(model_input[INPUT_COLUMN])
+    if isinstance(model_input, (np.ndarray, list, tuple)):
+        return list(model_input)
+    raise InputError(f"expected a table with an {INPUT_COLUMN!r} column or an array of images, got {type(model_input).__name__}")
+
+
+class PredictError(DigitsError):
+    """``digits predict`` could not read an image file or load the model; one line for the user."""
+
+
+def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = "models:/digits-cnn@champion") -> pd.DataFrame:
+    """Predict image files (PNG/JPEG) with the model at ``model_uri``, through the served model's own preprocessing.
+
+    Returns one row per file: path, digit, confidence, probabilities.
+    """
+    if not paths:
+        raise PredictError("no image files given")
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(base64.b64encode(Path(path).read_bytes()).decode("ascii"))
+        except OSError as exc:
+            raise PredictError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise PredictError(f"cannot load the model {model_uri}: {exc.message.splitlines()[0]}") from None
+    rows = []
+    for path, text in zip(paths, encoded):  # one at a time, so an unreadable file is named and the others still answer
+        try:
+            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}))
+        except MlflowException as exc:
+            raise PredictError(f"{path}: {exc.message.splitlines()[0]}") from None
+        rows.append({"path": str(path), **result.iloc[0].to_dict()})
+    return pd.DataFrame(rows)

@@ -1,0 +1,181 @@
+"""The registry: the logged pyfunc (no pickle, bundled serving code, signature, example), promotion rule, roll-back."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from digits import registry
+from digits.config import TrainConfig
+from digits.model import build_model, save_checkpoint
+from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_cnn, set_alias
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store and one logged (untrained, tiny) CNN for the module; each test registers its own model name."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
+        checkpoint = save_checkpoint(build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt")
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_cnn_model(checkpoint)
+        yield {"uri": info.model_uri, "run_id": run.info.run_id, "experiment": experiment, "root": root, "checkpoint": checkpoint}
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def name(request) -> str:
+    return "m-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)
+
+
+def register(store, name, accuracy):
+    return register_cnn(store["uri"], model_name=name, test_accuracy=accuracy, run_id=store["run_id"], data_digest="d1g3st", git_commit="abc123")
+
+
+# --- the logged model ----------------------------------------------------------------------------------------
+
+
+def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_example(store):
+    path = Path(mlflow.artifacts.download_artifacts(store["uri"], dst_path=str(store["root"] / "download")))
+    files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))], files
+    assert {f"code/digits/{m}" for m in registry.SERVING_MODULES} <= files
+    assert {"artifacts/ckpt/weights.pt", "artifacts/ckpt/config.json", "serving_input_example.json"} <= files
+    requirements = (path / "requirements.txt").read_text().split()
+    assert sorted(r.split("==")[0] for r in requirements) == sorted(registry.SERVING_REQUIREMENTS)
+    assert all(re.fullmatch(r"[a-z]+==\d+(\.\d+)*", r) for r in requirements), requirements
+
+    model = mlflow.pyfunc.load_model(store["uri"])
+    assert model.metadata.get_input_schema().input_names() == ["image"]
+    assert model.metadata.get_output_schema().input_names() == ["digit", "confidence", "probabilities"]
+    example = json.loads((path / "serving_input_example.json").read_text())
+    rows = example["dataframe_split"]["data"]
+    assert isinstance(rows[0][0], str) and np.asarray(rows[1][0]).shape == (28, 28)  # a picture and pixel values
+    out = model.predict(registry.input_example())
+    assert list(out.columns) == ["digit", "confidence", "probabilities"] and len(out) == 2
+    probabilities = np.asarray(out["probabilities"].tolist())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(out["confidence"], probabilities.max(axis=1))
+    assert (out["digit"] == probabilities.argmax(axis=1)).all()
+
+
+def test_serving_code_imports_nothing_from_training():
+    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow"}
+    allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
+    for module, imports in registry.serving_imports().items():
+        for name in imports:
+            top = name.split(".")[0]
+            if top == "digits":
+                assert name in allowed_digits, f"{module} imports {name}, which is not bundled with the served model"
+            else:
+                assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", f"{module} imports {name}"
+
+
+def test_logging_needs_a_checkpoint_and_a_run(store, tmp_path):
+    with pytest.raises(RegistryError, match="not a checkpoint: missing weights.pt, config.json"):
+        log_cnn_model(tmp_path)
+    with pytest.raises(RegistryError, match="needs an active MLflow run"):
+        log_cnn_model(store["checkpoint"])
+
+
+# --- the promotion rule ------------------------------------------------------------------------------------------
+
+
+def test_first_version_is_champion_and_is_tagged(store, name):
+    promotion = register(store, name, 0.9)
+    assert (promotion.version, promotion.promoted, promotion.alias) == (1, True, CHAMPION)
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(name, CHAMPION)
+    assert int(version.version) == 1
+    assert version.tags["test_accuracy"] == "0.9"
+    assert version.tags["source_run_id"] == store["run_id"]
+    assert version.tags["data_digest"] == "d1g3st"
+    assert version.tags["git_commit"] == "abc123"
+    assert "first champion" in version.tags["promotion"]
+    assert "first champion" in client.get_run(store["run_id"]).data.tags["promotion"]
+
+
+@pytest.mark.parametrize("accuracy", [0.85, 0.9])  # worse, and equal: only a strictly better version is promoted
+def test_a_version_that_does_not_beat_the_champion_is_challenger(store, name, accuracy):
+    register(store, name, 0.9)
+    promotion = register(store, name, accuracy)
+    assert (promotion.version, promotion.promoted, promotion.alias) == (2, False, CHALLENGER)
+    assert f"does not beat champion version 1 (0.9000)" in promotion.reason
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
+    assert int(client.get_model_version_by_alias(name, CHALLENGER).version) == 2
+    assert client.get_run(store["run_id"]).data.tags["promotion"] == promotion.reason  # the run says why
+
+
+def test_a_better_version_takes_champion(store, name):
+    register(store, name, 0.9)
+    promotion = register(store, name, 0.95)
+    assert (promotion.version, promotion.promoted, promotion.alias) == (2, True, CHAMPION)
+    assert "beats champion version 1" in promotion.reason
+    assert int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version) == 2
+
+
+def test_a_champion_without_accuracy_is_not_replaced_silently(store, name):
+    register(store, name, 0.9)
+    MlflowClient().delete_model_version_tag(name, "1", "test_accuracy")
+    promotion = register(store, name, 0.99)
+    assert not promotion.promoted and "no test_accuracy tag" in promotion.reason
+
+
+def test_explicit_roll_back_and_promotion(store, name):
+    register(store, name, 0.9)
+    register(store, name, 0.95)
+    assert set_alias(name, CHAMPION, 1) == 2  # roll back; returns where the alias was
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
+    assert "set by hand" in client.get_model_version(name, "1").tags["promotion"]
+    assert set_alias(name, CHAMPION, "2") == 1
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 2
+
+
+@pytest.mark.parametrize(
+    "model, alias, version, message",
+    [
+        ("SELF", CHAMPION, 9, r"has no version 9 \(versions: 1\)"),
+        ("no-such-model", CHAMPION, 1, "no registered model named 'no-such-model'"),
+        ("SELF", CHAMPION, "two", "version must be a positive integer, got 'two'"),
+        ("SELF", CHAMPION, 0, "version must be a positive integer"),
+        ("SELF", "v1", 1, "cannot set alias 'v1'"),
+    ],
+)
+def test_set_alias_errors_are_one_line(store, name, model, alias, version, message):
+    register(store, name, 0.9)
+    with pytest.raises(RegistryError, match=message) as info:
+        set_alias(name if model == "SELF" else model, alias, version)
+    assert "\n" not in str(info.value)
+
+
+def test_baseline_is_registered_under_its_own_name(store):
+    promotion = register_baseline(store["uri"], test_accuracy=0.92, run_id=store["run_id"], data_digest="d1g3st")
+    assert promotion.model_name == "digits-baseline" and promotion.promoted
+    assert MlflowClient().get_model_version_by_alias("digits-baseline", CHAMPION).tags["test_accuracy"] == "0.92"
+
+
+@pytest.mark.parametrize("accuracy", [float("nan"), -0.1, 1.5])
+def test_accuracy_must_be_a_fraction(store, name, accuracy):
+    with pytest.raises(RegistryError, match="test_accuracy must be a number from 0 to 1"):
+        register(store, name, accuracy)
+
+
+def test_git_commit(tmp_path):
+    commit = registry.current_git_commit()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
+    assert registry.current_git_commit(tmp_path) is None
