@@ -1,0 +1,267 @@
+"""End to end: a small real CNN registered, the real `mlflow models serve` on a free port, real MNIST digits sent
+as pixel values and as drawings, every kind of bad input answered 4xx while the server keeps answering."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+from PIL import Image, ImageFilter
+
+from digits.config import TrainConfig
+from digits.data import split_train_val
+from digits.model import build_model, predict_proba, save_checkpoint
+from digits.preprocess import MAX_BATCH
+from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
+from digits.train import fit
+
+pytestmark = [pytest.mark.e2e, pytest.mark.data]
+
+MODEL = "digits-cnn"
+N_ARRAYS = 300
+N_DRAWINGS = 120
+
+
+# --- test data -----------------------------------------------------------------------------------------------
+
+
+def drawing(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """An MNIST digit as a user's drawing: dark ink on white, enlarged to a few hundred pixels, off centre, thicker."""
+    side = int(rng.integers(200, 320))
+    big = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
+    thicken = int(rng.choice([1, 5, 9]))
+    if thicken > 1:  # Pillow's MaxFilter(1) crashes (SIGFPE), and would do nothing anyway
+        big = big.filter(ImageFilter.MaxFilter(thicken))
+    canvas = Image.new("L", (side + 200, side + 120), 0)
+    canvas.paste(big, (int(rng.integers(0, 200)), int(rng.integers(0, 120))))
+    return Image.eval(canvas, lambda v: 255 - v)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def zero_size_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+# --- the registered model and the server -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def venv_env(uri: str) -> dict[str, str]:
+    # The scoring server starts `uvicorn` from PATH: this venv's bin must come first.
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def registered(mnist, tmp_path_factory):
+    """A CNN trained on 3,000 images (about 95% test accuracy) registered as champion; an untrained one as challenger."""
+    root = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
+        config = TrainConfig(epochs=2, subset=3000, seed=0, device="cpu")
+        split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+        trained = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
+        untrained = build_model(config).eval()
+        promotions = {}
+        for label, model in (("trained", trained), ("untrained", untrained)):
+            accuracy = float((predict_proba(model, mnist.test_images).argmax(1) == mnist.test_labels).mean())
+            with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
+                info = log_cnn_model(save_checkpoint(model, config, root / label))
+            promotions[label] = register_cnn(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+            promotions[label + "_accuracy"] = accuracy
+        yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on a free port; killed afterwards."""
+    port = free_port()
+    log = open(registered["root"] / "server.log", "w")
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    process = subprocess.Popen(command, env=venv_env(registered["uri"]), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the scoring server did not start: {(registered['root'] / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # its own session: mlflow and the uvicorn it started
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def invoke(url: str, payload: dict | str, content_type: str = "application/json") -> requests.Response:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return requests.post(f"{url}/invocations", data=data, headers={"Content-Type": content_type}, timeout=60)
+
+
+def predictions(response: requests.Response) -> list[dict]:
+    assert response.status_code == 200, response.text[:500]
+    out = response.json()["predictions"]
+    for p in out:
+        assert isinstance(p["digit"], int) and 0 <= p["digit"] <= 9
+        assert len(p["probabilities"]) == 10 and abs(sum(p["probabilities"]) - 1) < 1e-4
+        assert p["confidence"] == pytest.approx(max(p["probabilities"])) and p["digit"] == int(np.argmax(p["probabilities"]))
+    return out
+
+
+# --- registry ----------------------------------------------------------------------------------------------------
+
+
+def test_worse_model_does_not_take_champion(registered):
+    promotions = registered["promotions"]
+    assert promotions["trained_accuracy"] > 0.9 and promotions["untrained_accuracy"] < 0.5
+    assert promotions["trained"].promoted and promotions["trained"].alias == CHAMPION
+    assert not promotions["untrained"].promoted and promotions["untrained"].alias == CHALLENGER
+    client = MlflowClient(registered["uri"])
+    assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == promotions["trained"].version
+    run = client.get_run(client.get_model_version(MODEL, str(promotions["untrained"].version)).tags["source_run_id"])
+    assert "does not beat champion" in run.data.tags["promotion"]
+
+
+# --- good input -------------------------------------------------------------------------------------------------
+
+
+def test_mnist_pixel_values_in_both_layouts(server, registered, mnist):
+    images, labels = mnist.test_images[:N_ARRAYS], mnist.test_labels[:N_ARRAYS]
+    square = predictions(invoke(server, {"inputs": images.tolist()}))
+    flat = predictions(invoke(server, {"inputs": images.reshape(-1, 784).tolist()}))
+    digits = np.array([p["digit"] for p in square])
+    assert [p["digit"] for p in flat] == digits.tolist()
+    # The endpoint is the trained network, no more, no less: same answers as calling it directly.
+    np.testing.assert_array_equal(digits, predict_proba(registered["model"], images).argmax(1))
+    assert (digits == labels).mean() > 0.9
+
+
+def test_drawings_as_png_and_jpeg_in_split_and_records(server, mnist):
+    rng = np.random.default_rng(0)
+    images, labels = mnist.test_images[-N_DRAWINGS:], mnist.test_labels[-N_DRAWINGS:]
+    pictures = [encode(drawing(image, rng), "PNG" if i % 3 else "JPEG") for i, image in enumerate(images)]
+    half = N_DRAWINGS // 2
+    split = predictions(invoke(server, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in pictures[:half]]}}))
+    records = predictions(invoke(server, {"dataframe_records": [{"image": p} for p in pictures[half:]]}))
+    digits = np.array([p["digit"] for p in split + records])
+    assert (digits == labels).mean() > 0.85  # about 0.94 with this small model; pixel values give about 0.95
+
+
+def test_response_shape_for_one_image(server, mnist):
+    response = invoke(server, {"inputs": mnist.test_images[:1].tolist()})
+    assert response.headers["content-type"].startswith("application/json")
+    (only,) = predictions(response)
+    assert set(only) == {"digit", "confidence", "probabilities"}
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
+    """name: (payload, content type, what the error message must say)."""
+    digit = mnist.test_images[0].astype(float)
+    flat = digit.reshape(784).tolist()
+    png = base64.b64decode(encode(drawing(mnist.test_images[0], np.random.default_rng(1))))
+    split = lambda text: {"dataframe_split": {"columns": ["image"], "data": [[text]]}}  # noqa: E731
+    return {
+        "malformed JSON": ('{"inputs": [[0, 1,', "application/json", "valid JSON"),
+        "wrong content type": ("inputs=1", "text/plain", "content types"),
+        "783 values": ({"inputs": [flat[:783]]}, "application/json", "got shape (783,)"),
+        "27x28": ({"inputs": [digit[:27].tolist()]}, "application/json", "got shape (27, 28)"),
+        "strings": ({"inputs": [[str(v) for v in flat]]}, "application/json", "got strings"),
+        "booleans": ({"inputs": [[v > 0 for v in flat]]}, "application/json", "got booleans"),
+        "NaN": (json.dumps({"inputs": [[float("nan")] + flat[1:]]}), "application/json", "NaN or infinity"),
+        "infinity": (json.dumps({"inputs": [[float("inf")] + flat[1:]]}), "application/json", "NaN or infinity"),
+        "over 255": ({"inputs": [[300.0] + flat[1:]]}, "application/json", "from 0 to 255"),
+        "negative": ({"inputs": [[-1.0] + flat[1:]]}, "application/json", "from 0 to 255"),
+        "0-1 scale": ({"inputs": [(np.array(flat) / 255).tolist()]}, "application/json", "not 0-1"),
+        "inverted pixels": ({"inputs": [(255 - np.array(flat)).tolist()]}, "application/json", "light ink on a dark background"),
+        "empty batch": ({"inputs": []}, "application/json", "empty batch"),
+        "empty split": ({"dataframe_split": {"columns": ["image"], "data": []}}, "application/json", "empty batch"),
+        "not base64": (split("this is not base64!"), "application/json", "not valid base64"),
+        "base64 of text": (split(base64.b64encode(b"just some text, not a picture").decode()), "application/json", "not a PNG or JPEG"),
+        "truncated PNG": (split(base64.b64encode(png[: len(png) // 2]).decode()), "application/json", "truncated or corrupt"),
+        "0x0 image": (split(base64.b64encode(zero_size_png()).decode()), "application/json", "0x0"),
+        "huge image": (split(encode(Image.new("L", (5000, 4000), 255))), "application/json", "over the limit of 16,777,216"),
+        "blank image": (split(encode(Image.new("L", (300, 300), 255))), "application/json", "no digit found"),
+        "batch over the limit": ({"inputs": np.zeros((MAX_BATCH + 1, 784), np.uint8).tolist()}, "application/json", "over the limit of 1,000"),
+        "null image": ({"dataframe_records": [{"image": None}]}, "application/json", "got nothing"),
+        "number as image": ({"dataframe_records": [{"image": 7}]}, "application/json", "got a number"),
+        "no image column": ({"dataframe_records": [{"picture": "x"}]}, "application/json", "missing inputs ['image']"),
+        "not an object": ("[1, 2, 3]", "application/json", "JSON dictionary"),
+    }
+
+
+def test_every_bad_input_is_a_4xx_that_says_what_is_wrong_and_the_server_keeps_answering(server, mnist):
+    failures = []
+    for name, (payload, content_type, expected) in bad_inputs(mnist).items():
+        response = invoke(server, payload, content_type)
+        # MLflow's own 415 (wrong content type) is plain text; everything else is JSON with a message.
+        message = response.text if response.status_code == 415 else response.json().get("message", "")
+        if not (400 <= response.status_code < 500 and expected in message):
+            failures.append(f"{name}: {response.status_code} {message[:300]!r}")
+        assert requests.get(f"{server}/ping", timeout=5).status_code == 200, f"server stopped answering after {name}"
+    assert not failures, "\n".join(failures)
+    predictions(invoke(server, {"inputs": mnist.test_images[:2].tolist()}))  # and still predicts
+
+
+def test_error_messages_name_the_bad_image(server, mnist):
+    images = mnist.test_images[:3].astype(float)
+    images[2, 0, 0] = float("nan")
+    response = invoke(server, json.dumps({"inputs": images.tolist()}))
+    assert response.status_code == 400
+    assert "image 2: pixel values must be finite numbers" in response.json()["message"]
+
+
+# --- explicit promotion and roll-back -----------------------------------------------------------------------------
+
+
+def test_explicit_promotion_and_roll_back(registered):
+    promotions = registered["promotions"]
+    good, bad = promotions["trained"].version, promotions["untrained"].version
+    client = MlflowClient(registered["uri"])
+    assert set_alias(MODEL, CHAMPION, bad) == good
+    assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == bad
+    assert set_alias(MODEL, CHAMPION, good) == bad  # roll back
+    assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == good
