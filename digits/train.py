@@ -115,11 +115,13 @@ def fit(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: Iterable[EpochCallback] = (),
+    model: nn.Module | None = None,
 ) -> FitResult:
     """Train the CNN that ``config`` describes on uint8 ``train`` images/labels; validate on ``val`` after each epoch.
 
     Epoch metrics: ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when ``val`` is given),
     ``lr``, ``images_per_second``, ``epoch_seconds``. Raises ``NonFiniteLossError`` when the loss is NaN/inf.
+    ``model``: train this network (built from ``config``, e.g. to keep a handle on it) instead of a new one.
     """
     config.validate()
     callbacks = list(callbacks)
@@ -137,7 +139,7 @@ def fit(
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * config.epochs
 
-    model = build_model(config).to(device)
+    model = (model if model is not None else build_model(config)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if config.compile and device.type == "cuda" else model
