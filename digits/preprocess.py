@@ -35,8 +35,8 @@ MAX_BATCH_PIXELS = 64 * 1024 * 1024  # all the pictures of one request together,
 FORMATS = ("PNG", "JPEG")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# Pictures are reduced (by averaging) to this long side first: bounded work, and a stroke thinner than the
-# reduction factor (4 at the pixel limit) fades, so a pen stroke in a phone photo still counts as ink.
+# Pictures are first reduced (by averaging) to at most this long side, which bounds the work. At the pixel
+# limit that is a factor of 4: a pen stroke in a phone photo is wider than that and survives.
 _WORK_SIDE = 1024
 _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which a picture counts as blank
 _INK_FLOOR = 0.2  # of the ink's contrast: paper texture, JPEG noise and faint shadows below it are dropped
@@ -71,12 +71,16 @@ def decode_image(data: str | bytes) -> Image.Image:
     except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image; all mean the same
         if data[:8] == _PNG_SIGNATURE and len(data) >= 24:  # Pillow refuses a 0x0 PNG; say so rather than "not a PNG"
             _check_size(*struct.unpack(">II", bytes(data[16:24])))
+        kind = "PNG" if data[:8] == _PNG_SIGNATURE else "JPEG" if data[:3] == b"\xff\xd8\xff" else None
+        if kind:
+            raise InputError(f"the {kind} data is truncated or corrupt") from None
         raise InputError(f"the data is not a {' or '.join(FORMATS)} image ({len(data):,} bytes starting {bytes(data[:8])!r})") from None
     _check_size(*image.size)
-    if image.format == "JPEG":
-        # Let libjpeg decode big photos at 1/2, 1/4 or 1/8 scale: faster and less memory, same result after
-        # the reduction to _WORK_SIDE.
-        image.draft("RGB", (_WORK_SIDE, _WORK_SIDE))
+    scale = _WORK_SIDE / max(image.size)
+    if image.format == "JPEG" and scale < 1:
+        # Let libjpeg decode a big photo at 1/2, 1/4 or 1/8 scale, never below _WORK_SIDE: faster and less
+        # memory, the same result after the reduction to _WORK_SIDE.
+        image.draft(image.mode, (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
     try:
         image.load()
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError, zlib errors...

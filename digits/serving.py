@@ -101,6 +101,6 @@ def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = "models:/
         try:
             result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}))
         except MlflowException as exc:
-            raise PredictError(f"{path}: {exc.message.splitlines()[0]}") from None
+            raise PredictError(f"{path}: {exc.message.splitlines()[0].removeprefix('image 0: ')}") from None
         rows.append({"path": str(path), **result.iloc[0].to_dict()})
     return pd.DataFrame(rows)

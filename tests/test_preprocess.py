@@ -183,6 +183,19 @@ def test_default_pixel_limit_takes_a_phone_photo_but_not_more():
     assert 4032 * 3024 <= preprocess.MAX_PIXELS < 5000 * 5000
 
 
+def test_a_phone_sized_jpeg_is_decoded_reduced(reference):
+    photo = draw(size=(4032, 3024), offset=(1500, 900), scale=12, width=144).convert("RGB")
+    data = base64.b64decode(encode(photo, "JPEG"))
+    assert max(decode_image(data).size) <= 2 * 1024  # libjpeg decoded it at a reduced scale
+    assert similarity(to_mnist(data), reference) > 0.95
+
+
+def test_truncated_headers_are_named():
+    for data in (base64.b64decode(encode(draw()))[:40], base64.b64decode(encode(draw().convert("RGB"), "JPEG"))[:40]):
+        with pytest.raises(InputError, match="(PNG|JPEG) data is truncated or corrupt"):
+            decode_image(data)
+
+
 @pytest.mark.parametrize("image", [Image.new("L", (64, 64), 255), Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 120)])
 def test_blank_pictures_have_no_digit(image):
     with pytest.raises(InputError, match="no digit found"):
