@@ -20,11 +20,14 @@ from typing import Any, Sequence
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from digits.errors import DigitsError
-from digits.model import load_checkpoint, predict_proba
+from digits.model import load_checkpoint
 from digits.preprocess import MAX_BATCH, InputError, to_mnist_batch
 
 INPUT_COLUMN = "image"
@@ -36,7 +39,8 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json)."""
-        self.model, self.config = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+        model, self.config = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.model = inference_model(model)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input``."""
@@ -46,7 +50,38 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
             # BAD_REQUEST makes the scoring server answer 400 with this message; any other exception is a
             # 400 whose message says nothing useful.
             raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
-        return predictions_frame(predict_proba(self.model, images))
+        return predictions_frame(probabilities(self.model, images))
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """The network prepared for CPU inference: batch norms folded into their convolutions, channels-last layout.
+
+    Same outputs (to float rounding); on 2 CPU cores it ran about twice as fast as the training layout.
+    """
+    return _fuse_conv_bn(model.eval()).to(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of uint8 images (N, 28, 28) for a model from ``inference_model``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255)
+    return torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), dim=1).numpy()
+
+
+def _fuse_conv_bn(module: nn.Module) -> nn.Module:
+    # Eval-mode batch norm is an affine map per channel: fold it into the preceding convolution's weights.
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            layers, fused = list(child), []
+            while layers:
+                layer = layers.pop(0)
+                if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
+                    layer = fuse_conv_bn_eval(layer, layers.pop(0))
+                fused.append(_fuse_conv_bn(layer))
+            setattr(module, name, nn.Sequential(*fused))
+        else:
+            _fuse_conv_bn(child)
+    return module
 
 
 def predictions_frame(probabilities: np.ndarray) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import sys
@@ -10,11 +11,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from digits import registry
+from digits import registry, serving
 from digits.config import TrainConfig
-from digits.model import build_model, save_checkpoint
+from digits.model import build_model, predict_proba, save_checkpoint
 from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_cnn, set_alias
 
 pytestmark = pytest.mark.unit
@@ -70,6 +72,20 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(out["confidence"], probabilities.max(axis=1))
     assert (out["digit"] == probabilities.argmax(axis=1)).all()
+
+
+def test_inference_model_gives_the_networks_probabilities():
+    torch.manual_seed(0)
+    network = build_model(TrainConfig(width=8, blocks=3)).eval()
+    for module in network.modules():  # non-trivial batch-norm statistics, so folding them is really tested
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    expected = predict_proba(network, images)
+    fast = serving.inference_model(copy.deepcopy(network))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    np.testing.assert_allclose(serving.probabilities(fast, images), expected, atol=1e-5)
 
 
 def test_serving_code_imports_nothing_from_training():
