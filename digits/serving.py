@@ -13,6 +13,8 @@ Output: one row per image: ``digit`` (int), ``confidence`` (float), ``probabilit
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +43,8 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json)."""
         model, self.config = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
         self.model = inference_model(model)
+        if os.environ.get("__pyfunc_model_path__"):  # set by `mlflow models serve` for the server process alone
+            guard_scoring_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input``."""
@@ -51,6 +55,42 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
             # 400 whose message says nothing useful.
             raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
         return predictions_frame(probabilities(self.model, images))
+
+
+def guard_scoring_server() -> None:
+    """Make MLflow's scoring server answer every client mistake with a 4xx and a JSON body.
+
+    As of MLflow 3.17 it answers 500 to a request without a Content-Type header (it calls ``None.split``) and
+    to deeply nested JSON (``json.loads`` raises RecursionError), and a wrong content type gets a plain-text
+    415. The server looks its ``invocations`` function up at each request, so wrapping that function fixes all
+    three; anything else passes through unchanged. Idempotent; a no-op if MLflow's layout ever changes.
+    """
+    try:
+        from mlflow.pyfunc import scoring_server as server
+    except ImportError:
+        return
+    original = getattr(server, "invocations", None)
+    if original is None or getattr(original, "_digits_guard", False) or not hasattr(server, "InvocationsResponse"):
+        return
+
+    def refuse(status: int, message: str) -> Any:
+        body = json.dumps({"error_code": "UNSUPPORTED_MEDIA_TYPE" if status == 415 else "BAD_REQUEST", "message": message})
+        return server.InvocationsResponse(response=body, status=status, mimetype="application/json")
+
+    @functools.wraps(original)
+    def invocations(data: Any, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        if not content_type:
+            return refuse(415, "no Content-Type header: send the request as application/json")
+        try:
+            result = original(data, content_type, model, input_schema)
+        except RecursionError:
+            raise MlflowException("the JSON is nested too deeply to be a request for this model", error_code=BAD_REQUEST) from None
+        if result.status == 415 and result.mimetype != "application/json":
+            return refuse(415, str(result.response))
+        return result
+
+    invocations._digits_guard = True  # type: ignore[attr-defined]
+    server.invocations = invocations
 
 
 def inference_model(model: nn.Module) -> nn.Module:

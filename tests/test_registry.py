@@ -195,3 +195,25 @@ def test_git_commit(tmp_path):
     commit = registry.current_git_commit()
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
     assert registry.current_git_commit(tmp_path) is None
+
+
+def test_scoring_server_guard_turns_mlflows_500s_and_plain_text_into_json_4xx(store, monkeypatch):
+    from mlflow.pyfunc import scoring_server as server
+
+    monkeypatch.setattr(server, "invocations", server.invocations)  # restored after the test
+    serving.guard_scoring_server()
+    serving.guard_scoring_server()  # idempotent: wraps once
+    assert server.invocations._digits_guard and not getattr(server.invocations.__wrapped__, "_digits_guard", False)
+    model = mlflow.pyfunc.load_model(store["uri"])
+    schema = model.metadata.get_input_schema()
+
+    for content_type, expected in ((None, "no Content-Type header"), ("text/plain", "content types")):
+        result = server.invocations('{"inputs": []}', content_type, model, schema)
+        assert result.status == 415 and result.mimetype == "application/json"
+        assert expected in json.loads(result.response)["message"]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="nested too deeply") as info:
+        server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema)
+    assert info.value.get_http_status_code() == 400
+    example = registry.input_example()
+    good = server.invocations(json.dumps({"dataframe_split": example.to_dict(orient="split")}), "application/json", model, schema)
+    assert good.status == 200 and len(json.loads(good.response)["predictions"]) == 2  # the rest passes through
