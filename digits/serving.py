@@ -40,7 +40,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     """The CNN behind the endpoint: validates and preprocesses the ``image`` column, then predicts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json)."""
+        """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json); in the server, add the guard."""
         model, self.config = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
         self.model = inference_model(model)
         if os.environ.get("__pyfunc_model_path__"):  # set by `mlflow models serve` for the server process alone
@@ -58,7 +58,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
 
 def guard_scoring_server() -> None:
-    """Make MLflow's scoring server answer every client mistake with a 4xx and a JSON body.
+    """Close the gaps where MLflow's scoring server answers a client's mistake with a 500 or a plain-text body.
 
     As of MLflow 3.17 it answers 500 to a request without a Content-Type header (it calls ``None.split``) and
     to deeply nested JSON (``json.loads`` raises RecursionError), and a wrong content type gets a plain-text
