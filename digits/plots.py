@@ -24,6 +24,7 @@ DPI = 110
 _DIGIT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 # The tab10 colours alone are hard to tell apart for some readers: alternate the line style too.
 _LINESTYLES = ["-", "--", "-.", ":"]
+RELIABILITY_MIN_COUNT = 30  # reliability bins with fewer images are drawn hollow
 
 
 def figure_to_png(fig: Figure) -> bytes:
@@ -159,12 +160,16 @@ def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
     return fig
 
 
-def training_curves_figure(history: list[dict]) -> Figure:
-    """Loss and accuracy per epoch (x = 1..n): train_* against val_*; series absent from ``history`` are left out."""
+def training_curves_figure(history: list[dict], *, x_label: str = "epoch", note: str | None = None) -> Figure:
+    """Loss and accuracy per epoch: train_* against val_*; series absent from ``history`` are left out.
+
+    x is each entry's ``step`` when it has one, else 1..n. ``x_label`` names the x axis; ``note`` is a second
+    title line, e.g. why a series is missing.
+    """
     fig = _figure(10, 4.5)
     if not history:
         return _message(fig, "no epochs in the training history")
-    epochs = np.arange(1, len(history) + 1)
+    epochs = np.array([h.get("step", i) for i, h in enumerate(history, start=1)], dtype=np.float64)
     panels = [("loss", "loss", None), ("accuracy", "accuracy", PercentFormatter(1.0))]
     axes = fig.subplots(1, 2)
     for ax, (name, ylabel, formatter) in zip(axes, panels):
@@ -177,10 +182,16 @@ def training_curves_figure(history: list[dict]) -> Figure:
             ax.plot(epochs, values, style, markersize=4 if len(epochs) <= 30 else 0, label=key)
             drawn += 1
         ax.set_title(name.capitalize())
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(0.5, len(epochs) + 0.5)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)  # a tick at every point: with a few epochs, fractional ticks would be misread
+        else:
+            # min_n_ticks=1: otherwise MaxNLocator falls back to fractional ticks when few integers are in view.
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        # Half a step of margin on each side, so the first and last markers are not cut by the axes.
+        margin = 0.5 * (np.min(np.diff(epochs)) if len(epochs) > 1 else 1.0)
+        ax.set_xlim(epochs[0] - margin, epochs[-1] + margin)
         ax.grid(True, alpha=0.3)
         if formatter is not None:
             ax.yaxis.set_major_formatter(formatter)
@@ -188,7 +199,9 @@ def training_curves_figure(history: list[dict]) -> Figure:
             ax.legend()
         else:
             ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"Training curves ({len(epochs)} epoch{'s' if len(epochs) != 1 else ''})")
+    plural = "s" if len(epochs) != 1 else ""
+    points = f"{len(epochs)} epoch{plural}" if x_label == "epoch" else f"evaluated {len(epochs)} time{plural}"
+    fig.suptitle(f"Training curves ({points})" + (f"\n{note}" if note else ""), fontsize=11)
     return fig
 
 
@@ -229,6 +242,11 @@ def reliability_figure(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) ->
     top.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1, label="perfect calibration")
     # Each bin's point sits at its mean confidence, so its distance from the diagonal is exactly the bin's gap.
     top.plot(rel.confidence[filled], rel.accuracy[filled], "o-", color="tab:blue", markersize=5, label="bins: accuracy vs mean confidence")
+    # A bin of a handful of images swings from 0 to 1 by chance: hollow markers say "do not read much into it".
+    few = filled & (rel.count < RELIABILITY_MIN_COUNT)
+    if few.any():
+        top.plot(rel.confidence[few], rel.accuracy[few], "o", color="tab:blue", markerfacecolor="white", markersize=6, zorder=3,
+                 label=f"hollow: a bin of fewer than {RELIABILITY_MIN_COUNT} images (noisy)")
     top.vlines(rel.confidence[filled], rel.confidence[filled], rel.accuracy[filled], color="tab:red", linewidth=1.5, label="gap (what the ECE averages)")
     top.text(0.97, 0.05, "above the diagonal: under-confident\nbelow: over-confident", transform=top.transAxes,
              ha="right", va="bottom", fontsize=9, color="0.3")
