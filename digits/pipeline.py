@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 
-from digits import baseline, tracking
+from digits import baseline, report, tracking
 from digits.config import DataConfig, SearchConfig, TrainConfig
 from digits.data import MNIST, Split, load_mnist, split_train_val
-from digits.evaluation import log_test_evaluation
+from digits.evaluation import log_eda_once, log_test_evaluation
 from digits.model import predict_proba, save_checkpoint
 from digits.train import fit
 
@@ -50,11 +50,13 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
         mlflow.log_params({"model": "LogisticRegression", "solver": "lbfgs", "C": 1.0, "max_iter": 100, **DataConfig.to_dict(config)})
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "test", None, "testing")
-        t0 = time.perf_counter()
-        model = baseline.fit_baseline(mnist.train_images[split.train], mnist.train_labels[split.train], seed=config.seed)
-        fit_seconds = time.perf_counter() - t0
+        # Fitted in blocks of lbfgs iterations, so the baseline has training curves (step = iterations) like the CNN.
+        model, history, fit_seconds = baseline.fit_baseline_with_history(
+            mnist.train_images[split.train], mnist.train_labels[split.train],
+            (mnist.train_images[split.val], mnist.train_labels[split.val]), seed=config.seed, callback=tracking.epoch_logger(),
+        )
         proba = baseline.predict_proba(model, mnist.test_images)
-        metrics = log_test_evaluation(mnist.test_labels, proba)
+        metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg")
         mlflow.log_metric("fit_seconds", fit_seconds)
         example = baseline.features(mnist.test_images[:2])
         info = mlflow.sklearn.log_model(
@@ -82,7 +84,7 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
         result = fit(config, (mnist.train_images[train_idx], mnist.train_labels[train_idx]), val, callbacks=[tracking.epoch_logger()])
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
         proba = predict_proba(result.model, mnist.test_images)
-        metrics = log_test_evaluation(mnist.test_labels, proba)
+        metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=result.history)
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")
@@ -100,6 +102,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digit
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
         mlflow.log_params({**search.to_dict(), "model_name": model_name})
+        log_eda_once(mnist)  # once per data digest: a later pipeline run on the same data points to these figures
         base = run_baseline(config, mnist, split, nested=True)
         best = config
         if search.n_trials:
@@ -108,3 +111,5 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digit
             best = run_search(config, search, mnist, split)
         cnn = run_cnn(best, mnist, split, nested=True, final=True)
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
+        # The card goes into the CNN run and this one; it is also the registered version's description.
+        card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
