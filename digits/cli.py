@@ -103,6 +103,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from digits.data import load_mnist
+    from digits.evaluation import evaluate_model, load_model
+
+    model = load_model(args.model_uri)  # first: a wrong URI is reported without waiting for the data
+    evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
@@ -122,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="fit and evaluate the logistic-regression baseline")
     add_config_flags(p, DataConfig)
     p.set_defaults(handler=cmd_baseline)
+
+    p = sub.add_parser("evaluate", help="evaluate a registered model or a run's model on the test set and log an evaluation run with every metric and figure")
+    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: models:/digits-cnn@champion)")
+    add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
+    p.set_defaults(handler=cmd_evaluate)
     return parser
 
 
