@@ -1,0 +1,463 @@
+"""tuning/: the search space, the sampler's seeding, storage errors, pruning, NaN trials, MLflow nesting, resume,
+interruption (SIGINT, SIGTERM, SIGKILL), two parallel workers, and the stored study read by optuna-dashboard.
+
+Everything is tiny (1,000-2,000 training images, 500 validation images, 1-2 epochs, one thread) and both stores
+live in tmp dirs: MLflow in a copy of a once-initialised sqlite file, Optuna in its own sqlite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from digits.config import SearchConfig, TrainConfig
+from tests.conftest import ROOT, digits_command
+from tuning import search as search_mod
+from tuning.space import BATCH_SIZES, LR_RANGE, SEARCHED, WEIGHT_DECAY_RANGE, base_params, suggest_config
+from tuning.storage import StorageError
+
+TINY = dict(subset=1000, val_size=500, threads=1)
+
+
+# --- fixtures and helpers -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow sqlite store (creating its tables takes seconds; copying it does not)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch, mlflow_template) -> SimpleNamespace:
+    """A fresh MLflow store (set for this process and its subprocesses) and an Optuna storage URL, both in tmp_path."""
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield SimpleNamespace(tracking=uri, optuna=f"sqlite:///{tmp_path / 'optuna.db'}", dir=tmp_path)
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def all_runs() -> list:
+    client = mlflow.MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def children(parent) -> list:
+    return sorted((r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id), key=lambda r: r.info.start_time)
+
+
+def load(storage: str, name: str = "digits-cnn") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def tune(storage: str, *args: str, n_trials: int = 2, trial_epochs: int = 1, subset: int = 1000) -> list[str]:
+    """The ``digits tune`` command line of a tiny search."""
+    return digits_command(
+        "tune", "--data_dir", os.environ.get("DIGITS_DATA_DIR", ""), "--subset", str(subset), "--val_size", "500",
+        "--threads", "1", "--n_trials", str(n_trials), "--trial_epochs", str(trial_epochs), "--storage", storage, *args,
+    )
+
+
+def tiny_split(mnist, subset: int = 1000):
+    from digits.data import split_train_val
+
+    return split_train_val(mnist.train_labels, 500, 0, subset)
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+# --- unit: the space, the sampler, the storage, the study, zombies ------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_suggest_config_stays_in_the_space(optimizer):
+    base = TrainConfig(optimizer=optimizer, epochs=7, blocks=2, seed=3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    for _ in range(40):
+        trial = study.ask()
+        config = suggest_config(trial, base)
+        config.validate()
+        assert LR_RANGE[optimizer][0] <= config.lr <= LR_RANGE[optimizer][1]
+        assert WEIGHT_DECAY_RANGE[optimizer][0] <= config.weight_decay <= WEIGHT_DECAY_RANGE[optimizer][1]
+        assert isinstance(config.width, int) and config.width in (12, 16, 20, 24)
+        assert config.batch_size in BATCH_SIZES
+        assert 0 <= config.dropout <= 0.5 and 0 <= config.label_smoothing <= 0.2 and 0 <= config.augment <= 1
+        # The trial length and everything not searched come from the base, never from the trial.
+        assert (config.epochs, config.blocks, config.seed, config.optimizer) == (7, 2, 3, optimizer)
+        assert set(trial.params) == set(SEARCHED)
+        study.tell(trial, 0.5)
+    assert len({t.params["lr"] for t in study.trials}) == 40  # log-uniform draws, not a grid
+
+
+@pytest.mark.unit
+def test_base_params_reproduce_the_base_config():
+    base = TrainConfig()
+    assert suggest_config(optuna.trial.FixedTrial(base_params(base)), base) == base
+    # A batch size outside the choices cannot be enqueued; the rest still is.
+    assert "batch_size" not in base_params(TrainConfig(batch_size=100))
+    assert base_params(TrainConfig(batch_size=100))["lr"] == base.lr
+
+
+@pytest.mark.unit
+def test_sampler_is_seeded_and_a_resumed_study_draws_new_configs(tmp_path):
+    def draw(storage, n, seed=0):
+        study = optuna.create_study(storage=storage, study_name="s", direction="maximize", sampler=search_mod.make_sampler(seed), load_if_exists=True)
+        study.optimize(lambda t: suggest_config(t, TrainConfig()).lr, n_trials=n)
+        return [t.params for t in study.trials]
+
+    first = draw(f"sqlite:///{tmp_path / 'a.db'}", 3)
+    assert draw(f"sqlite:///{tmp_path / 'b.db'}", 3) == first  # same seed, same configs
+    resumed = draw(f"sqlite:///{tmp_path / 'a.db'}", 3)  # a second run with the same seed continues the study...
+    assert resumed[:3] == first and all(p not in first for p in resumed[3:])  # ...with new configs, not repeats
+    assert draw(f"sqlite:///{tmp_path / 'c.db'}", 3, seed=1) != first
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("url", ["nosuchdialect://x/y", "sqlite:////nonexistent-dir/sub/optuna.db", "not a url"])
+def test_a_storage_that_cannot_be_opened_is_a_one_line_error(url):
+    with pytest.raises(StorageError) as info:
+        search_mod.open_storage(url)
+    message = str(info.value)
+    assert "\n" not in message and "cannot open Optuna storage" in message
+
+
+@pytest.mark.unit
+def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("this is not a database\n" * 100)
+    result = subprocess.run(
+        digits_command("tune", "--storage", f"sqlite:///{not_a_db}", "--data_dir", str(tmp_path / "none")),
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("digits tune: error: cannot open Optuna storage"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.unit
+def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
+    storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    data = SimpleNamespace(digest="abc")
+    study = search_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=2), data, storage)
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # the untuned base, enqueued once
+    assert study.trials[0].user_attrs["base"] is True
+    again = search_mod.open_study(TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage)
+    assert len(again.trials) == 1  # searched values, the machine and n_trials may change; nothing is enqueued again
+    with pytest.raises(search_mod.StudyMismatchError, match=r"trial_epochs=2 \(this run: trial_epochs=3\)"):
+        search_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=3), data, storage)
+    with pytest.raises(search_mod.StudyMismatchError, match="subset"):
+        search_mod.open_study(TrainConfig(subset=5000), SearchConfig(trial_epochs=2), data, storage)
+
+
+@pytest.mark.unit
+def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path):
+    storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'z.db'}")
+    study = optuna.create_study(storage=storage, study_name="z", direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        zombie, alive, other_host = study.ask(), study.ask(), study.ask()
+        zombie.set_user_attr("worker", {"host": search_mod.socket.gethostname(), "pid": dead.pid, "started": None})
+        alive.set_user_attr("worker", {"host": search_mod.socket.gethostname(), "pid": live.pid, "started": search_mod._process_start(live.pid)})
+        other_host.set_user_attr("worker", {"host": "elsewhere", "pid": 1, "started": None})  # judged by heartbeat only
+        assert search_mod.fail_zombies(study) == [zombie.number]
+        states = {t.number: t.state for t in study.trials}
+        assert states == {zombie.number: TrialState.FAIL, alive.number: TrialState.RUNNING, other_host.number: TrialState.RUNNING}
+        assert "died" in study.trials[zombie.number].user_attrs["fail_reason"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- data: the search in-process ----------------------------------------------------------------------------------
+
+
+@pytest.mark.data
+def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
+    from digits import tracking
+
+    base = TrainConfig(epochs=5, **TINY)
+    split = tiny_split(mnist)
+    with tracking.run("main", tags={"pipeline_step": "main"}) as main:
+        best = search_mod.run_search(base, SearchConfig(n_trials=3, trial_epochs=1, storage=stores.optuna), mnist, split)
+    assert best.epochs == 5 and (best.subset, best.val_size) == (1000, 500)  # the final length, the base's data
+
+    study = load(stores.optuna)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert study.trials[0].params == base_params(base) and study.trials[0].user_attrs["base"]
+    assert best == suggest_config(optuna.trial.FixedTrial(study.best_trial.params), base)
+
+    (search_run,) = children(main)
+    assert search_run.info.run_name == "search" and search_run.info.status == "FINISHED"
+    assert search_run.data.tags["pipeline_step"] == "search" and search_run.data.tags["model_family"] == "cnn"
+    trials = children(search_run)
+    assert [r.info.run_name for r in trials] == ["trial-0", "trial-1", "trial-2"]
+    client = mlflow.MlflowClient()
+    for run, trial in zip(trials, study.trials):
+        assert run.data.tags["optuna_state"] == trial.state.name == "COMPLETE" and run.info.status == "FINISHED"
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"]) and run.data.params["epochs"] == "1"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+        assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+    metrics, params = search_run.data.metrics, search_run.data.params
+    assert metrics["n_complete"] == 3 and metrics["n_pruned"] == 0 and metrics["n_failed"] == 0 and metrics["n_trials"] == 3
+    assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    assert metrics["default_val_accuracy"] == pytest.approx(study.trials[0].value)
+    assert {f"best_{p}" for p in SEARCHED} <= set(params) and params["best_width"] == str(study.best_params["width"])
+    figures = {a.path for a in client.list_artifacts(search_run.info.run_id, "figures")}
+    assert {f"figures/{n}.png" for n in ("optimization_history", "param_importances", "parallel_coordinate", "slice")} <= figures
+
+    # A second run continues the study: trials add up, finished ones are not redone.
+    with tracking.run("main"):
+        search_mod.run_search(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, split)
+    study = load(stores.optuna)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 5
+    assert sum(1 for t in study.trials if t.user_attrs.get("base")) == 1
+
+
+@pytest.mark.data
+def test_pruned_trials_end_killed_and_tagged_not_failed(mnist, stores, monkeypatch):
+    from digits import tracking
+
+    monkeypatch.setattr(search_mod, "make_pruner", lambda trial_epochs: AlwaysPrune())
+    with tracking.run("main") as main:
+        search_mod.run_search(TrainConfig(**TINY), SearchConfig(n_trials=3, trial_epochs=2, storage=stores.optuna), mnist, tiny_split(mnist))
+    study = load(stores.optuna)
+    # The untuned reference is never pruned; every other trial is, after its first epoch.
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert all(list(t.intermediate_values) == [1] for t in study.trials[1:])
+    (search_run,) = children(main)
+    runs = children(search_run)
+    assert [(r.info.status, r.data.tags["optuna_state"]) for r in runs] == [("FINISHED", "COMPLETE"), ("KILLED", "PRUNED"), ("KILLED", "PRUNED")]
+    assert "after epoch 1 of 2" in runs[1].data.tags["prune_reason"]
+    assert search_run.data.metrics["n_pruned"] == 2 and search_run.data.metrics["n_failed"] == 0
+    assert search_run.info.status == "FINISHED"
+
+
+@pytest.mark.data
+def test_a_diverging_trial_fails_with_a_reason_and_the_search_goes_on(mnist, stores):
+    from digits import tracking
+
+    # Without batch norm, lr=10 turns the loss into NaN in the first epoch; the base is trial 0.
+    base = TrainConfig(lr=10.0, batch_norm=False, batch_size=64, **TINY)
+    with tracking.run("main") as main:
+        best = search_mod.run_search(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, tiny_split(mnist))
+    study = load(stores.optuna)
+    assert len(study.trials) == 2 and study.trials[0].state == TrialState.FAIL
+    assert "nan" in study.trials[0].user_attrs["fail_reason"].lower()
+    assert study.trials[1].state == TrialState.COMPLETE  # the search went on
+    assert best.lr == study.trials[1].params["lr"]
+    (search_run,) = children(main)
+    failed = children(search_run)[0]
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna_state"] == "FAIL" and "nan" in failed.data.tags["fail_reason"].lower()
+    assert search_run.info.status == "FINISHED" and search_run.data.metrics["n_failed"] == 1
+
+
+# --- e2e: digits tune in subprocesses -----------------------------------------------------------------------------
+
+
+def wait_mid_trial(process: subprocess.Popen, storage: str, min_finished: int = 1, timeout: float = 120) -> int:
+    """Wait until a trial is RUNNING past its first epoch with ``min_finished`` finished before it; its number."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        try:
+            trials = load(storage).trials
+        except Exception:  # the study is not created yet
+            trials = []
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs]
+        if running and sum(t.state.is_finished() for t in trials) >= min_finished:
+            return running[0].number
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("no trial reached its second epoch in time")
+
+
+def start_tune(stores, n_trials: int = 20) -> subprocess.Popen:
+    """A ``digits tune`` process with 2-epoch trials on 2,000 images (long enough to be caught mid-trial)."""
+    return subprocess.Popen(tune(stores.optuna, n_trials=n_trials, trial_epochs=2, subset=2000), cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def assert_no_running_runs() -> dict:
+    runs = {r.info.run_id: r for r in all_runs()}
+    assert "RUNNING" not in {r.info.status for r in runs.values()}
+    return runs
+
+
+@pytest.mark.e2e
+@pytest.mark.data
+def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(mnist_dir, stores):
+    # 1. Ctrl-C (SIGINT) mid-trial: the trial fails as interrupted, the runs end KILLED, exit code 130.
+    process = start_tune(stores)
+    number = wait_mid_trial(process, stores.optuna, min_finished=0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    study = load(stores.optuna)
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    # The trial seen mid-epoch, or (had it just finished) the next one: the only failure, marked as interrupted.
+    (interrupted,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert interrupted.number >= number and "interrupted" in interrupted.user_attrs["fail_reason"]
+    runs = assert_no_running_runs()
+    trial_run = runs[interrupted.user_attrs["mlflow_run_id"]]
+    assert trial_run.info.status == "KILLED" and trial_run.data.tags["optuna_state"] == "FAIL"
+    assert runs[interrupted.user_attrs["mlflow_search_run_id"]].info.status == "KILLED"
+
+    # 2. SIGKILL mid-trial: no clean-up can run, the trial is left RUNNING (a zombie)...
+    process = start_tune(stores)
+    wait_mid_trial(process, stores.optuna, min_finished=len(study.trials))
+    process.kill()
+    process.communicate(timeout=60)
+    study = load(stores.optuna)
+    (zombie,) = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    count = len(study.trials)
+
+    # 3. ...until the next start marks it failed, before adding its own trial.
+    rerun = subprocess.run(tune(stores.optuna, n_trials=1, trial_epochs=2, subset=2000), cwd=stores.dir, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = load(stores.optuna)
+    assert [t.number for t in study.trials] == list(range(count + 1))
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    assert study.trials[zombie].state == TrialState.FAIL and "died" in study.trials[zombie].user_attrs["fail_reason"]
+    assert study.trials[-1].state == TrialState.COMPLETE
+    runs = assert_no_running_runs()
+    assert runs[study.trials[zombie].user_attrs["mlflow_run_id"]].info.status == "KILLED"
+    assert runs[study.trials[zombie].user_attrs["mlflow_search_run_id"]].info.status == "KILLED"
+
+
+@pytest.mark.e2e
+@pytest.mark.data
+def test_sigterm_mid_trial_fails_the_trial_and_ends_the_runs_killed(mnist_dir, stores):
+    # SIGTERM arrives as RunInterrupted, a BaseException that Optuna itself does not turn into a failed trial.
+    process = start_tune(stores)
+    wait_mid_trial(process, stores.optuna, min_finished=0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    study = load(stores.optuna)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert "RunInterrupted" in study.trials[0].user_attrs["fail_reason"]
+    runs = assert_no_running_runs()
+    assert {r.info.status for r in runs.values()} == {"KILLED"}
+
+
+@pytest.fixture(scope="module")
+def two_workers(mnist_dir, mlflow_template, tmp_path_factory) -> SimpleNamespace:
+    """Two ``digits tune`` processes started together on one new study, 3 trials each (run once for two tests)."""
+    directory = tmp_path_factory.mktemp("two-workers")
+    shutil.copy(mlflow_template, directory / "mlflow.db")
+    stores = SimpleNamespace(tracking=f"sqlite:///{directory / 'mlflow.db'}", optuna=f"sqlite:///{directory / 'optuna.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = stores.tracking
+    workers = [
+        subprocess.Popen(tune(stores.optuna, n_trials=3), cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-3000:]
+    return stores
+
+
+@pytest.mark.e2e
+@pytest.mark.data
+def test_two_parallel_workers_lose_and_duplicate_no_trial(two_workers):
+    study = load(two_workers.optuna)
+    assert [t.number for t in study.trials] == list(range(6))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert sum(1 for t in study.trials if t.user_attrs.get("base")) == 1
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 6  # no config drawn twice
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
+    client = mlflow.MlflowClient(tracking_uri=two_workers.tracking)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    searches = [r for r in runs if r.info.run_name == "search"]
+    assert len(searches) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for search_run in searches:
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search_run.info.run_id]
+        assert len(trials) == 3 and search_run.data.metrics["n_trials_added"] == 3
+
+
+@pytest.mark.e2e
+@pytest.mark.data
+def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_workers):
+    code = textwrap.dedent(
+        f"""
+        import json, optuna, optuna_dashboard
+        from wsgiref.util import setup_testing_defaults
+        storage = {two_workers.optuna!r}
+        study = optuna.load_study(study_name="digits-cnn", storage=storage)
+        app = optuna_dashboard.wsgi(storage)  # what `optuna-dashboard STORAGE` serves
+
+        def get(path):
+            environ = {{"PATH_INFO": path, "REQUEST_METHOD": "GET"}}
+            setup_testing_defaults(environ)
+            status = []
+            body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+            assert status[0].startswith("200"), (path, status)
+            return json.loads(body)
+
+        (summary,) = get("/api/studies")["study_summaries"]
+        detail = get(f"/api/studies/{{summary['study_id']}}")
+        print(json.dumps({{
+            "optuna": [t.state.name for t in study.trials],
+            "dashboard_name": summary["study_name"],
+            "dashboard": [t["state"] for t in detail["trials"]],
+        }}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(seen["optuna"]) == 6 and set(seen["optuna"]) <= {"COMPLETE", "PRUNED"}
+    assert seen["dashboard_name"] == "digits-cnn"
+    assert [s.upper() for s in seen["dashboard"]] == seen["optuna"]
+
+
+@pytest.mark.e2e
+@pytest.mark.data
+def test_mlflow_run_tune_makes_the_search_the_top_level_run(mnist_dir, stores):
+    args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "tune"]
+    params = {"n_trials": 2, "trial_epochs": 1, "subset": 1000, "timeout": 0, "data_dir": mnist_dir, "storage": stores.optuna}
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parents = [r for r in all_runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    (top,) = parents
+    # The run `mlflow run` made is the search's run: its -P values, the search's summary and the trials below it.
+    assert top.info.status == "FINISHED" and top.data.tags["pipeline_step"] == "search"
+    assert top.data.params["n_trials"] == "2" and top.data.params["timeout"] == "0"
+    assert top.data.metrics["n_trials"] == 2 and [r.info.run_name for r in children(top)] == ["trial-0", "trial-1"]
+    assert len(load(stores.optuna).trials) == 2
