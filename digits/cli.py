@@ -103,6 +103,21 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuning.storage import open_storage  # the top layer is the only one that knows the search
+
+    config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    open_storage(search.storage)  # a bad storage URL fails at once, before torch, MLflow and the data load
+
+    from digits import pipeline
+    from tuning.search import run_search
+
+    mnist, split = pipeline.load_data(config)
+    # No pipeline run around it: the search's run is the top-level run (under `mlflow run`, that run).
+    run_search(config, search, mnist, split, nested=False)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digits.data import load_mnist
     from digits.evaluation import evaluate_model, load_model
@@ -136,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: models:/digits-cnn@champion)")
     add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
+    add_config_flags(p, TrainConfig)
+    add_config_flags(p, SearchConfig)
+    p.set_defaults(handler=cmd_tune)
     return parser
 
 
