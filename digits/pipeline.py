@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 
-from digits import baseline, report, tracking
+from digits import baseline, registry, report, tracking
 from digits.config import DataConfig, SearchConfig, TrainConfig
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_eda_once, log_test_evaluation
@@ -87,9 +87,10 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
         metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=result.history)
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(result.model, config, tmp)
-            mlflow.log_artifacts(tmp, "checkpoint")
+            mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
+            info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
         log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
-        return ModelOutcome(active.info.run_id, metrics)
+        return ModelOutcome(active.info.run_id, metrics, info.model_uri)
 
 
 def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digits-cnn") -> None:
@@ -113,3 +114,11 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digit
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
         # The card goes into the CNN run and this one; it is also the registered version's description.
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
+        # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
+        registry.register_baseline(base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest)
+        promotion = registry.register_cnn(
+            cnn.model_uri, model_name=model_name, test_accuracy=cnn.metrics["test_accuracy"], run_id=cnn.run_id,
+            data_digest=mnist.digest, description=card,
+        )
+        mlflow.set_tag("promotion", promotion.reason)
+        log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)

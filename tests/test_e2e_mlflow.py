@@ -58,3 +58,10 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
     shared = {k for k in base.data.metrics if k.startswith("test_")}
     assert {"test_accuracy", "test_macro_f1", "test_log_loss"} <= shared <= set(cnn.data.metrics)
     assert all(r.info.status == "FINISHED" for r in children.values())
+    # The final CNN is registered and, being the first version, takes champion; the baseline is registered too.
+    champion = client.get_model_version_by_alias("digits-cnn", "champion")
+    assert champion.run_id == cnn.info.run_id
+    assert float(champion.tags["test_accuracy"]) == cnn.data.metrics["test_accuracy"]
+    assert champion.tags["source_run_id"] == cnn.info.run_id and champion.tags["data_digest"]
+    assert "Model card" in (champion.description or "") or "model card" in (champion.description or "").lower()
+    assert [v.run_id for v in client.search_model_versions("name='digits-baseline'")] == [base.info.run_id]
