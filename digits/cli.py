@@ -127,6 +127,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from digits.registry import set_alias
+
+    previous = set_alias(args.model_name, args.alias, args.version)
+    was = f"version {previous}" if previous is not None else "no version"
+    print(f"{args.model_name}@{args.alias} -> version {args.version} (it was on {was})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from digits.serving import predict_files
+
+    for row in predict_files(args.images, args.model_uri).itertuples():
+        print(f"{row.path}: {row.digit} (confidence {row.confidence:.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
@@ -146,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="fit and evaluate the logistic-regression baseline")
     add_config_flags(p, DataConfig)
     p.set_defaults(handler=cmd_baseline)
+
+    p = sub.add_parser("register", help="point an alias of a registered model at a version: explicit promotion or roll-back")
+    p.add_argument("--model_name", "--model-name", default="digits-cnn", help="registered model (default: digits-cnn)")
+    p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    p.add_argument("--version", type=_int, required=True, help="model version the alias should point at (required)")
+    p.set_defaults(handler=cmd_register)
+
+    p = sub.add_parser("predict", help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark")
+    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: models:/digits-cnn@champion)")
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model or a run's model on the test set and log an evaluation run with every metric and figure")
     p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: models:/digits-cnn@champion)")

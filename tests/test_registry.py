@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -217,3 +218,35 @@ def test_scoring_server_guard_turns_mlflows_500s_and_plain_text_into_json_4xx(st
     example = registry.input_example()
     good = server.invocations(json.dumps({"dataframe_split": example.to_dict(orient="split")}), "application/json", model, schema)
     assert good.status == 200 and len(json.loads(good.response)["predictions"]) == 2  # the rest passes through
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_register_moves_an_alias_and_refuses_a_missing_version(store, name, capsys):
+    from digits.cli import main
+
+    register(store, name, 0.9)
+    register(store, name, 0.95)
+    assert main(["register", "--model_name", name, "--alias", "champion", "--version", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"{name}@champion -> version 1 (it was on version 2)"
+    assert int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version) == 1
+    assert main(["register", "--model_name", name, "--alias", "champion", "--version", "7"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"digits register: error: {name} has no version 7 (versions: 1, 2)"
+
+
+def test_cli_predict_reads_image_files_through_the_registered_model(store, name, tmp_path, capsys):
+    from digits.cli import main
+
+    register(store, name, 0.9)
+    picture = tmp_path / "seven.png"
+    example = registry.input_example()
+    picture.write_bytes(base64.b64decode(example["image"][0]))
+    assert main(["predict", str(picture), "--model_uri", f"models:/{name}@champion"]) == 0
+    assert re.fullmatch(rf"{re.escape(str(picture))}: \d \(confidence (0|1)\.\d{{3}}\)", capsys.readouterr().out.strip())
+    (tmp_path / "notes.txt").write_text("not a picture")
+    assert main(["predict", str(tmp_path / "notes.txt"), "--model_uri", f"models:/{name}@champion"]) == 1
+    assert "notes.txt: the data is not a PNG or JPEG image" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing.png"), "--model_uri", f"models:/{name}@champion"]) == 1
+    assert "cannot read" in capsys.readouterr().err

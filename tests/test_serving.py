@@ -29,6 +29,7 @@ from digits.model import build_model, predict_proba, save_checkpoint
 from digits.preprocess import MAX_BATCH
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
+from tests.conftest import ROOT, digits_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]
 
@@ -268,3 +269,34 @@ def test_explicit_promotion_and_roll_back(registered):
     assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == bad
     assert set_alias(MODEL, CHAMPION, good) == bad  # roll back
     assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == good
+
+
+def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_path):
+    env = venv_env(registered["uri"])
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"digit{i}.{'png' if i % 2 else 'jpg'}"
+        drawing(mnist.test_images[i], rng).save(path)
+        paths.append(str(path))
+    result = subprocess.run(digits_command("predict", *paths), env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == paths
+    predicted = [int(line.split(": ")[1].split()[0]) for line in lines]
+    assert sum(p == t for p, t in zip(predicted, mnist.test_labels[:6])) >= 5
+
+    # Explicit promotion through the MLproject entry point, roll-back through the CLI.
+    good, bad = registered["promotions"]["trained"].version, registered["promotions"]["untrained"].version
+    client = MlflowClient(registered["uri"])
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "register", "-P", f"version={bad}"],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == bad
+    back = subprocess.run(digits_command("register", "--version", str(good)), env=env, capture_output=True, text=True, timeout=300)
+    assert back.returncode == 0 and f"-> version {good} (it was on version {bad})" in back.stdout
+    assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == good
+    missing = subprocess.run(digits_command("register", "--version", "99"), env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1] == f"digits register: error: {MODEL} has no version 99 (versions: 1, 2)"
