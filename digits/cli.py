@@ -118,6 +118,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from digits import app  # gradio is an optional extra: imported only when the app is asked for
+
+    if importlib.util.find_spec("gradio") is None:
+        raise DigitsError("the app needs Gradio: pip install 'digits[app]'")
+    app.serve(model_uri=args.model_uri, endpoint=args.endpoint, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digits.data import load_mnist
     from digits.evaluation import evaluate_model, load_model
@@ -184,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TrainConfig)
     add_config_flags(p, SearchConfig)
     p.set_defaults(handler=cmd_tune)
+
+    p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")
+    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="registered model to load once at start, unless --endpoint is given (default: models:/digits-cnn@champion)")
+    p.add_argument("--endpoint", default="", help="URL of a running `mlflow models serve` endpoint to ask instead, e.g. http://127.0.0.1:5001 (default: empty, use --model_uri)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the app to the network (default: 127.0.0.1)")
+    p.add_argument("--port", type=_int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument("--share", action="store_true", help="also publish a temporary public *.gradio.live link through Gradio's servers (default: off)")
+    p.set_defaults(handler=cmd_app)
     return parser
 
 
