@@ -104,7 +104,7 @@ def model_card(
         "",
         f"A convolutional network that reads one handwritten digit (0-9) from a 28x28 greyscale image. Test accuracy "
         f"**{_fmt(acc_cnn, 'pct')}** on the {data.test:,} MNIST test images, against {_fmt(acc_base, 'pct')} for the "
-        "logistic-regression baseline trained on the same images.",
+        "logistic-regression baseline.",
         "",
         "## Data and split",
         "",
@@ -164,11 +164,12 @@ def model_card(
         "",
         "## Limits",
         "",
-        "- Single, centred digits only. Several digits, letters, symbols or a blank canvas still get one of 0-9, "
+        "- Single, centred digits only. Several digits, letters or symbols still get one of 0-9, "
         "often with high confidence: the model has no \"not a digit\" answer, and its confidence says nothing "
         "about inputs unlike MNIST.",
         f"- Calibration (ECE {_fmt(cnn.get('test_ece'), '4f')}) and accuracy are measured on MNIST's test set "
-        "only. MNIST is the handwriting of American census employees and students of the 1990s: other styles "
+        "only. MNIST is the handwriting of US Census Bureau employees and high-school students (NIST, around "
+        "1990): other styles "
         "(a crossed 7, a 1 with a long flag, a 4 closed at the top) and real photos or drawings are expected to "
         "score lower.",
         "- Not for decisions with consequences (cheques, forms, grades) without a person checking the answer.",
