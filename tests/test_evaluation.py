@@ -318,21 +318,11 @@ def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
 @pytest.mark.e2e
 @pytest.mark.data
 def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
-    """The registered CNN (served pyfunc, through `digits evaluate`) and baseline (`mlflow run -e evaluate`)."""
-    from digits import registry
-
+    """The CNN and baseline that main registered: the served pyfunc through `digits evaluate`, the sklearn
+    baseline through `mlflow run -e evaluate`; the champion's description is the model card."""
     runs = _by_name(main_run["runs"])
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
-    # What the pipeline will do once registration is wired in: log the pyfunc into the CNN run, register it.
-    checkpoint = mlflow.artifacts.download_artifacts(run_id=cnn.info.run_id, artifact_path="checkpoint", dst_path=str(main_run["root"]))
-    with mlflow.start_run(run_id=cnn.info.run_id):
-        info = registry.log_cnn_model(checkpoint)
-    registry.register_cnn(info.model_uri, test_accuracy=cnn.data.metrics["test_accuracy"], run_id=cnn.info.run_id,
-                          data_digest="e2e", description=card)
-    registry.register_baseline(f"runs:/{base.info.run_id}/model", test_accuracy=base.data.metrics["test_accuracy"],
-                               run_id=base.info.run_id, data_digest="e2e")
-
     result = subprocess.run(
         digits_command("evaluate", "--model-uri", "models:/digits-cnn@champion", "--data_dir", main_run["data_dir"]),
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
@@ -353,7 +343,7 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
         assert_full_evaluation(run)
     assert by_family["cnn"].data.tags["model_loaded_as"] == "pyfunc" and by_family["logreg"].data.tags["model_loaded_as"] == "sklearn"
     version = client.get_model_version_by_alias("digits-cnn", "champion")
-    assert version.description == card
+    assert version.description == card and version.run_id == cnn.info.run_id
 
 
 @pytest.mark.unit
