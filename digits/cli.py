@@ -141,6 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from digits.registry import set_alias
 
+    if args.version < 1:  # MLproject parameters all have defaults: 0 stands for "not given"
+        raise ConfigError(f"--version must be the number of a registered version (1, 2, ...), got {args.version}")
     previous = set_alias(args.model_name, args.alias, args.version)
     was = f"version {previous}" if previous is not None else "no version"
     print(f"{args.model_name}@{args.alias} -> version {args.version} (it was on {was})")
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="point an alias of a registered model at a version: explicit promotion or roll-back")
     p.add_argument("--model_name", "--model-name", default="digits-cnn", help="registered model (default: digits-cnn)")
     p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
-    p.add_argument("--version", type=_int, required=True, help="model version the alias should point at (required)")
+    p.add_argument("--version", type=_int, default=0, help="model version the alias should point at; must be given (default: 0, refused)")
     p.set_defaults(handler=cmd_register)
 
     p = sub.add_parser("predict", help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server")

@@ -234,6 +234,8 @@ def test_cli_register_moves_an_alias_and_refuses_a_missing_version(store, name, 
     assert main(["register", "--model_name", name, "--alias", "champion", "--version", "7"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"digits register: error: {name} has no version 7 (versions: 1, 2)"
+    assert main(["register", "--model_name", name]) == 2  # no --version: a usage error, one line
+    assert capsys.readouterr().err.strip() == "digits register: error: --version must be the number of a registered version (1, 2, ...), got 0"
 
 
 def test_cli_predict_reads_image_files_through_the_registered_model(store, name, tmp_path, capsys):
