@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -252,3 +254,26 @@ def test_cli_predict_reads_image_files_through_the_registered_model(store, name,
     assert "notes.txt: the data is not a PNG or JPEG image" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing.png"), "--model_uri", f"models:/{name}@champion"]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_logged_model_runs_without_the_digits_package_installed(store, tmp_path):
+    # A fresh environment has the pip requirements but not this project: hide the editable install and
+    # check that the model loads and predicts with the code it carries.
+    script = f"""
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", type(f).__module__)]
+sys.path = [p for p in sys.path if p not in ("", {str(Path(registry.__file__).parents[1])!r})]
+import importlib.util
+assert importlib.util.find_spec("digits") is None, "digits is still importable"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({store['uri']!r})
+import digits.preprocess
+assert "/code/digits/" in digits.preprocess.__file__.replace("\\\\", "/"), digits.preprocess.__file__
+example = pd.read_json({str(tmp_path / 'example.json')!r}, orient="split")
+print(model.predict(example)["digit"].tolist())
+"""
+    registry.input_example().to_json(tmp_path / "example.json", orient="split")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.fullmatch(r"\[\d, \d\]", result.stdout.strip().splitlines()[-1])
