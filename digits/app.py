@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,7 +40,7 @@ TOP_K = 3
 PREVIEW_SIDE = 168  # the 28x28 image blown up 6x with square pixels, so the user sees what the network sees
 EMPTY_MESSAGE = "The canvas is empty: draw one digit (0-9), large, then press **Read the drawing**."
 NO_UPLOAD_MESSAGE = "Choose a PNG or JPEG picture of one digit to upload."
-HOW_TO_MAKE_A_CHAMPION = "train and register one with `make run` (or `digits main`), then try again: no restart needed"
+HOW_TO_TRAIN = "train and register one with `make run` (or `digits main`)"
 TITLE = "Digit reader"
 # Gradio 6 starts the sketchpad, and leaves it after "Clear canvas", with no tool selected ("select the draw tool
 # to start"): select the brush for the user whenever that prompt shows.
@@ -78,19 +80,23 @@ class RegistryModel:
         self.source = f"model `{model_uri}`"
         self._model: Any = None
         self._error: str | None = None
+        self._lock = threading.Lock()  # Gradio calls predict and status from worker threads
         self._load()
 
     def _load(self) -> None:
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        try:
-            self._model = mlflow.pyfunc.load_model(self.model_uri)
-            self._error = None
-        except MlflowException as exc:
-            self._error = load_error_message(self.model_uri, exc.error_code, str(exc.message))
-        except OSError as exc:  # artifacts deleted or unreadable under a registered version
-            self._error = f"cannot load {self.model_uri}: {exc}"
+        with self._lock:
+            if self._model is not None:
+                return
+            try:
+                self._model = mlflow.pyfunc.load_model(self.model_uri)
+                self._error = None
+            except MlflowException as exc:
+                self._error = load_error_message(self.model_uri, exc.error_code, str(exc.message))
+            except OSError as exc:  # artifacts deleted or unreadable under a registered version
+                self._error = f"cannot load `{self.model_uri}`: {exc}"
 
     @property
     def error(self) -> str | None:
@@ -105,19 +111,22 @@ class RegistryModel:
         if self._model is None:
             self._load()  # a champion registered after the app started is picked up without a restart
             if self._model is None:
-                raise AppError(self._error or f"cannot load {self.model_uri}")
+                raise AppError(self._error or f"cannot load `{self.model_uri}`")
         try:
             result = self._model.predict(pd.DataFrame({"image": [picture]}))
         except MlflowException as exc:
             raise InputError(_first_line(str(exc.message))) from None
-        return np.asarray(result["probabilities"].iloc[0], dtype=np.float64)
+        try:
+            return np.asarray(result["probabilities"].iloc[0], dtype=np.float64)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise AppError(f"`{self.model_uri}` did not answer ten probabilities: is it a digits-cnn model?") from None
 
     def status(self) -> str:
         """One Markdown line: the model answering, or the reason it cannot."""
         if self._model is None:
             self._load()
         if self._model is None:
-            return f"**No model to ask yet.** {self._error}"
+            return f"**No model to ask yet:** {self._error}"
         return f"Reading with {self.source}."
 
 
@@ -168,9 +177,17 @@ class EndpointModel:
 
 def load_error_message(model_uri: str, error_code: str, message: str) -> str:
     """One line for the page when ``model_uri`` cannot be loaded: a missing model or alias says how to make one."""
-    if error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and model_uri.startswith("models:/"):
-        return f"There is no {model_uri} in the registry yet ({_first_line(message)}): {HOW_TO_MAKE_A_CHAMPION}."
-    return f"cannot load {model_uri}: {_first_line(message)}"
+    reason = _first_line(message)
+    if model_uri.startswith("models:/"):
+        name, _, alias = model_uri[len("models:/") :].partition("@")
+        if error_code == "RESOURCE_DOES_NOT_EXIST":
+            return f"`{model_uri}` is not in the registry yet: {HOW_TO_TRAIN}, then read again (no restart needed)."
+        if error_code == "INVALID_PARAMETER_VALUE" and alias and "alias" in reason.lower():
+            return (
+                f"no version of `{name}` has the alias `{alias}` yet: {HOW_TO_TRAIN}, or give one the alias with "
+                f"`digits register --model_name {name} --alias {alias} --version N`, then read again (no restart needed)."
+            )
+    return f"cannot load `{model_uri}`: {reason}"
 
 
 def top_k(probabilities: np.ndarray | list[float], k: int = TOP_K) -> dict[str, float]:
@@ -308,6 +325,8 @@ def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host:
         print(f"digits app: {error}", flush=True)  # the page says it too; the console user sees it first
     demo = build_app(predictor)
     import gradio as gr
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio polls itself at start-up; one INFO line per request
 
     try:
         demo.launch(

@@ -163,21 +163,21 @@ def test_model_errors_become_the_message_and_the_preview_stays():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(
-    "code, message",
-    [("RESOURCE_DOES_NOT_EXIST", "Registered Model with name=digits-cnn not found"), ("INVALID_PARAMETER_VALUE", "Registered model alias champion not found.")],
-)
-def test_no_champion_message_says_how_to_make_one(code, message):
-    text = app.load_error_message("models:/digits-cnn@champion", code, message)
-    assert text.startswith("There is no models:/digits-cnn@champion in the registry yet")
-    assert "`make run`" in text and "`digits main`" in text and "\n" not in text
+def test_no_champion_message_says_how_to_make_one():
+    no_model = app.load_error_message("models:/digits-cnn@champion", "RESOURCE_DOES_NOT_EXIST", "Registered Model with name=digits-cnn not found")
+    assert no_model == "`models:/digits-cnn@champion` is not in the registry yet: train and register one with `make run` (or `digits main`), then read again (no restart needed)."
+    no_alias = app.load_error_message("models:/digits-cnn@champion", "INVALID_PARAMETER_VALUE", "Registered model alias champion not found.")
+    assert no_alias.startswith("no version of `digits-cnn` has the alias `champion` yet: train and register one with `make run`")
+    assert "`digits register --model_name digits-cnn --alias champion --version N`" in no_alias
+    other = app.load_error_message("models:/digits-cnn@champion", "INTERNAL_ERROR", "database is locked\ntraceback...")
+    assert other == "cannot load `models:/digits-cnn@champion`: database is locked"
 
 
 @pytest.mark.unit
 def test_no_champion_in_a_real_empty_registry(tracking_uri):
     predictor = RegistryModel()  # must not raise: the app starts and says what is missing
-    assert predictor.error.startswith("There is no models:/digits-cnn@champion in the registry yet")
-    assert predictor.status().startswith("**No model to ask yet.** There is no models:/digits-cnn@champion")
+    assert predictor.error.startswith("`models:/digits-cnn@champion` is not in the registry yet")
+    assert predictor.status().startswith("**No model to ask yet:** `models:/digits-cnn@champion` is not in the registry yet")
     top, seen, message = app.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
     assert top is None and seen is not None and "make run" in message
 
@@ -427,7 +427,12 @@ def draw(page, strokes) -> None:
 
 
 def message_contains(page, text: str) -> None:
+    """Wait for the message, then for the answer to settle: no output faded as pending, the preview image loaded."""
     page.wait_for_function("t => document.querySelector('#message')?.innerText.includes(t)", arg=text)
+    page.wait_for_function(
+        "() => !document.querySelector('.pending, .generating')"
+        " && [...document.querySelectorAll('#seen img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
 
 
 def press_read(page, expect: str) -> str:
@@ -467,11 +472,12 @@ def test_draw_and_upload_digits_in_a_real_browser(registry_app, browser, store, 
     page = open_app(browser, registry_app.url)
 
     # No champion yet: the app runs, and the page says so and how to make one.
-    assert "There is no models:/digits-cnn@champion in the registry yet" in page.inner_text("#status")
+    assert "No model to ask yet: models:/digits-cnn@champion is not in the registry yet" in page.inner_text("#status")
     assert "make run" in page.inner_text("#status")
     assert press_read(page, "The canvas is empty") == app.EMPTY_MESSAGE.replace("**", "")
     draw(page, STROKES["7"])
-    assert "make run" in press_read(page, "There is no models:/digits-cnn@champion")
+    assert "make run" in press_read(page, "models:/digits-cnn@champion is not in the registry yet")
+    page.screenshot(path=str(store["root"] / "no-champion.png"), full_page=True)
 
     # A champion registered while the app runs is used for the next drawing, without a restart.
     register_champion(store, trained)
