@@ -74,3 +74,10 @@ def fit_baseline_with_history(
         if ran < model.max_iter:  # lbfgs met its tolerance inside the block
             break
     return model, history, seconds
+
+
+def requirements() -> list[str]:
+    """Pinned pip requirements of the logged baseline model (what loading it needs)."""
+    import importlib.metadata
+
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("scikit-learn", "numpy", "scipy", "mlflow")]

@@ -60,7 +60,8 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
         mlflow.log_metric("fit_seconds", fit_seconds)
         example = baseline.features(mnist.test_images[:2])
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=mlflow.models.infer_signature(example, proba[:2]), input_example=example
+            model, name="model", signature=mlflow.models.infer_signature(example, proba[:2]), input_example=example,
+            pip_requirements=baseline.requirements(),  # inferring them costs ~10 s of import tracing per run
         )
         log.info("baseline: test accuracy %.2f%% (fit %.1fs)", 100 * metrics["test_accuracy"], fit_seconds)
         return ModelOutcome(active.info.run_id, metrics, info.model_uri)

@@ -41,6 +41,8 @@ def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] |
         use_default_experiment()
     resuming = not nested and bool(os.environ.get("MLFLOW_RUN_ID"))
     active = mlflow.start_run(run_name=None if resuming else name, nested=nested, tags=tags)
+    if resuming and name:
+        mlflow.set_tag("mlflow.runName", name)  # mlflow run names its run at random; the UI should say what it is
     try:
         yield active
     except (KeyboardInterrupt, RunInterrupted):

@@ -36,11 +36,16 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for one test, set for this process and the subprocesses it starts."""
     import mlflow
 
+    import mlflow.tracking.fluent
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(uri)
+    # The project's experiment, created here so its artifacts land in tmp_path, not in ./mlruns of the checkout.
+    mlflow.MlflowClient(uri).create_experiment("digits", artifact_location=(tmp_path / "artifacts").as_uri())
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # set_experiment outlives a test
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
