@@ -337,8 +337,10 @@ def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host:
             footer_links=[],
             theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
         )
-    except OSError as exc:  # the port is taken
-        raise AppError(f"cannot listen on {host}:{port}: {_first_line(str(exc))}") from None
+    except OSError as exc:
+        # Gradio says "Cannot find empty port in range" and how to set its own variables; say it in this CLI's terms.
+        reason = "the port is in use, choose another with --port" if "empty port" in str(exc) else _first_line(str(exc))
+        raise AppError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def _first_line(text: str) -> str:

@@ -399,6 +399,8 @@ def browser(store):
             viewport={"width": 1200, "height": 860},
         )
         context.set_default_timeout(60_000)  # two shared CPU cores: a first answer can take seconds
+        context.outside = []  # requests the pages made anywhere but the local servers (fonts, analytics, CDNs)
+        context.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1:", "data:", "blob:")) else context.outside.append(r.url))
         yield context
         context.close()
 
@@ -510,6 +512,7 @@ def test_draw_and_upload_digits_in_a_real_browser(registry_app, browser, store, 
     digit, top = answer(page)
     assert digit == "2", f"the uploaded 2 was read as {top}"
     assert page.locator("#seen img").count() == 1  # the 28x28 preview is shown
+    assert browser.outside == [], "the page reached outside this machine"
     print(f"browser test: {time.monotonic() - started:.1f}s after the app started")
 
 
