@@ -236,11 +236,11 @@ def read_picture(picture: str, predictor: Predictor) -> Answer:
     try:
         mnist = to_mnist(picture)  # the preview, and an early, clear message for a picture with no digit in it
     except InputError as exc:
-        return None, None, f"No digit to read: {exc}."
+        return None, None, _sentence(str(exc))
     try:
         probabilities = predictor.predict(picture)
     except DigitsError as exc:
-        return None, preview(mnist), str(exc)
+        return None, preview(mnist), _sentence(str(exc))
     top = top_k(probabilities)
     return top, preview(mnist), summary(top)
 
@@ -341,6 +341,15 @@ def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host:
         # Gradio says "Cannot find empty port in range" and how to set its own variables; say it in this CLI's terms.
         reason = "the port is in use, choose another with --port" if "empty port" in str(exc) else _first_line(str(exc))
         raise AppError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _sentence(text: str) -> str:
+    """An error's one line as a sentence for the page: capital first letter, final full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def _first_line(text: str) -> str:

@@ -116,7 +116,7 @@ def test_a_speck_is_no_digit_either():
     speck.putpixel((200, 200), 0)
     predictor = FakePredictor()
     top, seen, message = app.read_drawing({"composite": speck}, predictor)
-    assert top is None and seen is None and message.startswith("No digit to read: no digit found")
+    assert top is None and seen is None and message.startswith("No digit found: ")
     assert predictor.sent == []
 
 
@@ -151,7 +151,7 @@ def test_an_upload_that_is_not_png_or_jpeg_says_so(tmp_path):
     ink_on_paper(SEVEN).save(path, format="GIF")
     top, seen, message = app.read_upload(str(path), FakePredictor())
     assert top is None and seen is None
-    assert message.startswith("No digit to read: the data is not a PNG or JPEG image")
+    assert message.startswith("The data is not a PNG or JPEG image")
 
 
 @pytest.mark.unit
@@ -159,7 +159,7 @@ def test_model_errors_become_the_message_and_the_preview_stays():
     predictor = FakePredictor(error=AppError("cannot reach the endpoint http://127.0.0.1:9 (refused)"))
     top, seen, message = app.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
     assert top is None and seen is not None
-    assert message == "cannot reach the endpoint http://127.0.0.1:9 (refused)"
+    assert message == "Cannot reach the endpoint http://127.0.0.1:9 (refused)."
 
 
 @pytest.mark.unit
