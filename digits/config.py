@@ -18,6 +18,7 @@ from digits.errors import DigitsError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class ConfigError(DigitsError, ValueError):
@@ -66,6 +67,7 @@ class TrainConfig(DataConfig):
     batch_norm: bool = field(default=True, metadata={"help": "batch normalisation after each convolution"})
     augment: float = field(default=0.5, metadata={"help": "augmentation strength in [0, 1]: random shifts (up to 3 px), rotations (up to 15 degrees) and scaling (up to 15%) times this; 0 = off"})
     device: str = field(default="auto", metadata={"help": "auto (cuda > mps > cpu), cpu, cuda or mps"})
+    precision: str = field(default="auto", metadata={"help": "autocast of the training step: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32; evaluation is always fp32"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = one per available core"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the network (CUDA only: it costs more than it saves on a short CPU run)"})
 
@@ -85,6 +87,7 @@ class TrainConfig(DataConfig):
         _check(0 <= self.dropout <= 0.9, f"dropout must be in [0, 0.9], got {self.dropout}")
         _check(0 <= self.augment <= 1, f"augment must be in [0, 1], got {self.augment}")
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.threads >= 0, f"threads must be 0 (auto) or a positive integer, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:

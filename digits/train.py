@@ -97,8 +97,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].float().div_(255)
         yb = y[start : start + batch_size]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            logits = model(_layout(xb)).float()
+        # Full precision: validation accuracy must not depend on the device's bf16 rounding.
+        logits = model(_layout(xb)).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     n = max(1, len(x))
@@ -106,8 +106,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
-    # channels_last lets cuDNN use its fastest (tensor-core) convolution kernels; on CPU it only adds copies.
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    # channels_last selects the fastest convolution kernels of cuDNN (tensor cores) and of oneDNN on CPU
+    # (measured on 2 AMD EPYC cores: 4,600 -> 6,900 images/s in fp32).
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _cpu_has_bf16() -> bool:
+    try:  # oneDNN's own check: bf16 kernels that are faster than fp32, not emulated
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step: bf16 where the hardware runs it natively (``auto``), else none."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def fit(
@@ -139,13 +156,12 @@ def fit(
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * config.epochs
 
-    model = (model if model is not None else build_model(config)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = (model if model is not None else build_model(config)).to(device).to(memory_format=torch.channels_last)
     net = torch.compile(model) if config.compile and device.type == "cuda" else model
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp_dtype = autocast_dtype(config.precision, device)
+    autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     result = FitResult(model=model, config=config, device=device)
     start = time.perf_counter()
