@@ -109,12 +109,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
     open_storage(search.storage)  # a bad storage URL fails at once, before torch, MLflow and the data load
 
-    from digits import pipeline
+    from digits import pipeline, tracking
     from tuning.search import run_search
 
     mnist, split = pipeline.load_data(config)
-    # No pipeline run around it: the search's run is the top-level run (under `mlflow run`, that run).
-    run_search(config, search, mnist, split, nested=False)
+    # The same layout as main's: the entry point's run (under `mlflow run`, the run it made) > search > trials.
+    with tracking.run("tune", tags={"pipeline_step": "tune"}):
+        run_search(config, search, mnist, split)
     return 0
 
 
@@ -211,7 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _raise_interrupt(signum: int, frame: Any) -> None:
     from digits.tracking import RunInterrupted
 
+    _ignore_interrupts()
     raise RunInterrupted(f"received signal {signum}")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    _ignore_interrupts()
+    raise KeyboardInterrupt
+
+
+def _ignore_interrupts() -> None:
+    # The process is stopping: a second signal (`mlflow run` follows a Ctrl-C with SIGTERM at once) must not cut
+    # short the clean-up that ends the runs KILLED and marks the running Optuna trial failed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C: runs end KILLED, trials are marked failed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller made us ignore it
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         return args.handler(args)
     except DigitsError as exc:
