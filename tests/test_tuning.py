@@ -39,15 +39,24 @@ TINY = dict(subset=1000, val_size=500, threads=1)
 @pytest.fixture(scope="module")
 def mlflow_template(tmp_path_factory) -> Path:
     """An initialised, empty MLflow sqlite store (creating its tables takes seconds; copying it does not)."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
+    directory = tmp_path_factory.mktemp("mlflow-template")
+    cwd = os.getcwd()
+    os.chdir(directory)  # the Default experiment's artifacts go to ./mlruns as resolved now: keep them in tmp
+    try:
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(cwd)
+    return directory / "mlflow.db"
 
 
 @pytest.fixture
 def stores(tmp_path, monkeypatch, mlflow_template) -> SimpleNamespace:
-    """A fresh MLflow store (set for this process and its subprocesses) and an Optuna storage URL, both in tmp_path."""
+    """A fresh MLflow store (set for this process and its subprocesses) and an Optuna storage URL, both in tmp_path.
+
+    The working directory is tmp_path too, so that in-process runs put their artifacts (./mlruns) there.
+    """
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
@@ -72,10 +81,10 @@ def load(storage: str, name: str = "digits-cnn") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def tune(storage: str, *args: str, n_trials: int = 2, trial_epochs: int = 1, subset: int = 1000) -> list[str]:
+def tune(storage: str, data_dir: Path, *args: str, n_trials: int = 2, trial_epochs: int = 1, subset: int = 1000) -> list[str]:
     """The ``digits tune`` command line of a tiny search."""
     return digits_command(
-        "tune", "--data_dir", os.environ.get("DIGITS_DATA_DIR", ""), "--subset", str(subset), "--val_size", "500",
+        "tune", "--data_dir", str(data_dir), "--subset", str(subset), "--val_size", "500",
         "--threads", "1", "--n_trials", str(n_trials), "--trial_epochs", str(trial_epochs), "--storage", storage, *args,
     )
 
@@ -197,6 +206,20 @@ def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path
         live.wait()
 
 
+@pytest.mark.unit
+def test_pruner_replay_prunes_bad_curves_and_fits_more_trials_in_the_budget():
+    from tuning.pruner_replay import candidates, replay
+
+    # Curves whose first epoch predicts the second: pruning saves time and keeps the best.
+    curves = [([0.90 + i / 100, 0.95 + i / 100], 1.0) for i in range(5)]
+    order = np.random.default_rng(0).integers(len(curves), size=100)
+    make = candidates(2)
+    best_none, n_none = replay(curves, make["none"], budget=20.0, order=order)
+    best_sha, n_sha = replay(curves, make["hyperband rf=3"], budget=20.0, order=order)
+    assert n_none == 10 and n_sha > n_none
+    assert best_sha == best_none == pytest.approx(0.99)
+
+
 # --- data: the search in-process ----------------------------------------------------------------------------------
 
 
@@ -303,9 +326,9 @@ def wait_mid_trial(process: subprocess.Popen, storage: str, min_finished: int = 
     raise AssertionError("no trial reached its second epoch in time")
 
 
-def start_tune(stores, n_trials: int = 20) -> subprocess.Popen:
+def start_tune(stores, data_dir: Path, n_trials: int = 20) -> subprocess.Popen:
     """A ``digits tune`` process with 2-epoch trials on 2,000 images (long enough to be caught mid-trial)."""
-    return subprocess.Popen(tune(stores.optuna, n_trials=n_trials, trial_epochs=2, subset=2000), cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(tune(stores.optuna, data_dir, n_trials=n_trials, trial_epochs=2, subset=2000), cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def assert_no_running_runs() -> dict:
@@ -318,7 +341,7 @@ def assert_no_running_runs() -> dict:
 @pytest.mark.data
 def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(mnist_dir, stores):
     # 1. Ctrl-C (SIGINT) mid-trial: the trial fails as interrupted, the runs end KILLED, exit code 130.
-    process = start_tune(stores)
+    process = start_tune(stores, mnist_dir)
     number = wait_mid_trial(process, stores.optuna, min_finished=0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -334,7 +357,7 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
     assert runs[interrupted.user_attrs["mlflow_search_run_id"]].info.status == "KILLED"
 
     # 2. SIGKILL mid-trial: no clean-up can run, the trial is left RUNNING (a zombie)...
-    process = start_tune(stores)
+    process = start_tune(stores, mnist_dir)
     wait_mid_trial(process, stores.optuna, min_finished=len(study.trials))
     process.kill()
     process.communicate(timeout=60)
@@ -343,7 +366,7 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
     count = len(study.trials)
 
     # 3. ...until the next start marks it failed, before adding its own trial.
-    rerun = subprocess.run(tune(stores.optuna, n_trials=1, trial_epochs=2, subset=2000), cwd=stores.dir, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(tune(stores.optuna, mnist_dir, n_trials=1, trial_epochs=2, subset=2000), cwd=stores.dir, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = load(stores.optuna)
     assert [t.number for t in study.trials] == list(range(count + 1))
@@ -359,7 +382,7 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
 @pytest.mark.data
 def test_sigterm_mid_trial_fails_the_trial_and_ends_the_runs_killed(mnist_dir, stores):
     # SIGTERM arrives as RunInterrupted, a BaseException that Optuna itself does not turn into a failed trial.
-    process = start_tune(stores)
+    process = start_tune(stores, mnist_dir)
     wait_mid_trial(process, stores.optuna, min_finished=0)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -380,7 +403,7 @@ def two_workers(mnist_dir, mlflow_template, tmp_path_factory) -> SimpleNamespace
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = stores.tracking
     workers = [
-        subprocess.Popen(tune(stores.optuna, n_trials=3), cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(tune(stores.optuna, mnist_dir, n_trials=3), cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     for worker in workers:
