@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one script (at most ~8 minutes on one H100): time to 99.0%/99.5% test accuracy over
-# 3 seeds (torch and numpy only), then the whole default pipeline where MLflow and Optuna are installed.
+# 3 seeds and the final recipe's accuracy over 3 seeds (torch and numpy only), then the whole default pipeline where MLflow and Optuna are installed.
 # Run from the checkout root; MNIST from $DIGITS_DATA_DIR, else .data/mnist (a git-ignored copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ echo "== time to accuracy, eager (3 seeds)"
 timeout 240 "$PY" benchmarks/time_to_accuracy.py --device cuda --seeds 3 --data_dir "$DIGITS_DATA_DIR"
 echo "== time to accuracy, torch.compile (1 seed; compile time counts)"
 timeout 120 "$PY" benchmarks/time_to_accuracy.py --device cuda --seeds 1 --compile --skip_reference --data_dir "$DIGITS_DATA_DIR" || true
+
+echo "== final recipe, test accuracy over 3 seeds"
+timeout 150 "$PY" benchmarks/final_accuracy.py --seeds 3 --data_dir "$DIGITS_DATA_DIR" --set device=cuda || true
 
 if "$PY" -c "import mlflow, optuna" 2>/dev/null; then
   echo "== default pipeline"
