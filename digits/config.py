@@ -110,7 +110,7 @@ class TrainConfig(DataConfig):
 class SearchConfig:
     """The Optuna search over ``TrainConfig`` (run by ``tuning``; this module does not import optuna)."""
 
-    n_trials: int = field(default=12, metadata={"help": "trials to add to the study in this run (about 10 minutes on 2 CPU cores with the full training split); 0 = no search, train the given config"})
+    n_trials: int = field(default=24, metadata={"help": "trials to add to the study in this run (24: about 7-10 minutes on 2 CPU cores with the full training split, about half of the trials pruned after one epoch); 0 = no search, train the given config"})
     timeout: float = field(default=0.0, metadata={"help": "stop starting new trials after this many seconds; 0 = no limit"})
     trial_epochs: int = field(default=2, metadata={"help": "epochs of each trial (the final model trains for epochs)"})
     storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"})
