@@ -186,6 +186,7 @@ def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
 
 
 @pytest.mark.unit
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
 def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path):
     storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'z.db'}")
     study = optuna.create_study(storage=storage, study_name="z", direction="maximize")

@@ -199,7 +199,7 @@ def fail_zombies(study: optuna.Study) -> list[int]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         stale_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
-    failed += sorted(stale_before - {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
+    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in stale_before)
     if failed:
         log.warning("study %s: marked %d trial(s) of dead workers failed: %s", study.study_name, len(failed), failed)
     return failed
