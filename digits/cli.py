@@ -110,9 +110,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     open_storage(search.storage)  # a bad storage URL fails at once, before torch, MLflow and the data load
 
     from digits import pipeline, tracking
-    from tuning.search import run_search
+    from tuning.search import open_study, run_search
 
     mnist, split = pipeline.load_data(config)
+    open_study(config, search, mnist, open_storage(search.storage))  # a study run with other settings: before any run
     # The same layout as main's: the entry point's run (under `mlflow run`, the run it made) > search > trials.
     with tracking.run("tune", tags={"pipeline_step": "tune"}):
         run_search(config, search, mnist, split)
