@@ -79,6 +79,10 @@ def config_from_args(cls: type, args: argparse.Namespace):
 
 def cmd_main(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    if search.n_trials:
+        from tuning.storage import open_storage
+
+        open_storage(search.storage)  # a bad storage URL fails at once, not after the baseline
     from digits import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
 
     pipeline.run_main(config, search, args.model_name)

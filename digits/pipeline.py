@@ -101,6 +101,11 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digit
     ``search.n_trials == 0`` skips the search and retrains ``config`` itself.
     """
     mnist, split = load_data(config)
+    if search.n_trials:
+        from tuning.search import open_study  # the top layer is the only one that knows the search
+        from tuning.storage import open_storage
+
+        open_study(config, search, mnist, open_storage(search.storage))  # a mismatched study: before any run
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
         mlflow.log_params({**search.to_dict(), "model_name": model_name})
@@ -108,7 +113,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digit
         base = run_baseline(config, mnist, split, nested=True)
         best = config
         if search.n_trials:
-            from tuning.search import run_search  # the top layer is the only one that knows the search
+            from tuning.search import run_search
 
             best = run_search(config, search, mnist, split)
         cnn = run_cnn(best, mnist, split, nested=True, final=True)

@@ -97,3 +97,11 @@ def test_help_lists_subcommands():
     assert result.returncode == 0
     for sub in ("main", "train", "baseline"):
         assert re.search(rf"^\s+{sub}\s", result.stdout, re.M)
+
+
+def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
+    result = _run("main", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--epochs", "1")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "postgresql://nobody@127.0.0.1:1/none" in result.stderr
+    assert _store_runs(tracking_uri) == []
