@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
@@ -50,6 +51,20 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@contextlib.contextmanager
+def isolated_store(root: Path, experiment: str):
+    """A sqlite store under ``root`` for a module's fixtures: (uri, experiment id), artifacts under ``root``."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+        yield uri, experiment_id
+        mlflow.set_tracking_uri(None)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:

@@ -29,6 +29,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digits import app
+from tests.conftest import isolated_store
 from digits.app import AppError, EndpointModel, RegistryModel
 from digits.cli import build_parser
 from digits.preprocess import InputError, to_mnist
@@ -336,16 +337,9 @@ def start_app(name: str, root: Path, uri: str, *flags: str) -> Server:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An empty sqlite tracking store and artifact folder, set for this process and the servers it starts."""
-    import mlflow
-
     root = tmp_path_factory.mktemp("app")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("app-tests", artifact_location=(root / "artifacts").as_uri())
+    with isolated_store(root, "app-tests") as (uri, experiment):
         yield {"uri": uri, "root": root, "experiment": experiment}
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from digits import registry, serving
 from digits.config import TrainConfig
 from digits.model import build_model, predict_proba, save_checkpoint
 from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_cnn, set_alias
+from tests.conftest import isolated_store
 
 pytestmark = pytest.mark.unit
 
@@ -29,16 +30,11 @@ pytestmark = pytest.mark.unit
 def store(tmp_path_factory):
     """One sqlite store and one logged (untrained, tiny) CNN for the module; each test registers its own model name."""
     root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
+    with isolated_store(root, "registry-tests") as (_, experiment):
         checkpoint = save_checkpoint(build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt")
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_cnn_model(checkpoint)
         yield {"uri": info.model_uri, "run_id": run.info.run_id, "experiment": experiment, "root": root, "checkpoint": checkpoint}
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from digits.model import build_model, predict_proba, save_checkpoint
 from digits.preprocess import MAX_BATCH
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
-from tests.conftest import ROOT, digits_command
+from tests.conftest import ROOT, digits_command, isolated_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]
 
@@ -85,11 +85,7 @@ def venv_env(uri: str) -> dict[str, str]:
 def registered(mnist, tmp_path_factory):
     """A CNN trained on 3,000 images (about 95% test accuracy) registered as champion; an untrained one as challenger."""
     root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
+    with isolated_store(root, "serving-tests") as (uri, experiment):
         config = TrainConfig(epochs=2, subset=3000, seed=0, device="cpu")
         split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
         trained = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
@@ -102,7 +98,6 @@ def registered(mnist, tmp_path_factory):
             promotions[label] = register_cnn(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
