@@ -45,7 +45,7 @@ PROMOTION_TAG = "promotion"
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
 SERVING_MODULES = ("__init__.py", "errors.py", "config.py", "model.py", "preprocess.py", "serving.py")
-SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow")
+SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
 _ENTRY_POINT = '''"""The pyfunc entry point of the digits CNN (MLflow models-from-code): the model is built from code, not unpickled."""
@@ -103,7 +103,7 @@ def input_example() -> Any:
 
 
 def serving_requirements() -> list[str]:
-    """Pinned pip requirements of the served model: the installed versions of mlflow, torch, numpy, pandas, Pillow."""
+    """Pinned pip requirements of the served model: the installed versions of mlflow, torch, numpy, pandas, Pillow, orjson."""
     pins = []
     for name in SERVING_REQUIREMENTS:
         version = importlib.metadata.version(name).split("+")[0]  # torch "2.x+cpu": the local label is not on PyPI

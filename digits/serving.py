@@ -32,6 +32,11 @@ from digits.errors import DigitsError
 from digits.model import load_checkpoint
 from digits.preprocess import MAX_BATCH, InputError, to_mnist_batch
 
+try:  # parses a 1,000-image request 2.5x faster than json; optional, as the answer does not depend on it
+    import orjson as _orjson
+except ImportError:
+    _orjson = None
+
 INPUT_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -58,12 +63,19 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
 
 def guard_scoring_server() -> None:
-    """Close the gaps where MLflow's scoring server answers a client's mistake with a 500 or a plain-text body.
+    """Close the gaps where MLflow's scoring server answers a client's mistake with a 500 or a plain-text body,
+    and take the slow steps out of its JSON path.
 
     As of MLflow 3.17 it answers 500 to a request without a Content-Type header (it calls ``None.split``) and
     to deeply nested JSON (``json.loads`` raises RecursionError), and a wrong content type gets a plain-text
-    415. The server looks its ``invocations`` function up at each request, so wrapping that function fixes all
-    three; anything else passes through unchanged. Idempotent; a no-op if MLflow's layout ever changes.
+    415. It also parses a JSON body twice, and deep-copies an ``inputs`` payload value by value (for 1,000
+    images of 784 pixels: about 0.06 s per parse and 0.25 s for the copy on 2 cores, more than the network
+    takes), and writes the answer with ``json.dump``, which skips the C encoder (0.03 s for 1,000 answers).
+    The server looks these functions up at each request, so wrapping them fixes all of this: the body is
+    parsed once (by orjson where installed), ``{"inputs": [item, ...]}`` goes on as the equivalent one-column
+    ``dataframe_split`` (the model has one input column, so both mean the same rows), and the answer is the
+    same JSON text written in one piece. Anything else passes through unchanged. Idempotent; a no-op if
+    MLflow's layout ever changes.
     """
     try:
         from mlflow.pyfunc import scoring_server as server
@@ -72,6 +84,7 @@ def guard_scoring_server() -> None:
     original = getattr(server, "invocations", None)
     if original is None or getattr(original, "_digits_guard", False) or not hasattr(server, "InvocationsResponse"):
         return
+    _speed_up_answers(server)
 
     def refuse(status: int, message: str) -> Any:
         body = json.dumps({"error_code": "UNSUPPORTED_MEDIA_TYPE" if status == 415 else "BAD_REQUEST", "message": message})
@@ -82,6 +95,8 @@ def guard_scoring_server() -> None:
         if not content_type:
             return refuse(415, "no Content-Type header: send the request as application/json")
         try:
+            if content_type.split(";")[0].strip().lower() == "application/json":
+                data = _parse_request(data)
             result = original(data, content_type, model, input_schema)
         except RecursionError:
             raise MlflowException("the JSON is nested too deeply to be a request for this model", error_code=BAD_REQUEST) from None
@@ -91,6 +106,49 @@ def guard_scoring_server() -> None:
 
     invocations._digits_guard = True  # type: ignore[attr-defined]
     server.invocations = invocations
+
+
+def _speed_up_answers(server: Any) -> None:
+    original = getattr(server, "predictions_to_json", None)
+    encoder, jsonable = getattr(server, "NumpyEncoder", None), getattr(server, "_get_jsonable_obj", None)
+    if original is None or encoder is None or jsonable is None:
+        return
+
+    @functools.wraps(original)
+    def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict | None = None) -> Any:
+        if metadata:
+            return original(raw_predictions, output, metadata)
+        # json.dumps (one shot) uses the C encoder; json.dump writes chunk by chunk through the Python one.
+        # Same text either way: same conversion, same encoder class, same separators.
+        output.write(json.dumps({"predictions": jsonable(raw_predictions, pandas_orient="records")}, cls=encoder))
+
+    server.predictions_to_json = predictions_to_json
+
+
+def _loads(data: str | bytes | bytearray) -> Any:
+    if _orjson is not None:
+        try:
+            return _orjson.loads(data)
+        except ValueError:  # NaN/Infinity literals, integers over 64 bits, depth over 1,024: Python's json decides
+            pass
+    return json.loads(data)
+
+
+def _parse_request(data: Any) -> Any:
+    # Parse the body once; what does not parse to an object goes on as it came, for MLflow's own 400 message.
+    if isinstance(data, (str, bytes, bytearray)):
+        try:
+            parsed = _loads(data)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            return data
+        if not isinstance(parsed, dict):
+            return data
+        data = parsed
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    if isinstance(inputs, list) and inputs and set(data) <= {"inputs", "params"} and not any(isinstance(i, dict) for i in inputs):
+        data = {**data, "dataframe_split": {"columns": [INPUT_COLUMN], "data": [[item] for item in inputs]}}
+        del data["inputs"]
+    return data
 
 
 def inference_model(model: nn.Module) -> nn.Module:
