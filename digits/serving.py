@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,10 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         self.model = inference_model(model)
         if os.environ.get("__pyfunc_model_path__"):  # set by `mlflow models serve` for the server process alone
             guard_scoring_server()
+            # Move everything loaded so far (MLflow, pandas, torch, the model) out of the collector's reach: a
+            # 1,000-image request allocates ~30,000 lists, so every third one set off a full collection over
+            # that whole heap (+170 ms, measured). Those objects live as long as the server anyway.
+            gc.freeze()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input``."""
