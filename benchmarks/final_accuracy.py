@@ -17,12 +17,12 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.config import TrainConfig  # noqa: E402
+from digits.cli import parse_overrides  # noqa: E402
+from digits.config import ConfigError, TrainConfig  # noqa: E402
 from digits.data import load_mnist  # noqa: E402
 from digits.model import predict_proba  # noqa: E402
 from digits.train import fit  # noqa: E402
@@ -35,9 +35,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainConfig field (default: none)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}
-    overrides = {k: casts[types[k]](v) for k, v in (item.split("=", 1) for item in args.set)}
+    try:
+        overrides = parse_overrides(TrainConfig, args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
     mnist = load_mnist(args.data_dir or None)
     accuracies, seconds = [], []
     for seed in range(args.seeds):

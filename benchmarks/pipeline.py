@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline.py --data_dir ../shared/data/mnist [-P n_trials=12 ...]
 
-Runs into a fresh temporary MLflow store and Optuna study (so nothing is resumed), reports the wall time, the
+Runs in a fresh temporary folder, MLflow store and Optuna study (so nothing is resumed), reports the wall time, the
 peak RSS of the largest process (the training process), and the final test accuracies the run logged. The last
 line of output is one JSON object.
 """
@@ -39,7 +39,7 @@ def main() -> None:
         for p in args.params:
             command += ["-P", p]
         t0 = time.perf_counter()
-        subprocess.run(command, check=True, env=env, cwd=ROOT)
+        subprocess.run(command, check=True, env=env, cwd=tmp)  # anything written relative to the cwd goes away too
         wall = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child, in MiB
         client = mlflow.MlflowClient(uri)

@@ -37,7 +37,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.config import TrainConfig  # noqa: E402
+from digits.cli import parse_overrides  # noqa: E402
+from digits.config import ConfigError, TrainConfig  # noqa: E402
 from digits.data import load_mnist, to_device  # noqa: E402
 from digits.model import build_model  # noqa: E402
 from digits.train import configure_threads, evaluate, fit, resolve_device  # noqa: E402
@@ -153,9 +154,9 @@ def machine(device: torch.device) -> dict:
     }
 
 
-def warm_up(mnist, device: torch.device, compile: bool) -> None:
+def warm_up(mnist, device: torch.device, recipe: dict, compile: bool) -> None:
     """One untimed 1-epoch run on 2,048 images and one evaluation: the kernels' one-off setup happens here."""
-    config = TrainConfig(**FAST, epochs=1, seed=12345, device=str(device.type), compile=compile)
+    config = TrainConfig(**{**recipe, "epochs": 1, "seed": 12345, "device": str(device.type), "compile": compile})
     model = fit(config, (mnist.train_images[:2048], mnist.train_labels[:2048])).model
     evaluate(model, *to_device(mnist.test_images[:2048], mnist.test_labels[:2048], device))
 
@@ -190,7 +191,12 @@ def main() -> None:
     parser.add_argument("--reference_epochs", type=int, default=6, help="most epochs of the classic recipe; it stops at the first to reach 99.0%% (default: 6)")
     parser.add_argument("--skip_reference", action="store_true", help="do not run the classic recipe (default: run it)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our network (CUDA only; default: off)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="change a TrainConfig field of our recipe, e.g. batch_size=256 (default: none)")
     args = parser.parse_args()
+    try:
+        recipe = {**FAST, **parse_overrides(TrainConfig, args.set)}
+    except ConfigError as exc:
+        parser.error(str(exc))
     try:
         schedules = sorted({int(e) for e in args.schedules.split(",")})
     except ValueError:
@@ -202,12 +208,12 @@ def main() -> None:
     device = resolve_device(args.device)
     configure_threads(0)
     mnist = load_mnist(args.data_dir or None)
-    warm_up(mnist, device, args.compile)
+    warm_up(mnist, device, recipe, args.compile)
     per_schedule = {}
     for epochs in schedules:
         runs = []
         for seed in range(args.seeds):
-            config = TrainConfig(**FAST, epochs=epochs, seed=seed, device=str(device.type), compile=args.compile)
+            config = TrainConfig(**{**recipe, "epochs": epochs, "seed": seed, "device": str(device.type), "compile": args.compile})
             timeline, ips = run_ours(config, mnist, device)
             runs.append({"seed": seed, "timeline": timeline.points, "ips": ips, **{_key(t): timeline.first_reaching(t) for t in THRESHOLDS}})
         per_schedule[epochs] = summarise(runs)
@@ -231,7 +237,7 @@ def main() -> None:
         speedup=reference / t99 if reference and t99 else None,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
         seeds=args.seeds,
-        config=FAST,
+        config=recipe,
         schedules={str(epochs): s for epochs, s in per_schedule.items()},
         machine=machine(device),
     )

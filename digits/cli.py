@@ -74,6 +74,24 @@ def config_from_args(cls: type, args: argparse.Namespace):
     return config
 
 
+def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.08", "width=24"]`` -> ``{"lr": 0.08, "width": 24}``, typed by the fields of dataclass ``cls``.
+
+    For scripts that take ``--set FIELD=VALUE``; a bad item raises ``ConfigError`` with one line.
+    """
+    types = {f.name: f.type for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types:
+            raise ConfigError(f"expected FIELD=VALUE with FIELD one of {', '.join(types)}, got {item!r}")
+        try:
+            out[key] = _PARSERS[types[key]](text)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return out
+
+
 # --- the subcommands ----------------------------------------------------------------------------------------------
 
 

@@ -105,3 +105,15 @@ def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "postgresql://nobody@127.0.0.1:1/none" in result.stderr
     assert _store_runs(tracking_uri) == []
+
+
+def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
+    from digits.cli import parse_overrides
+    from digits.config import ConfigError, TrainConfig
+
+    assert parse_overrides(TrainConfig, ["lr=0.08", "width=24", "batch_norm=false", "optimizer=adamw", "epochs=10.0"]) == {
+        "lr": 0.08, "width": 24, "batch_norm": False, "optimizer": "adamw", "epochs": 10,
+    }
+    for item, message in (("widht=24", "FIELD one of"), ("lr", "FIELD=VALUE"), ("width=2.5", "width: expected an integer"), ("lr=nan", "lr: expected a finite number")):
+        with pytest.raises(ConfigError, match=message):
+            parse_overrides(TrainConfig, [item])
