@@ -32,6 +32,7 @@ MAX_PIXELS = 4096 * 4096  # per picture (16.8 megapixels, a phone photo fits); c
 MAX_ENCODED_CHARS = 24 * 1024 * 1024  # base64 text per picture (~18 MB of PNG/JPEG)
 MAX_BATCH = 1000  # images per request
 MAX_BATCH_PIXELS = 64 * 1024 * 1024  # all the pictures of one request together, so a batch cannot exhaust memory
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a request body, refused before parsing (parsed JSON takes ~10x its text)
 FORMATS = ("PNG", "JPEG")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

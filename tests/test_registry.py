@@ -210,6 +210,8 @@ def test_scoring_server_guard_turns_mlflows_500s_and_plain_text_into_json_4xx(st
         result = server.invocations('{"inputs": []}', content_type, model, schema)
         assert result.status == 415 and result.mimetype == "application/json"
         assert expected in json.loads(result.response)["message"]
+    too_big = server.invocations(b" " * (serving.MAX_REQUEST_BYTES + 1), "application/json", model, schema)
+    assert too_big.status == 413 and "over the limit of 67,108,864" in json.loads(too_big.response)["message"]
     with pytest.raises(mlflow.exceptions.MlflowException, match="nested too deeply") as info:
         server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema)
     assert info.value.get_http_status_code() == 400

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 from digits.config import TrainConfig
 from digits.data import split_train_val
 from digits.model import build_model, predict_proba, save_checkpoint
-from digits.preprocess import MAX_BATCH
+from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store
@@ -229,6 +229,7 @@ def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
         "number as image": ({"dataframe_records": [{"image": 7}]}, "application/json", "got a number"),
         "no image column": ({"dataframe_records": [{"picture": "x"}]}, "application/json", "missing inputs ['image']"),
         "not an object": ("[1, 2, 3]", "application/json", "JSON dictionary"),
+        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", "over the limit of 67,108,864"),
     }
 
 
