@@ -25,7 +25,7 @@ from digits.cli import parse_overrides  # noqa: E402
 from digits.config import ConfigError, TrainConfig  # noqa: E402
 from digits.data import load_mnist  # noqa: E402
 from digits.model import predict_proba  # noqa: E402
-from digits.train import fit  # noqa: E402
+from digits.train import fit, resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +37,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         overrides = parse_overrides(TrainConfig, args.set)
+        TrainConfig(**overrides).validate()
+        resolve_device(overrides.get("device", "auto"))
     except ConfigError as exc:
         parser.error(str(exc))
     mnist = load_mnist(args.data_dir or None)

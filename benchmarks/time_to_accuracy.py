@@ -205,7 +205,10 @@ def main() -> None:
         parser.error("--schedules needs epochs >= 1 and --seeds >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     configure_threads(0)
     mnist = load_mnist(args.data_dir or None)
     warm_up(mnist, device, recipe, args.compile)
