@@ -328,8 +328,14 @@ def wait_mid_trial(process: subprocess.Popen, storage: str, min_finished: int = 
 
 
 def start_tune(stores, data_dir: Path, n_trials: int = 20) -> subprocess.Popen:
-    """A ``digits tune`` process with 2-epoch trials on 2,000 images (long enough to be caught mid-trial)."""
-    return subprocess.Popen(tune(stores.optuna, data_dir, n_trials=n_trials, trial_epochs=2, subset=2000), cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """A ``digits tune`` process with 2-epoch trials on 2,000 images (long enough to be caught mid-trial).
+
+    Its SIGINT is reset to the default: a shell that starts the test suite in the background (``make test &``)
+    makes its children ignore SIGINT, and the CLI rightly leaves an ignored SIGINT ignored.
+    """
+    command = tune(stores.optuna, data_dir, n_trials=n_trials, trial_epochs=2, subset=2000)
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 - runs in the child before exec
+    return subprocess.Popen(command, cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=reset)
 
 
 def assert_no_running_runs() -> dict:
