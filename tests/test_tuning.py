@@ -208,6 +208,33 @@ def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path
 
 
 @pytest.mark.unit
+def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_else_does(stores):
+    # A worker SIGKILLed between two trials leaves no RUNNING trial behind, only its search run (and the run above).
+    host = search_mod.socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    experiment = mlflow.set_experiment("kill-dead-search-runs").experiment_id
+    client = mlflow.MlflowClient()
+
+    def search_run(worker: str, study: str = "s", storage: str = "sqlite:///x.db", parent: str | None = None) -> str:
+        tags = {"pipeline_step": "search", "optuna_study_name": study, "optuna_storage": storage, search_mod.WORKER_TAG: worker}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    parent = client.create_run(experiment, tags={"pipeline_step": "tune"}).info.run_id
+    orphan = search_run(f"{host} {dead.pid} -", parent=parent)
+    alive = search_run(f"{host} {os.getpid()} {search_mod._process_start(os.getpid())}")
+    elsewhere = search_run(f"another-host {dead.pid} -")
+    other_study = search_run(f"{host} {dead.pid} -", study="t")
+    mine = search_run(f"{host} {dead.pid} -")
+    assert search_mod.kill_dead_search_runs(experiment, "s", "sqlite:///x.db", keep=mine) == [orphan]
+    status = {run_id: client.get_run(run_id).info.status for run_id in (parent, orphan, alive, elsewhere, other_study, mine)}
+    assert status == {parent: "KILLED", orphan: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", other_study: "RUNNING", mine: "RUNNING"}
+    assert "died between trials" in client.get_run(orphan).data.tags["end_reason"]
+
+
+@pytest.mark.unit
 def test_pruner_replay_prunes_bad_curves_and_fits_more_trials_in_the_budget():
     from tuning.pruner_replay import candidates, replay
 
@@ -384,9 +411,8 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
     assert TrialState.RUNNING not in {t.state for t in study.trials}
     assert study.trials[zombie].state == TrialState.FAIL and "died" in study.trials[zombie].user_attrs["fail_reason"]
     assert study.trials[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    # A worker killed between two trials leaves no trial to find, so its search run stays RUNNING in MLflow
-    # (a known gap): the all-runs check holds only when the first kill hit a trial.
-    runs = assert_no_running_runs() if attempt == 0 else {r.info.run_id: r for r in all_runs()}
+    # A worker killed between two trials (a retried kill above) left only its search run RUNNING: ended too.
+    runs = assert_no_running_runs()
     assert runs[study.trials[zombie].user_attrs["mlflow_run_id"]].info.status == "KILLED"
     assert runs[study.trials[zombie].user_attrs["mlflow_search_run_id"]].info.status == "KILLED"
 

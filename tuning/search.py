@@ -228,15 +228,50 @@ def _kill_mlflow_runs(trial: FrozenTrial, reason: str) -> None:
         if run_id:
             client.set_tag(run_id, "optuna_state", "FAIL")
             client.set_tag(run_id, "fail_reason", reason)
-        for _ in range(4):  # trial, search, pipeline: a few levels at most
-            if not run_id:
-                break
-            run = client.get_run(run_id)
-            if run.info.status == "RUNNING":
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-            run_id = run.data.tags.get("mlflow.parentRunId")
+        _end_killed(client, run_id)
     except Exception as exc:  # the runs may live on another tracking server; the study is what must be consistent
         log.warning("could not end the MLflow runs of trial %d: %s", trial.number, first_line(exc))
+
+
+def _end_killed(client: mlflow.MlflowClient, run_id: str | None) -> None:
+    for _ in range(4):  # trial, search, pipeline: a few levels at most
+        if not run_id:
+            break
+        run = client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        run_id = run.data.tags.get("mlflow.parentRunId")
+
+
+WORKER_TAG = "optuna_worker"  # "host pid start-time" of the process running a search run
+
+
+def kill_dead_search_runs(experiment_id: str, study_name: str, storage: str, keep: str = "") -> list[str]:
+    """End KILLED the RUNNING search runs of ``study_name`` (and the runs above them) whose worker on this host died.
+
+    A worker killed between two trials leaves no RUNNING trial for ``fail_zombies`` to find, only its search run.
+    Runs of workers on other hosts, of live workers, and ``keep`` are left alone. Returns the runs ended.
+    """
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    try:
+        runs = client.search_runs([experiment_id], "tags.pipeline_step = 'search' AND attributes.status = 'RUNNING'", max_results=1000)
+        for run in runs:
+            tags = run.data.tags
+            worker = tags.get(WORKER_TAG, "").split()
+            if run.info.run_id == keep or tags.get("optuna_study_name") != study_name or tags.get("optuna_storage") != storage:
+                continue
+            if len(worker) != 3 or worker[0] != host or _process_alive(int(worker[1]), None if worker[2] == "-" else worker[2]):
+                continue
+            client.set_tag(run.info.run_id, "end_reason", f"its worker (pid {worker[1]}) died between trials")
+            _end_killed(client, run.info.run_id)
+            ended.append(run.info.run_id)
+    except Exception as exc:  # a tracking server that cannot search: the new search goes on regardless
+        log.warning("could not look for the search runs of dead workers: %s", first_line(exc))
+    if ended:
+        log.warning("study %s: ended KILLED %d search run(s) of dead workers: %s", study_name, len(ended), ", ".join(ended))
+    return ended
 
 
 # --- the objective ------------------------------------------------------------------------------------------------
@@ -353,10 +388,13 @@ def run_search(base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Spl
     trial_base = base.replace(epochs=search.trial_epochs)
     with tracking.model_run("search", nested=True, model_family="cnn", pipeline_step="search") as active:
         run_id = active.info.run_id
+        worker = _worker()
         mlflow.set_tags({
             "optuna_study_name": search.study_name, "optuna_storage": redact(search.storage),
             "optuna_sampler": type(study.sampler).__name__, "optuna_pruner": type(study.pruner).__name__,
+            WORKER_TAG: f"{worker['host']} {worker['pid']} {worker['started'] or '-'}",
         })
+        kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=run_id)
         _log_params_once({**search.to_dict(), "storage": redact(search.storage), **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"}})
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "train", split.val, "validation")
