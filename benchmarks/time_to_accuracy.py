@@ -46,8 +46,8 @@ from digits.train import configure_threads, evaluate, fit, resolve_device  # noq
 THRESHOLDS = (0.990, 0.995)
 
 # The fast recipe: the default network, twice the default peak lr, a short one-cycle schedule, no augmentation
-# and no dropout (both slow the first epochs' accuracy). Batch 128 rather than 256: 256 ran 5% more images/s
-# on 2 CPU cores but one epoch of it ended at 98.7-99.2% (5 seeds), one epoch of 128 at 99.2-99.4%.
+# and no dropout (both slow the first epochs' accuracy). Batch 128 rather than 256: 256 ran 10-20% more
+# images/s on 2 CPU cores, but one epoch of it ended at 98.7-99.1% (4 seeds), one epoch of 128 at 99.2-99.4%.
 FAST = dict(batch_size=128, lr=0.1, warmup=0.15, label_smoothing=0.1, augment=0.0, dropout=0.0, width=16, blocks=3)
 SCHEDULES = (1, 4)  # epochs: 1 reaches 99.0% soonest, 4 reaches 99.5%
 
@@ -178,6 +178,13 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _secs(figures: dict, key: str) -> str:
+    if figures[key] is None:
+        return "not reached"
+    std = figures.get(f"{key}_std")
+    return f"{figures[key]:.1f} s" if std is None else f"{figures[key]:.1f} ± {std:.1f} s"
+
+
 def _key(threshold: float) -> str:
     return f"seconds_to_{threshold * 100:.1f}".replace(".", "_")  # seconds_to_99_0
 
@@ -245,12 +252,11 @@ def main() -> None:
         machine=machine(device),
     )
     for epochs, s in per_schedule.items():
-        fmt = lambda key: "not reached" if s[key] is None else f"{s[key]:.1f} ± {s[f'{key}_std']:.1f} s"  # noqa: E731
-        print(f"ours, {epochs}-epoch schedule, {args.seeds} seed(s): 99.0% at {fmt('seconds_to_99_0')}, 99.5% at {fmt('seconds_to_99_5')}, "
+        print(f"ours, {epochs}-epoch schedule, {args.seeds} seed(s): 99.0% at {_secs(s, 'seconds_to_99_0')}, 99.5% at {_secs(s, 'seconds_to_99_5')}, "
               f"final {100 * s['final_test_accuracy']:.2f}% ± {100 * s['final_test_accuracy_std']:.2f}, {s['images_per_second']:.0f} img/s")
-    secs = lambda value: "not reached" if value is None else f"{value:.1f} s"  # noqa: E731
     speedup = "n/a" if result["speedup"] is None else f"{result['speedup']:.1f}x"
-    print(f"ours: 99.0% at {secs(t99)}, 99.5% at {secs(result['seconds_to_99_5'])}; classic reference: 99.0% at {secs(reference)}; speedup {speedup}")
+    print(f"ours: 99.0% at {_secs(result, 'seconds_to_99_0')}, 99.5% at {_secs(result, 'seconds_to_99_5')}; "
+          f"classic reference: {'not run' if args.skip_reference else '99.0% at ' + _secs(result, 'reference_seconds_to_99_0')}; speedup {speedup}")
     print(json.dumps(result))
 
 

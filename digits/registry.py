@@ -161,18 +161,9 @@ def register_cnn(
     return _register(model_uri, model_name, test_accuracy, run_id, data_digest, git_commit, description)
 
 
-def register_baseline(
-    model_uri: str,
-    *,
-    model_name: str = BASELINE_MODEL_NAME,
-    test_accuracy: float,
-    run_id: str,
-    data_digest: str,
-    git_commit: str | None = None,
-    description: str | None = None,
-) -> Promotion:
-    """Register the baseline (logistic regression) as ``digits-baseline``, with the same tags and promotion rule."""
-    return _register(model_uri, model_name, test_accuracy, run_id, data_digest, git_commit, description)
+def register_baseline(model_uri: str, *, model_name: str = BASELINE_MODEL_NAME, **tags: Any) -> Promotion:
+    """Register the baseline (logistic regression) as ``digits-baseline``: ``register_cnn``'s tags and promotion rule."""
+    return register_cnn(model_uri, model_name=model_name, **tags)
 
 
 def set_alias(model_name: str, alias: str, version: int | str) -> int | None:

@@ -222,12 +222,13 @@ def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_el
             tags["mlflow.parentRunId"] = parent
         return client.create_run(experiment, tags=tags).info.run_id
 
+    gone = json.dumps({"host": host, "pid": dead.pid, "started": None})
     parent = client.create_run(experiment, tags={"pipeline_step": "tune"}).info.run_id
-    orphan = search_run(f"{host} {dead.pid} -", parent=parent)
-    alive = search_run(f"{host} {os.getpid()} {search_mod._process_start(os.getpid())}")
-    elsewhere = search_run(f"another-host {dead.pid} -")
-    other_study = search_run(f"{host} {dead.pid} -", study="t")
-    mine = search_run(f"{host} {dead.pid} -")
+    orphan = search_run(gone, parent=parent)
+    alive = search_run(json.dumps(search_mod._worker()))
+    elsewhere = search_run(json.dumps({"host": "another-host", "pid": dead.pid, "started": None}))
+    other_study = search_run(gone, study="t")
+    mine = search_run(gone)
     assert search_mod.kill_dead_search_runs(experiment, "s", "sqlite:///x.db", keep=mine) == [orphan]
     status = {run_id: client.get_run(run_id).info.status for run_id in (parent, orphan, alive, elsewhere, other_study, mine)}
     assert status == {parent: "KILLED", orphan: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", other_study: "RUNNING", mine: "RUNNING"}

@@ -172,6 +172,11 @@ def _process_alive(pid: int, started: str | None) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
+def _died_here(worker: dict[str, Any]) -> bool:
+    """Whether the worker that ``_worker()`` described ran on this host and its process is gone."""
+    return worker.get("host") == socket.gethostname() and not _process_alive(int(worker["pid"]), worker.get("started"))
+
+
 def fail_zombies(study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker is gone; return their numbers.
 
@@ -184,7 +189,7 @@ def fail_zombies(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if worker and worker.get("host") == host:
-            dead = not _process_alive(int(worker["pid"]), worker.get("started"))
+            dead = _died_here(worker)
             reason = f"its worker (pid {worker['pid']}) died"
         elif not worker:
             # A trial gets its worker within milliseconds of starting; one without, older than the grace period,
@@ -243,7 +248,7 @@ def _end_killed(client: mlflow.MlflowClient, run_id: str | None) -> None:
         run_id = run.data.tags.get("mlflow.parentRunId")
 
 
-WORKER_TAG = "optuna_worker"  # "host pid start-time" of the process running a search run
+WORKER_TAG = "optuna_worker"  # the search run's worker, as JSON: the same host/pid/started as a trial's "worker"
 
 
 def kill_dead_search_runs(experiment_id: str, study_name: str, storage: str, keep: str = "") -> list[str]:
@@ -253,18 +258,17 @@ def kill_dead_search_runs(experiment_id: str, study_name: str, storage: str, kee
     Runs of workers on other hosts, of live workers, and ``keep`` are left alone. Returns the runs ended.
     """
     client = mlflow.MlflowClient()
-    host = socket.gethostname()
     ended = []
     try:
         runs = client.search_runs([experiment_id], "tags.pipeline_step = 'search' AND attributes.status = 'RUNNING'", max_results=1000)
         for run in runs:
             tags = run.data.tags
-            worker = tags.get(WORKER_TAG, "").split()
             if run.info.run_id == keep or tags.get("optuna_study_name") != study_name or tags.get("optuna_storage") != storage:
                 continue
-            if len(worker) != 3 or worker[0] != host or _process_alive(int(worker[1]), None if worker[2] == "-" else worker[2]):
+            worker = json.loads(tags.get(WORKER_TAG, "{}"))
+            if not worker or not _died_here(worker):
                 continue
-            client.set_tag(run.info.run_id, "end_reason", f"its worker (pid {worker[1]}) died between trials")
+            client.set_tag(run.info.run_id, "end_reason", f"its worker (pid {worker['pid']}) died between trials")
             _end_killed(client, run.info.run_id)
             ended.append(run.info.run_id)
     except Exception as exc:  # a tracking server that cannot search: the new search goes on regardless
@@ -388,11 +392,10 @@ def run_search(base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Spl
     trial_base = base.replace(epochs=search.trial_epochs)
     with tracking.model_run("search", nested=True, model_family="cnn", pipeline_step="search") as active:
         run_id = active.info.run_id
-        worker = _worker()
         mlflow.set_tags({
             "optuna_study_name": search.study_name, "optuna_storage": redact(search.storage),
             "optuna_sampler": type(study.sampler).__name__, "optuna_pruner": type(study.pruner).__name__,
-            WORKER_TAG: f"{worker['host']} {worker['pid']} {worker['started'] or '-'}",
+            WORKER_TAG: json.dumps(_worker()),
         })
         kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=run_id)
         _log_params_once({**search.to_dict(), "storage": redact(search.storage), **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"}})
