@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
+from digits.names import CHAMPION_URI
 from digits.preprocess import InputError, to_mnist
 
 if TYPE_CHECKING:
     import gradio as gr
 
-DEFAULT_MODEL_URI = "models:/digits-cnn@champion"
+DEFAULT_MODEL_URI = CHAMPION_URI
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 TOP_K = 3
@@ -115,7 +116,7 @@ class RegistryModel:
         try:
             result = self._model.predict(pd.DataFrame({"image": [picture]}))
         except MlflowException as exc:
-            raise InputError(_first_line(str(exc.message))) from None
+            raise InputError(first_line(str(exc.message))) from None
         try:
             return np.asarray(result["probabilities"].iloc[0], dtype=np.float64)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -177,7 +178,7 @@ class EndpointModel:
 
 def load_error_message(model_uri: str, error_code: str, message: str) -> str:
     """One line for the page when ``model_uri`` cannot be loaded: a missing model or alias says how to make one."""
-    reason = _first_line(message)
+    reason = first_line(message)
     if model_uri.startswith("models:/"):
         name, _, alias = model_uri[len("models:/") :].partition("@")
         if error_code == "RESOURCE_DOES_NOT_EXIST":
@@ -339,7 +340,7 @@ def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host:
         )
     except OSError as exc:
         # Gradio says "Cannot find empty port in range" and how to set its own variables; say it in this CLI's terms.
-        reason = "the port is in use, choose another with --port" if "empty port" in str(exc) else _first_line(str(exc))
+        reason = "the port is in use, choose another with --port" if "empty port" in str(exc) else first_line(str(exc))
         raise AppError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
@@ -352,14 +353,9 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else "unknown error"
-
-
 def _error_body(exc: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(exc.read() or b"{}")
-        return _first_line(str(body.get("message") or body))
+        return first_line(str(body.get("message") or body))
     except (ValueError, OSError):
         return f"HTTP {exc.code} {exc.reason}"

@@ -15,7 +15,8 @@ from dataclasses import MISSING, fields
 from typing import Any, Callable, Sequence
 
 from digits.config import ConfigError, DataConfig, SearchConfig, TrainConfig, parse_bool
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
+from digits.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
 
 PROG = "digits"
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("main", help="the whole pipeline: baseline, Optuna search, final CNN, test evaluation, registry (the MLproject's main entry point)")
     add_config_flags(p, TrainConfig)
     add_config_flags(p, SearchConfig)
-    p.add_argument("--model_name", "--model-name", default="digits-cnn", help="registered model name of the final CNN (default: digits-cnn)")
+    p.add_argument("--model_name", "--model-name", default=CNN_MODEL_NAME, help=f"registered model name of the final CNN (default: {CNN_MODEL_NAME})")
     p.set_defaults(handler=cmd_main)
 
     p = sub.add_parser("train", help="train and evaluate one CNN with the given config")
@@ -202,18 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_baseline)
 
     p = sub.add_parser("register", help="point an alias of a registered model at a version: explicit promotion or roll-back")
-    p.add_argument("--model_name", "--model-name", default="digits-cnn", help="registered model (default: digits-cnn)")
-    p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    p.add_argument("--model_name", "--model-name", default=CNN_MODEL_NAME, help=f"registered model (default: {CNN_MODEL_NAME})")
+    p.add_argument("--alias", default=CHAMPION, help=f"alias to move (default: {CHAMPION})")
     p.add_argument("--version", type=_int, default=0, help="model version the alias should point at; must be given (default: 0, refused)")
     p.set_defaults(handler=cmd_register)
 
     p = sub.add_parser("predict", help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark")
-    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: models:/digits-cnn@champion)")
+    p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model or a run's model on the test set and log an evaluation run with every metric and figure")
-    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: models:/digits-cnn@champion)")
+    p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: {CHAMPION_URI})")
     add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
     p.set_defaults(handler=cmd_evaluate)
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")
-    p.add_argument("--model_uri", "--model-uri", default="models:/digits-cnn@champion", help="registered model to load once at start, unless --endpoint is given (default: models:/digits-cnn@champion)")
+    p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"registered model to load once at start, unless --endpoint is given (default: {CHAMPION_URI})")
     p.add_argument("--endpoint", default="", help="URL of a running `mlflow models serve` endpoint to ask instead, e.g. http://127.0.0.1:5001 (default: empty, use --model_uri)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the app to the network (default: 127.0.0.1)")
     p.add_argument("--port", type=_int, default=7860, help="port to listen on (default: 7860)")
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG} {args.command}: stopped by {exc}", file=sys.stderr)
             return 143
         if isinstance(exc, MlflowException):  # a bad tracking URI, an unknown model: the user's to fix
-            print(f"{PROG} {args.command}: error: MLflow: {str(exc.message).strip().splitlines()[0]}", file=sys.stderr)
+            print(f"{PROG} {args.command}: error: MLflow: {first_line(exc)}", file=sys.stderr)
             return 1
         raise
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _download(directory: Path) -> Path:
         for train in (True, False):
             TorchvisionMNIST(str(directory), train=train, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... when offline
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"could not download MNIST ({reason}): {hint}") from None
     if not _has_files(raw):
         raise DataError(f"torchvision downloaded MNIST but the IDX files are not in {raw}: {hint}")

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from digits import metrics, plots
 from digits.data import MNIST
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def load_model(model_uri: str) -> LoadedModel:
     try:
         info = mlflow.models.get_model_info(model_uri)
     except Exception as exc:  # MlflowException, OSError for a bad path, ValueError for a malformed URI
-        raise EvaluationError(f"cannot load model {model_uri!r}: {_first_line(exc)}") from None
+        raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
     source = info.run_id or _run_id_of(model_uri)
     try:
         if "sklearn" in info.flavors:
@@ -218,7 +218,7 @@ def load_model(model_uri: str) -> LoadedModel:
             return LoadedModel(lambda images: np.asarray(estimator.predict_proba(features(images))), "logreg", "sklearn", source)
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
-        raise EvaluationError(f"cannot load model {model_uri!r}: {_first_line(exc)}") from None
+        raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
     return LoadedModel(lambda images: _pyfunc_proba(pyfunc, images, model_uri), "cnn", "pyfunc", source)
 
 
@@ -275,7 +275,7 @@ def _pyfunc_proba(model: "mlflow.pyfunc.PyFuncModel", images: np.ndarray, model_
         try:
             result = model.predict(batch)
         except Exception as exc:
-            raise EvaluationError(f"model {model_uri!r} failed to predict: {_first_line(exc)}") from None
+            raise EvaluationError(f"model {model_uri!r} failed to predict: {first_line(exc)}") from None
         if not isinstance(result, pd.DataFrame) or "probabilities" not in result.columns:
             raise EvaluationError(f"model {model_uri!r} does not answer a 'probabilities' column: not a digits model")
         # float32, what the network computed: the served output widened it to float64, which is exact both ways,
@@ -322,11 +322,6 @@ def _source_run(run_id: str | None) -> "mlflow.entities.Run | None":
         return mlflow.MlflowClient().get_run(run_id)
     except MlflowException:  # a model whose source run was deleted or lives in another store
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

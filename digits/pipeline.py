@@ -18,6 +18,7 @@ from digits.config import DataConfig, SearchConfig, TrainConfig
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_eda_once, log_test_evaluation
 from digits.model import predict_proba, save_checkpoint
+from digits.names import CNN_MODEL_NAME
 from digits.train import fit
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
         return ModelOutcome(active.info.run_id, metrics, info.model_uri)
 
 
-def run_main(config: TrainConfig, search: SearchConfig, model_name: str = "digits-cnn") -> None:
+def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MODEL_NAME) -> None:
     """The ``main`` entry point: baseline, Optuna search, the best config retrained on train+validation, test.
 
     Every step is a child of the pipeline's run (the one ``mlflow run`` created, or a new ``main`` run).

@@ -28,13 +28,10 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
 from digits.model import CONFIG_FILE, WEIGHTS_FILE
+from digits.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
 
-CNN_MODEL_NAME = "digits-cnn"
-BASELINE_MODEL_NAME = "digits-baseline"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 # Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
 TAG_ACCURACY = "test_accuracy"
 TAG_RUN = "source_run_id"
@@ -44,7 +41,7 @@ PROMOTION_TAG = "promotion"
 
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "config.py", "model.py", "preprocess.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "preprocess.py", "serving.py")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
@@ -178,13 +175,13 @@ def set_alias(model_name: str, alias: str, version: int | str) -> int | None:
         client.get_model_version(model_name, str(version))
     except MlflowException as exc:
         if not _not_found(exc):
-            raise RegistryError(f"cannot read {model_name} version {version}: {_first_line(exc)}") from None
+            raise RegistryError(f"cannot read {model_name} version {version}: {first_line(exc)}") from None
         raise RegistryError(f"{model_name} has no version {version} (versions: {_versions_text(client, model_name)})") from None
     previous = _alias_version(client, model_name, alias)
     try:
         client.set_registered_model_alias(model_name, alias, str(version))
     except MlflowException as exc:
-        raise RegistryError(f"cannot set alias {alias!r} of {model_name}: {_first_line(exc)}") from None
+        raise RegistryError(f"cannot set alias {alias!r} of {model_name}: {first_line(exc)}") from None
     was = f"version {previous.version}" if previous else "no version"
     client.set_model_version_tag(model_name, str(version), PROMOTION_TAG, f"alias {alias} set by hand (it was on {was})")
     return int(previous.version) if previous else None
@@ -243,7 +240,7 @@ def _register(
     try:
         registered = mlflow.register_model(model_uri, model_name, tags=tags)
     except MlflowException as exc:
-        raise RegistryError(f"cannot register {model_uri} as {model_name}: {_first_line(exc)}") from None
+        raise RegistryError(f"cannot register {model_uri} as {model_name}: {first_line(exc)}") from None
     version = int(registered.version)
     if description:
         client.update_model_version(model_name, str(version), description=description)
@@ -280,7 +277,7 @@ def _get_model(client: MlflowClient, model_name: str) -> None:
         client.get_registered_model(model_name)
     except MlflowException as exc:
         if not _not_found(exc):
-            raise RegistryError(f"cannot read registered model {model_name!r}: {_first_line(exc)}") from None
+            raise RegistryError(f"cannot read registered model {model_name!r}: {first_line(exc)}") from None
         names = sorted(m.name for m in client.search_registered_models(max_results=100))
         known = ", ".join(names) if names else "none"
         raise RegistryError(f"no registered model named {model_name!r} (registered: {known})") from None
@@ -321,8 +318,3 @@ def _versions_text(client: MlflowClient, model_name: str) -> str:
 
 def _not_found(exc: MlflowException) -> bool:
     return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
-
-
-def _first_line(exc: MlflowException) -> str:
-    lines = str(exc.message).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

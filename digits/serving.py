@@ -29,7 +29,8 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
+from digits.names import CHAMPION_URI
 from digits.model import load_checkpoint
 from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES, InputError, to_mnist_batch
 
@@ -221,7 +222,7 @@ class PredictError(DigitsError):
     """``digits predict`` could not read an image file or load the model; one line for the user."""
 
 
-def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = "models:/digits-cnn@champion") -> pd.DataFrame:
+def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI) -> pd.DataFrame:
     """Predict image files (PNG/JPEG) with the model at ``model_uri``, through the served model's own preprocessing.
 
     Returns one row per file: path, digit, confidence, probabilities.
@@ -237,12 +238,12 @@ def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = "models:/
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
-        raise PredictError(f"cannot load the model {model_uri}: {exc.message.splitlines()[0]}") from None
+        raise PredictError(f"cannot load the model {model_uri}: {first_line(exc)}") from None
     rows = []
     for path, text in zip(paths, encoded):  # one at a time, so an unreadable file is named and the others still answer
         try:
             result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}))
         except MlflowException as exc:
-            raise PredictError(f"{path}: {exc.message.splitlines()[0].removeprefix('image 0: ')}") from None
+            raise PredictError(f"{path}: {first_line(exc).removeprefix('image 0: ')}") from None
         rows.append({"path": str(path), **result.iloc[0].to_dict()})
     return pd.DataFrame(rows)

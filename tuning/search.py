@@ -40,7 +40,8 @@ from digits.errors import DigitsError
 from digits.train import NonFiniteLossError, fit
 from tuning.space import AUGMENT_RANGE, BATCH_SIZES, DROPOUT_RANGE, LABEL_SMOOTHING_RANGE, LR_RANGE, SEARCHED, WEIGHT_DECAY_RANGE, WIDTH_RANGE
 from tuning.space import base_params, suggest_config
-from tuning.storage import GRACE_PERIOD, StorageError, first_line, open_storage, redact  # noqa: F401 (StorageError: re-exported)
+from digits.errors import first_line
+from tuning.storage import GRACE_PERIOD, StorageError, open_storage, redact  # noqa: F401 (StorageError: re-exported)
 
 log = logging.getLogger(__name__)
 

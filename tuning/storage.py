@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import optuna
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
 
 # A live worker's heartbeat thread writes every HEARTBEAT_INTERVAL seconds; a RUNNING trial silent for
 # GRACE_PERIOD seconds is a dead worker's. Generous, because 2 busy CPU cores can starve the thread for a while.
@@ -78,10 +78,3 @@ def open_storage(
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
             raise StorageError(f"cannot open Optuna storage {redact(url)}: {first_line(exc)} {hint}") from None
     raise StorageError(f"cannot open Optuna storage {redact(url)}: {first_line(last)}")
-
-
-def first_line(exc: BaseException | None) -> str:
-    """The first line of an exception's message (of the driver's error, for a wrapped SQLAlchemy one)."""
-    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error, whose text is the useful part
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
