@@ -8,37 +8,29 @@ seen a hairline or a marker stroke.
 
 ``to_mnist`` is the one function the served model, ``digits predict`` and the drawing app all use for a
 picture; ``to_mnist_batch`` is what the endpoint feeds a request's items through. Errors are ``InputError``
-with a one-line message meant for the client. Needs numpy and Pillow only.
+with a one-line message meant for the client. Decoding of untrusted bytes is in ``digits.decode``, the
+validation of pixel values in ``digits.pixels``. Needs numpy, Pillow and scipy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import itertools
 import math
-import struct
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+from scipy import ndimage
 
-from digits.errors import DigitsError
+from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, _check_size, decode_image
+from digits.pixels import SIZE, _check_array_items, _numeric_array, check_mnist_arrays
 
-SIZE = 28  # MNIST's frame
+__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "stroke_width", "to_mnist", "to_mnist_batch"]
+
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
-MAX_PIXELS = 4096 * 4096  # per picture (16.8 megapixels, a phone photo fits); checked on the header, before decoding
-MAX_ENCODED_CHARS = 24 * 1024 * 1024  # base64 text per picture (~18 MB of PNG/JPEG)
 MAX_BATCH = 1000  # images per request
 MAX_BATCH_PIXELS = 64 * 1024 * 1024  # all the pictures of one request together, so a batch cannot exhaust memory
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a request body, refused before parsing (parsed JSON takes ~10x its text)
-FORMATS = ("PNG", "JPEG")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# Pictures are first reduced (by averaging) to at most this long side, which bounds the work. At the pixel
-# limit that is a factor of 4: a pen stroke in a phone photo is wider than that and survives.
-_WORK_SIDE = 1024
 _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which a picture counts as blank
 _INK_FLOOR = 0.2  # of the ink's contrast: paper texture, JPEG noise and faint shadows below it are dropped
 # MNIST's stroke width relative to the long side of the digit's box: median 0.13, 5-95% from 0.10 to 0.20
@@ -49,44 +41,6 @@ _STROKE_REL_MIN = 0.10
 _STROKE_REL_MAX = 0.20
 _MORPH_SIDE = 80  # stroke width is normalised at this resolution (4x the 20-pixel box): cheap, still precise
 
-
-class InputError(DigitsError, ValueError):
-    """The input is not something the model can read; the message is one line that says what is wrong."""
-
-
-def decode_image(data: str | bytes) -> Image.Image:
-    """Decode a PNG or JPEG from bytes or base64 text (a ``data:image/...;base64,`` prefix is allowed).
-
-    The pixel limit (``MAX_PIXELS``) is checked on the header before the pixels are decoded.
-    """
-    if isinstance(data, str):
-        data = _b64decode(data)
-    if not isinstance(data, (bytes, bytearray)):
-        raise InputError(f"expected PNG/JPEG bytes or base64 text, got {type(data).__name__}")
-    if not data:
-        raise InputError("the image is empty (0 bytes)")
-    try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError:
-        raise InputError(f"the image has more than {MAX_PIXELS:,} pixels, the limit") from None
-    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image; all mean the same
-        if data[:8] == _PNG_SIGNATURE and len(data) >= 24:  # Pillow refuses a 0x0 PNG; say so rather than "not a PNG"
-            _check_size(*struct.unpack(">II", bytes(data[16:24])))
-        kind = "PNG" if data[:8] == _PNG_SIGNATURE else "JPEG" if data[:3] == b"\xff\xd8\xff" else None
-        if kind:
-            raise InputError(f"the {kind} data is truncated or corrupt") from None
-        raise InputError(f"the data is not a {' or '.join(FORMATS)} image ({len(data):,} bytes starting {bytes(data[:8])!r})") from None
-    _check_size(*image.size)
-    scale = _WORK_SIDE / max(image.size)
-    if image.format == "JPEG" and scale < 1:
-        # Let libjpeg decode a big photo at 1/2, 1/4 or 1/8 scale, never below _WORK_SIDE: faster and less
-        # memory, the same result after the reduction to _WORK_SIDE.
-        image.draft(image.mode, (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
-    try:
-        image.load()
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError, zlib errors...
-        raise InputError(f"the {image.format} data is truncated or corrupt ({_reason(exc)})") from None
-    return image
 
 
 def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
@@ -105,21 +59,6 @@ def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
     ink = _ink(_grey(image))
     return _mnist_frame(ink)
 
-
-def check_mnist_arrays(values: Any) -> np.ndarray:
-    """Validate MNIST-style pixel values and return them as uint8 (N, 28, 28).
-
-    ``values``: shape (N, 28, 28) or (N, 784), numbers from 0 to 255 (MNIST's scale; fractions are rounded),
-    light ink on a dark background (MNIST's polarity). Values that look like the 0-1 scale, inverted images,
-    strings, booleans, NaN and infinity are rejected, not guessed at.
-    """
-    if len(values) == 0:
-        raise InputError("empty batch: send at least one image")
-    array = _pixel_array(values)
-    problem = _pixel_problem(array)
-    if problem:
-        raise InputError(f"image {problem[0]}: {problem[1]}")
-    return np.rint(array).astype(np.uint8)
 
 
 def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarray:
@@ -158,33 +97,6 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarr
     return out
 
 
-# --- decoding --------------------------------------------------------------------------------------------------
-
-
-def _b64decode(text: str) -> bytes:
-    text = text.strip()
-    if text.startswith("data:"):  # a canvas's toDataURL(): data:image/png;base64,....
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise InputError("a data: URL must be base64-encoded (data:image/png;base64,...)")
-    if len(text) > MAX_ENCODED_CHARS:
-        raise InputError(f"the base64 text has {len(text):,} characters, over the limit of {MAX_ENCODED_CHARS:,}")
-    # `base64` wraps its output at 76 columns; whitespace is never data, so drop it before strict decoding.
-    text = "".join(text.split())
-    if not text:
-        raise InputError("the image is empty (no base64 text)")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(f"the text is not valid base64 ({_reason(exc)})") from None
-
-
-def _check_size(width: int, height: int) -> None:
-    if width <= 0 or height <= 0:
-        raise InputError(f"the image is {width}x{height} pixels: empty")
-    if width * height > MAX_PIXELS:
-        raise InputError(f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,} (4096x4096)")
-
 
 def _image_from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
@@ -201,11 +113,11 @@ def _image_from_array(array: np.ndarray) -> Image.Image:
 
 
 def _grey(image: Image.Image) -> np.ndarray:
-    """Float32 grey levels 0-255, at most _WORK_SIDE on the long side, transparency resolved."""
+    """Float32 grey levels 0-255, at most WORK_SIDE on the long side, transparency resolved."""
     image = ImageOps.exif_transpose(image)  # a phone photo's pixels are stored sideways; EXIF says how to turn them
-    if max(image.size) > _WORK_SIDE:
+    if max(image.size) > WORK_SIDE:
         image = image.copy()
-        image.thumbnail((_WORK_SIDE, _WORK_SIDE), Image.Resampling.BOX)
+        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if image.mode not in ("L", "RGB", "RGBA", "LA"):
         image = image.convert("RGBA" if has_alpha else "RGB")
@@ -251,7 +163,10 @@ def _ink(grey: np.ndarray) -> np.ndarray:
 
 def _despeckle(ink: np.ndarray) -> np.ndarray:
     """Drop ink pixels with fewer than two ink neighbours: noise specks would stretch the digit's bounding box,
-    while even a one-pixel line keeps two neighbours along its length."""
+    while even a one-pixel line keeps two neighbours along its length.
+
+    Nine shifted adds of a uint8 mask: on a 1024x768 ink map 3.6 ms, where ``ndimage.uniform_filter`` took
+    8.3 ms and ``ndimage.convolve`` 14 ms (measured), so this stays hand-written."""
     mask = np.pad(ink > 0, 1).astype(np.uint8)
     h, w = ink.shape
     count = sum(mask[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
@@ -266,7 +181,7 @@ def _background(grey: np.ndarray, level: float) -> np.ndarray | float:
         return level
     small = Image.fromarray(grey, mode="F").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
     # A grey-level opening wider than any stroke (15 of 64 pixels) erases the ink and keeps the lighting.
-    opened = Image.fromarray(_rank(_rank(np.asarray(small), 7, np.min), 7, np.max), mode="F")
+    opened = Image.fromarray(_rank(_rank(np.asarray(small), 7, ndimage.minimum_filter), 7, ndimage.maximum_filter), mode="F")
     # Averaging down to 16 pixels and interpolating back up smooths the opening's blocky plateaus.
     coarse = opened.resize((max(1, round(w * scale / 4)), max(1, round(h * scale / 4))), Image.Resampling.BOX)
     lighting = np.asarray(coarse.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -330,33 +245,31 @@ def _normalise_stroke(ink: np.ndarray) -> np.ndarray:
     width, target = stroke_width(ink), _STROKE_REL * side
     if width < _STROKE_REL_MIN * side:
         radius = max(1, round((target - width) / 2))
-        ink = _rank(np.pad(ink, radius), radius, np.max)  # padded: room to grow at the edges of the crop
+        ink = _rank(np.pad(ink, radius), radius, ndimage.maximum_filter)  # padded: room to grow at the edges of the crop
     elif width > _STROKE_REL_MAX * side:
         # Thin a marker stroke, but never by so much that the thinnest parts vanish.
         radius = min(round((width - target) / 2), math.floor(width / 4))
         if radius >= 1:
-            ink = _rank(ink, radius, np.min)
+            ink = _rank(ink, radius, ndimage.minimum_filter)
     else:
         return ink
     return _crop(ink) if ink.any() else ink
 
 
 def _rank(image: np.ndarray, radius: int, op: Callable[..., np.ndarray]) -> np.ndarray:
-    """Grey-level erosion (``np.min``) or dilation (``np.max``) with a (2r+1)-square, as two 1-D passes."""
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        windows = np.lib.stride_tricks.sliding_window_view(np.pad(image, pad, mode="edge"), 2 * radius + 1, axis=axis)
-        image = op(windows, axis=-1)
-    return np.ascontiguousarray(image, dtype=np.float32)
+    """Grey-level erosion (``ndimage.minimum_filter``) or dilation (``maximum_filter``) with a (2r+1)-square.
+
+    scipy's separable filters give the same values as the two hand-written 1-D passes this replaced, 5-7x
+    faster (64x48 at radius 7: 51 us against 343 us); Pillow's ``MinFilter`` is exact too but sorts each
+    window (5 ms). Edges repeat the border pixel (``mode="nearest"``).
+    """
+    return np.ascontiguousarray(op(image, size=2 * radius + 1, mode="nearest"), dtype=np.float32)
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
     """Paste ``box`` (at most 20x20) into 28x28 so its centre of mass falls on the frame's centre, uint8 0-255."""
     h, w = box.shape
-    total = float(box.sum())
-    cy = float((box.sum(axis=1) * np.arange(h)).sum() / total)
-    cx = float((box.sum(axis=0) * np.arange(w)).sum() / total)
+    cy, cx = ndimage.center_of_mass(box)
     centre = (SIZE - 1) / 2  # 13.5: between the two middle pixels, in pixel-index coordinates
     # Shift by whole pixels (MNIST did too) and keep the whole box inside the frame.
     top = min(max(round(centre - cy), 0), SIZE - h)
@@ -364,109 +277,6 @@ def _centre(box: np.ndarray) -> np.ndarray:
     frame = np.zeros((SIZE, SIZE), dtype=np.float32)
     frame[top : top + h, left : left + w] = box
     return np.rint(frame * 255).astype(np.uint8)
-
-
-# --- pixel values ----------------------------------------------------------------------------------------------
-
-
-def _check_array_items(items: Sequence[Any], indices: list[int]) -> np.ndarray:
-    """Validate the pixel-value items at ``indices``: one vectorised pass when they share a shape (the usual case)."""
-    try:
-        array = _pixel_array([items[i] for i in indices])
-    except InputError:
-        array = None
-    if array is None:  # one by one: names the first bad item, and allows 28x28 and 784 values in one request
-        parts = []
-        for i in indices:
-            try:
-                parts.append(_pixel_array([items[i]]))
-            except InputError as exc:
-                raise InputError(f"image {i}: {exc}") from None
-        array = np.concatenate(parts)
-    problem = _pixel_problem(array)
-    if problem:
-        raise InputError(f"image {indices[problem[0]]}: {problem[1]}")
-    return np.rint(array).astype(np.uint8)
-
-
-def _pixel_array(values: Any) -> np.ndarray:
-    """Float32 (N, 28, 28) from (N, 28, 28) or (N, 784) numbers; shape and type errors raised, values not checked."""
-    array = _numeric_array(values, "pixel values")
-    if array.ndim == 2 and array.shape[1] == SIZE * SIZE:
-        array = array.reshape(-1, SIZE, SIZE)
-    if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE):
-        got = array.shape[1:] if array.ndim >= 2 else array.shape
-        raise InputError(f"expected 28x28 or 784 pixel values per image, got shape {got}")
-    return array
-
-
-def _numeric_array(values: Any, what: str) -> np.ndarray:
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        array = values
-    else:
-        try:
-            array = np.asarray(values)  # let NumPy infer the type: asking for float would turn "1" and True into 1.0
-        except (ValueError, TypeError):
-            raise InputError(f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)") from None
-        if array.dtype.kind == "O":
-            array = _object_array(array, what)
-        if array.dtype.kind == "b":
-            raise InputError(f"{what} must be numbers from 0 to 255, got booleans")
-        if array.dtype.kind in "USa":
-            raise InputError(f"{what} must be numbers from 0 to 255, got strings")
-        if array.dtype.kind not in "iuf":
-            raise InputError(f"{what} must be numbers from 0 to 255, got {array.dtype}")
-        if not isinstance(values, np.ndarray) and array.ndim and _has_bool(values, array.ndim):
-            raise InputError(f"{what} must be numbers from 0 to 255, got booleans among them")
-    return array.astype(np.float32, copy=False)
-
-
-def _object_array(array: np.ndarray, what: str) -> np.ndarray:
-    # NumPy makes an object array of nested sequences of unequal length, or of arrays inside a list.
-    try:
-        stacked = np.stack([np.asarray(a) for a in array]) if array.ndim == 1 else None
-    except (ValueError, TypeError):
-        stacked = None
-    if stacked is None or stacked.dtype.kind == "O":
-        raise InputError(f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)")
-    return stacked
-
-
-def _has_bool(values: Any, ndim: int) -> bool:
-    # NumPy turns [1, True] into [1, 1] silently, and JSON's true/false arrive as Python bools: look for them,
-    # in C loops (chain, map, set), as this runs over every pixel of every request.
-    if isinstance(values, (list, tuple)) and all(isinstance(v, np.ndarray) for v in values):
-        return any(v.dtype.kind == "b" for v in values)  # arrays carry their type: no need to visit each pixel
-    flat = values
-    for _ in range(ndim - 1):
-        flat = itertools.chain.from_iterable(flat)
-    return bool in set(map(type, flat))
-
-
-def _pixel_problem(array: np.ndarray) -> tuple[int, str] | None:
-    """The first image of ``array`` (float (N, 28, 28)) whose values are not MNIST-like, and what is wrong with it."""
-    flat = array.reshape(len(array), -1)
-    finite = np.isfinite(flat).all(axis=1)
-    if not finite.all():
-        return int(np.argmin(finite)), "pixel values must be finite numbers, got NaN or infinity"
-    low, high = flat.min(axis=1), flat.max(axis=1)
-    bad = (low < 0) | (high > 255)
-    if bad.any():
-        i = int(np.argmax(bad))
-        return i, f"pixel values must be from 0 to 255, got {low[i]:g} to {high[i]:g}"
-    if (high <= 1).any():
-        return int(np.argmax(high <= 1)), (
-            "all pixel values are at most 1: this endpoint expects MNIST's 0-255 scale, not 0-1 (multiply by 255), "
-            "and a blank image has no digit"
-        )
-    edge = np.concatenate([array[:, 0], array[:, -1], array[:, 1:-1, 0], array[:, 1:-1, -1]], axis=1).mean(axis=1)
-    if (edge > 127.5).any():
-        i = int(np.argmax(edge > 127.5))
-        return i, (
-            f"the border is light (mean {edge[i]:.0f}): pixel values must be light ink on a dark background like "
-            "MNIST (send 255 - x), or send the picture as a PNG/JPEG in the image column"
-        )
-    return None
 
 
 def _is_empty_sequence(item: Any) -> bool:
@@ -485,6 +295,3 @@ def _kind(item: Any) -> str:
     return type(item).__name__
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

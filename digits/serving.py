@@ -16,6 +16,7 @@ import base64
 import functools
 import gc
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,14 @@ except ImportError:
 
 INPUT_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
+# The wrapper below replaces the scoring server's `invocations` and `predictions_to_json` and calls its private
+# `_get_jsonable_obj`: internals with no stability promise. It is installed only on the MLflow version it was
+# tested against; any other version serves with MLflow's own path (slower, and with its 500s and plain-text
+# answers) and says so in one log line at start-up. tests/test_serving.py fails on another version, so bumping
+# MLflow means re-testing the wrapper and this constant (and pyproject.toml's bound) together.
+TESTED_MLFLOW = "3.17.2"
+
+_log = logging.getLogger(__name__)
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
@@ -81,9 +90,18 @@ def guard_scoring_server() -> None:
     all of this: a body over ``MAX_REQUEST_BYTES`` gets a 413 before parsing; the body is parsed once (by
     orjson where installed); ``{"inputs": [item, ...]}`` goes on as the equivalent one-column
     ``dataframe_split`` (the model has one input column, so both mean the same rows); and the answer is the
-    same JSON text written in one piece. Anything else passes through unchanged. Idempotent; a no-op if
-    MLflow's layout ever changes.
+    same JSON text written in one piece. Anything else passes through unchanged. Idempotent. Installed only on
+    MLflow ``TESTED_MLFLOW``; on any other version (or layout) it logs one warning and changes nothing.
+
+    What would let MLflow do this upstream: a request-size limit and case-insensitive media types in the
+    scoring server itself, a 415/400 JSON answer for a missing Content-Type or unparsable JSON, parsing the
+    body once (handing the parsed dict to ``infer_and_parse_data``), no deep copy of ``inputs`` for a model
+    whose signature has one column, and ``json.dumps`` instead of ``json.dump`` in ``predictions_to_json``.
     """
+    if mlflow.__version__ != TESTED_MLFLOW:
+        _log.warning("digits: MLflow %s is not the tested %s: serving through MLflow's own request path, without "
+                     "the request guard and the faster JSON path", mlflow.__version__, TESTED_MLFLOW)
+        return
     try:
         from mlflow.pyfunc import scoring_server as server
     except ImportError:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from digits import preprocess
+from digits import decode, preprocess
 from digits.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
 
 pytestmark = pytest.mark.unit
@@ -173,7 +173,7 @@ def test_truncated_png_is_rejected():
 
 
 def test_pixel_limit_is_checked_before_decoding(monkeypatch):
-    monkeypatch.setattr(preprocess, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 100 * 100)
     with pytest.raises(InputError, match=r"101x100 = 10,100 pixels, over the limit of 10,000"):
         decode_image(base64.b64decode(encode(Image.new("L", (101, 100)))))
     assert decode_image(encode(Image.new("L", (100, 100)))).size == (100, 100)

@@ -27,6 +27,7 @@ from digits.config import TrainConfig
 from digits.data import split_train_val
 from digits.model import build_model, predict_proba, save_checkpoint
 from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES
+from digits.serving import TESTED_MLFLOW, guard_scoring_server
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store
@@ -296,3 +297,26 @@ def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_
     assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == good
     missing = subprocess.run(digits_command("register", "--version", "99"), env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1] == f"digits register: error: {MODEL} has no version 99 (versions: 1, 2)"
+
+
+# --- the guard and the MLflow version it was tested on -------------------------------------------------------------
+
+
+def test_installed_mlflow_is_the_one_the_guard_was_tested_on():
+    # Fails on a new MLflow: the guard wraps scoring-server internals; re-test it, then move TESTED_MLFLOW.
+    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/serving.py's guard, then set TESTED_MLFLOW"
+
+
+def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
+    from mlflow.pyfunc import scoring_server
+
+    monkeypatch.setattr(mlflow, "__version__", "99.0.0")
+    before = scoring_server.invocations, scoring_server.predictions_to_json
+    with caplog.at_level("WARNING", logger="digits.serving"):
+        guard_scoring_server()
+    assert (scoring_server.invocations, scoring_server.predictions_to_json) == before
+    assert "MLflow 99.0.0 is not the tested" in caplog.text
+
+
+def test_server_logs_no_fallback_warning(server, registered):
+    assert "is not the tested" not in (registered["root"] / "server.log").read_text()
