@@ -88,7 +88,7 @@ def test_inference_model_gives_the_networks_probabilities():
 
 
 def test_serving_code_imports_nothing_from_training():
-    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson"}
+    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy"}
     allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
     for module, imports in registry.serving_imports().items():
         for name in imports:
