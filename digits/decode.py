@@ -14,7 +14,7 @@ import struct
 
 from PIL import Image
 
-from digits.errors import DigitsError
+from digits.errors import DigitsError, first_line
 
 MAX_PIXELS = 4096 * 4096  # per picture (16.8 megapixels, a phone photo fits); checked on the header, before decoding
 MAX_ENCODED_CHARS = 24 * 1024 * 1024  # base64 text per picture (~18 MB of PNG/JPEG)
@@ -46,12 +46,12 @@ def decode_image(data: str | bytes) -> Image.Image:
         raise InputError(f"the image has more than {MAX_PIXELS:,} pixels, the limit") from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image; all mean the same
         if data[:8] == _PNG_SIGNATURE and len(data) >= 24:  # Pillow refuses a 0x0 PNG; say so rather than "not a PNG"
-            _check_size(*struct.unpack(">II", bytes(data[16:24])))
+            check_size(*struct.unpack(">II", bytes(data[16:24])))
         kind = "PNG" if data[:8] == _PNG_SIGNATURE else "JPEG" if data[:3] == b"\xff\xd8\xff" else None
         if kind:
             raise InputError(f"the {kind} data is truncated or corrupt") from None
         raise InputError(f"the data is not a {' or '.join(FORMATS)} image ({len(data):,} bytes starting {bytes(data[:8])!r})") from None
-    _check_size(*image.size)
+    check_size(*image.size)
     scale = WORK_SIDE / max(image.size)
     if image.format == "JPEG" and scale < 1:
         # Let libjpeg decode a big photo at 1/2, 1/4 or 1/8 scale, never below WORK_SIDE: faster and less
@@ -60,7 +60,7 @@ def decode_image(data: str | bytes) -> Image.Image:
     try:
         image.load()
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError, zlib errors...
-        raise InputError(f"the {image.format} data is truncated or corrupt ({_reason(exc)})") from None
+        raise InputError(f"the {image.format} data is truncated or corrupt ({first_line(exc)})") from None
     return image
 
 
@@ -79,17 +79,12 @@ def _b64decode(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InputError(f"the text is not valid base64 ({_reason(exc)})") from None
+        raise InputError(f"the text is not valid base64 ({first_line(exc)})") from None
 
 
-def _check_size(width: int, height: int) -> None:
+def check_size(width: int, height: int) -> None:
+    """Refuse a picture of no pixels or of more than ``MAX_PIXELS``, with a one-line ``InputError``."""
     if width <= 0 or height <= 0:
         raise InputError(f"the image is {width}x{height} pixels: empty")
     if width * height > MAX_PIXELS:
         raise InputError(f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,} (4096x4096)")
-
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

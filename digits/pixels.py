@@ -32,8 +32,7 @@ def check_mnist_arrays(values: Any) -> np.ndarray:
     return np.rint(array).astype(np.uint8)
 
 
-
-def _check_array_items(items: Sequence[Any], indices: list[int]) -> np.ndarray:
+def check_array_items(items: Sequence[Any], indices: list[int]) -> np.ndarray:
     """Validate the pixel-value items at ``indices``: one vectorised pass when they share a shape (the usual case)."""
     try:
         array = _pixel_array([items[i] for i in indices])
@@ -55,7 +54,7 @@ def _check_array_items(items: Sequence[Any], indices: list[int]) -> np.ndarray:
 
 def _pixel_array(values: Any) -> np.ndarray:
     """Float32 (N, 28, 28) from (N, 28, 28) or (N, 784) numbers; shape and type errors raised, values not checked."""
-    array = _numeric_array(values, "pixel values")
+    array = numeric_array(values, "pixel values")
     if array.ndim == 2 and array.shape[1] == SIZE * SIZE:
         array = array.reshape(-1, SIZE, SIZE)
     if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE):
@@ -64,7 +63,8 @@ def _pixel_array(values: Any) -> np.ndarray:
     return array
 
 
-def _numeric_array(values: Any, what: str) -> np.ndarray:
+def numeric_array(values: Any, what: str) -> np.ndarray:
+    """Float32 array of ``values`` (numbers only: strings, booleans, ragged rows and nulls are refused); ``what`` names them in the error."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
         array = values
     else:
@@ -131,5 +131,3 @@ def _pixel_problem(array: np.ndarray) -> tuple[int, str] | None:
             "MNIST (send 255 - x), or send the picture as a PNG/JPEG in the image column"
         )
     return None
-
-

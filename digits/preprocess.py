@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, _check_size, decode_image
-from digits.pixels import SIZE, _check_array_items, _numeric_array, check_mnist_arrays
+from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
+from digits.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
 __all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "stroke_width", "to_mnist", "to_mnist_batch"]
 
@@ -42,7 +42,6 @@ _STROKE_REL_MAX = 0.20
 _MORPH_SIDE = 80  # stroke width is normalised at this resolution (4x the 20-pixel box): cheap, still precise
 
 
-
 def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
     """Turn a picture of one digit into an MNIST-like (28, 28) uint8 image: light ink on black, 0-255.
 
@@ -55,10 +54,9 @@ def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
         image = _image_from_array(image)
     elif not isinstance(image, Image.Image):
         raise InputError(f"expected an image (PIL image, array, PNG/JPEG bytes or base64 text), got {type(image).__name__}")
-    _check_size(*image.size)
+    check_size(*image.size)
     ink = _ink(_grey(image))
     return _mnist_frame(ink)
-
 
 
 def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarray:
@@ -83,7 +81,7 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarr
         else:
             raise InputError(f"image {i}: expected base64 PNG/JPEG text or 28x28 pixel values, got {_kind(item)}")
     if arrays:
-        out[arrays] = _check_array_items(items, arrays)
+        out[arrays] = check_array_items(items, arrays)
     budget = MAX_BATCH_PIXELS
     for i in pictures:
         try:
@@ -97,15 +95,14 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarr
     return out
 
 
-
 def _image_from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise InputError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
-    _check_size(array.shape[1], array.shape[0])
+    check_size(array.shape[1], array.shape[0])
     if array.dtype != np.uint8:
-        array = _numeric_array(array, "image array")
+        array = numeric_array(array, "image array")
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
             raise InputError("an image array must hold finite values from 0 to 255")
         array = np.rint(array).astype(np.uint8)
@@ -293,5 +290,3 @@ def _kind(item: Any) -> str:
     if isinstance(item, dict):
         return "an object"
     return type(item).__name__
-
-

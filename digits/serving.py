@@ -258,7 +258,7 @@ def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_
     except MlflowException as exc:
         raise PredictError(f"cannot load the model {model_uri}: {first_line(exc)}") from None
     rows = []
-    for path, text in zip(paths, encoded):  # one at a time, so an unreadable file is named and the others still answer
+    for path, text in zip(paths, encoded):  # one at a time, so the first unreadable picture is named by its path
         try:
             result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}))
         except MlflowException as exc:
