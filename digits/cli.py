@@ -69,8 +69,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
 
 
 def config_from_args(cls: type, args: argparse.Namespace):
-    """Build and validate the dataclass ``cls`` from parsed flags."""
-    config = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    """Build and validate the dataclass ``cls`` from parsed flags (a field without a flag keeps its default)."""
+    config = cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
     config.validate()
     return config
 
@@ -98,10 +98,6 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_main(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
-    if search.n_trials:
-        from tuning.storage import open_storage
-
-        open_storage(search.storage)  # a bad storage URL fails at once, not after the baseline
     from digits import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
 
     pipeline.run_main(config, search, args.model_name)
@@ -127,19 +123,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tuning.storage import open_storage  # the top layer is the only one that knows the search
-
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
-    open_storage(search.storage)  # a bad storage URL fails at once, before torch, MLflow and the data load
+    from digits import pipeline
 
-    from digits import pipeline, tracking
-    from tuning.search import open_study, run_search
-
-    mnist, split = pipeline.load_data(config)
-    open_study(config, search, mnist, open_storage(search.storage))  # a study run with other settings: before any run
-    # The same layout as main's: the entry point's run (under `mlflow run`, the run it made) > search > trials.
-    with tracking.run("tune", tags={"pipeline_step": "tune"}):
-        run_search(config, search, mnist, split)
+    pipeline.run_tune(config, search)
     return 0
 
 
@@ -219,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
-    add_config_flags(p, TrainConfig)
+    add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
     p.set_defaults(handler=cmd_tune)
 

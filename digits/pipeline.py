@@ -101,22 +101,18 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
     Every step is a child of the pipeline's run (the one ``mlflow run`` created, or a new ``main`` run).
     ``search.n_trials == 0`` skips the search and retrains ``config`` itself.
     """
-    mnist, split = load_data(config)
-    if search.n_trials:
-        from tuning.search import open_study  # the top layer is the only one that knows the search
-        from tuning.storage import open_storage
+    from tuning import search as tuning_search  # the top layer is the only one that knows the search
 
-        open_study(config, search, mnist, open_storage(search.storage))  # a mismatched study: before any run
+    storage = tuning_search.connect(search) if search.n_trials else None  # a bad storage URL: before the data is loaded
+    mnist, split = load_data(config)
+    # A study run with other settings: refused before any MLflow run.
+    study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
-        mlflow.log_params({**search.to_dict(), "model_name": model_name})
+        tracking.log_new_params({**search.to_dict(), "model_name": model_name})
         log_eda_once(mnist)  # once per data digest: a later pipeline run on the same data points to these figures
         base = run_baseline(config, mnist, split, nested=True)
-        best = config
-        if search.n_trials:
-            from tuning.search import run_search
-
-            best = run_search(config, search, mnist, split)
+        best = tuning_search.run_search(study, config, search, mnist, split) if study is not None else config
         cnn = run_cnn(best, mnist, split, nested=True, final=True)
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
         # The card goes into the CNN run and this one; it is also the registered version's description.
@@ -129,3 +125,17 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         )
         mlflow.set_tag("promotion", promotion.reason)
         log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
+
+
+def run_tune(config: TrainConfig, search: SearchConfig) -> None:
+    """The ``tune`` entry point: add ``search.n_trials`` trials to the study, nothing else.
+
+    The same layout as ``main``'s: the entry point's run (under ``mlflow run``, the run it made) > search > trials.
+    """
+    from tuning import search as tuning_search
+
+    storage = tuning_search.connect(search)  # a bad storage URL: before the data is loaded
+    mnist, split = load_data(config)
+    study = tuning_search.open_search(config, search, mnist, storage)  # a mismatched study: before any run
+    with tracking.run("tune", tags={"pipeline_step": "tune"}):
+        tuning_search.run_search(study, config, search, mnist, split)

@@ -61,9 +61,20 @@ def model_run(name: str, *, nested: bool, model_family: str, pipeline_step: str,
 
 
 def log_config(config: TrainConfig) -> None:
-    """Log every config field as a param and the whole config as ``config.json``."""
-    mlflow.log_params(config.to_dict())
+    """Log every config field as a param and the whole config, in canonical values, as ``config.json``."""
+    log_new_params(config.to_dict())
     mlflow.log_dict(config.to_dict(), "config.json")
+
+
+def log_new_params(params: dict) -> None:
+    """Log the params the active run does not hold yet.
+
+    ``mlflow run`` logs each ``-P`` value as typed (``lr=0.10``, ``epochs=10.0``, ``timeout=0``) into the run it
+    makes; logging the same value in canonical spelling (``0.1``, ``10``, ``0.0``) into that run would raise
+    "Changing param values is not allowed". The canonical values are in ``config.json``.
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
 def epoch_logger(prefix: str = ""):

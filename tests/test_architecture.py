@@ -55,10 +55,11 @@ def test_importing_does_no_work(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(
             """
-            import logging, os, pkgutil, importlib, mlflow, digits
-            for m in pkgutil.iter_modules(digits.__path__):
-                if m.name != "__main__":
-                    importlib.import_module("digits." + m.name)
+            import logging, os, pkgutil, importlib, mlflow, digits, tuning
+            for package in (digits, tuning):
+                for m in pkgutil.iter_modules(package.__path__):
+                    if m.name != "__main__":
+                        importlib.import_module(f"{package.__name__}.{m.name}")
             assert not logging.getLogger().handlers, logging.getLogger().handlers
             assert "MLFLOW_TRACKING_URI" not in os.environ
             print(sorted(os.listdir(".")))

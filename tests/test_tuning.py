@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,9 +27,11 @@ from optuna.trial import TrialState
 
 from digits.config import SearchConfig, TrainConfig
 from tests.conftest import ROOT, digits_command
+from tuning import liveness
 from tuning import search as search_mod
-from tuning.space import BATCH_SIZES, LR_RANGE, SEARCHED, WEIGHT_DECAY_RANGE, base_params, suggest_config
-from tuning.storage import StorageError
+from tuning import study as study_mod
+from tuning.space import SEARCHED, SPACE, base_params, space_of, suggest_config
+from tuning.storage import StorageError, open_storage
 
 TINY = dict(subset=1000, val_size=500, threads=1)
 
@@ -95,6 +98,12 @@ def tiny_split(mnist, subset: int = 1000):
     return split_train_val(mnist.train_labels, 500, 0, subset)
 
 
+def search_once(base: TrainConfig, search: SearchConfig, mnist, split) -> TrainConfig:
+    """A search as ``main`` runs it: the storage, the study, the trials."""
+    study = search_mod.open_search(base, search, mnist, search_mod.connect(search))
+    return search_mod.run_search(study, base, search, mnist, split)
+
+
 class AlwaysPrune(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True
@@ -112,10 +121,11 @@ def test_suggest_config_stays_in_the_space(optimizer):
         trial = study.ask()
         config = suggest_config(trial, base)
         config.validate()
-        assert LR_RANGE[optimizer][0] <= config.lr <= LR_RANGE[optimizer][1]
-        assert WEIGHT_DECAY_RANGE[optimizer][0] <= config.weight_decay <= WEIGHT_DECAY_RANGE[optimizer][1]
+        space = space_of(optimizer)
+        assert space["lr"][0] <= config.lr <= space["lr"][1]
+        assert space["weight_decay"][0] <= config.weight_decay <= space["weight_decay"][1]
         assert isinstance(config.width, int) and config.width in (12, 16, 20, 24)
-        assert config.batch_size in BATCH_SIZES
+        assert config.batch_size in (64, 128, 256)
         assert 0 <= config.dropout <= 0.5 and 0 <= config.label_smoothing <= 0.2 and 0 <= config.augment <= 1
         # The trial length and everything not searched come from the base, never from the trial.
         assert (config.epochs, config.blocks, config.seed, config.optimizer) == (7, 2, 3, optimizer)
@@ -136,7 +146,7 @@ def test_base_params_reproduce_the_base_config():
 @pytest.mark.unit
 def test_sampler_is_seeded_and_a_resumed_study_draws_new_configs(tmp_path):
     def draw(storage, n, seed=0):
-        study = optuna.create_study(storage=storage, study_name="s", direction="maximize", sampler=search_mod.make_sampler(seed), load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name="s", direction="maximize", sampler=study_mod.make_sampler(seed), load_if_exists=True)
         study.optimize(lambda t: suggest_config(t, TrainConfig()).lr, n_trials=n)
         return [t.params for t in study.trials]
 
@@ -151,7 +161,7 @@ def test_sampler_is_seeded_and_a_resumed_study_draws_new_configs(tmp_path):
 @pytest.mark.parametrize("url", ["nosuchdialect://x/y", "sqlite:////nonexistent-dir/sub/optuna.db", "not a url"])
 def test_a_storage_that_cannot_be_opened_is_a_one_line_error(url):
     with pytest.raises(StorageError) as info:
-        search_mod.open_storage(url)
+        open_storage(url)
     message = str(info.value)
     assert "\n" not in message and "cannot open Optuna storage" in message
 
@@ -172,52 +182,100 @@ def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
 
 @pytest.mark.unit
 def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
-    storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     data = SimpleNamespace(digest="abc")
-    study = search_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=2), data, storage)
+    study = study_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=2), data, storage)
     assert [t.state for t in study.trials] == [TrialState.WAITING]  # the untuned base, enqueued once
     assert study.trials[0].user_attrs["base"] is True
-    again = search_mod.open_study(TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage)
+    again = study_mod.open_study(TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage)
     assert len(again.trials) == 1  # searched values, the machine and n_trials may change; nothing is enqueued again
-    with pytest.raises(search_mod.StudyMismatchError, match=r"trial_epochs=2 \(this run: trial_epochs=3\)"):
-        search_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=3), data, storage)
-    with pytest.raises(search_mod.StudyMismatchError, match="subset"):
-        search_mod.open_study(TrainConfig(subset=5000), SearchConfig(trial_epochs=2), data, storage)
+    with pytest.raises(study_mod.StudyMismatchError, match=r"trial_epochs=2 \(this run: trial_epochs=3\)"):
+        study_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=3), data, storage)
+    with pytest.raises(study_mod.StudyMismatchError, match="subset"):
+        study_mod.open_study(TrainConfig(subset=5000), SearchConfig(trial_epochs=2), data, storage)
 
 
 @pytest.mark.unit
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
-def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path):
-    storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'z.db'}")
+def test_zombies_of_dead_workers_fail_and_are_retried_once_but_a_live_workers_trial_is_left_alone(tmp_path):
+    storage = search_mod.connect(SearchConfig(storage=f"sqlite:///{tmp_path / 'z.db'}"))
     study = optuna.create_study(storage=storage, study_name="z", direction="maximize")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
     try:
         zombie, alive, other_host = study.ask(), study.ask(), study.ask()
-        zombie.set_user_attr("worker", {"host": search_mod.socket.gethostname(), "pid": dead.pid, "started": None})
-        alive.set_user_attr("worker", {"host": search_mod.socket.gethostname(), "pid": live.pid, "started": search_mod._process_start(live.pid)})
-        other_host.set_user_attr("worker", {"host": "elsewhere", "pid": 1, "started": None})  # judged by heartbeat only
-        assert search_mod.fail_zombies(study) == [zombie.number]
+        zombie.suggest_float("lr", 0.01, 0.3)
+        zombie.set_user_attr("worker", {"host": host, "pid": dead.pid, "started": None, "trial": zombie.number})
+        alive.set_user_attr("worker", {"host": host, "pid": live.pid, "started": liveness._process_start(live.pid), "trial": alive.number})
+        other_host.set_user_attr("worker", {"host": "elsewhere", "pid": 1, "started": None, "trial": other_host.number})  # heartbeat only
+        assert liveness.fail_zombies(study, storage) == [zombie.number]
         states = {t.number: t.state for t in study.trials}
-        assert states == {zombie.number: TrialState.FAIL, alive.number: TrialState.RUNNING, other_host.number: TrialState.RUNNING}
+        retry = len(states) - 1
+        assert states == {
+            zombie.number: TrialState.FAIL, alive.number: TrialState.RUNNING, other_host.number: TrialState.RUNNING, retry: TrialState.WAITING,
+        }
         assert "died" in study.trials[zombie.number].user_attrs["fail_reason"]
+        # The retry is the same configuration, waiting for the next worker; its inherited worker is not its own.
+        assert study.trials[retry].params == zombie.params and study.trials[retry].system_attrs["failed_trial"] == zombie.number
+        assert "fail_reason" not in study.trials[retry].user_attrs
+        taken = study.ask()
+        assert taken.number == retry and liveness.fail_zombies(study, storage) == []  # RUNNING, with the dead worker's attrs
+        # A trial that kills its worker twice is not tried a third time.
+        taken.set_user_attr("worker", {"host": host, "pid": dead.pid, "started": None, "trial": taken.number})
+        assert liveness.fail_zombies(study, storage) == [taken.number]
+        assert TrialState.WAITING not in {t.state for t in study.trials}
     finally:
         live.kill()
         live.wait()
 
 
 @pytest.mark.unit
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
+def test_an_interrupted_worker_fails_its_own_running_trials_only(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'i.db'}"), study_name="i", direction="maximize")
+    mine, another = study.ask(), study.ask()
+    mine.set_user_attr("worker", liveness.this_worker(mine.number))
+    another.set_user_attr("worker", {**liveness.this_worker(another.number), "pid": os.getpid() + 1})
+    liveness.fail_own_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_space_suggest_config_and_the_stored_setup_are_one_declaration(optimizer):
+    base = TrainConfig(optimizer=optimizer)
+    trial = optuna.create_study(direction="maximize").ask()
+    config = suggest_config(trial, base)
+    # Every declared parameter is suggested under its own name, with the declared range, and lands in its field.
+    assert tuple(trial.distributions) == SEARCHED == tuple(p.name for p in SPACE)
+    for param in SPACE:
+        distribution = trial.distributions[param.name]
+        bounds = param.bounds_for(optimizer)
+        if param.kind == "categorical":
+            assert tuple(distribution.choices) == tuple(bounds)
+        else:
+            assert (distribution.low, distribution.high) == tuple(bounds[:2])
+            assert getattr(distribution, "log", False) == param.log and getattr(distribution, "step", None) == (bounds[2] if param.kind == "int" else None)
+        assert getattr(config, param.name) == trial.params[param.name]
+    # The study stores exactly these ranges, and no searched field among its fixed settings.
+    setup = study_mod.study_setup(base, SearchConfig(), SimpleNamespace(digest="d"))
+    assert setup["space"] == json.loads(json.dumps(space_of(optimizer)))
+    assert not set(SEARCHED) & set(setup)
+
+
+@pytest.mark.unit
 def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_else_does(stores):
     # A worker SIGKILLed between two trials leaves no RUNNING trial behind, only its search run (and the run above).
-    host = search_mod.socket.gethostname()
+    host = socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     experiment = mlflow.set_experiment("kill-dead-search-runs").experiment_id
     client = mlflow.MlflowClient()
 
     def search_run(worker: str, study: str = "s", storage: str = "sqlite:///x.db", parent: str | None = None) -> str:
-        tags = {"pipeline_step": "search", "optuna_study_name": study, "optuna_storage": storage, search_mod.WORKER_TAG: worker}
+        tags = {"pipeline_step": "search", "optuna_study_name": study, "optuna_storage": storage, liveness.WORKER_TAG: worker}
         if parent:
             tags["mlflow.parentRunId"] = parent
         return client.create_run(experiment, tags=tags).info.run_id
@@ -225,11 +283,11 @@ def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_el
     gone = json.dumps({"host": host, "pid": dead.pid, "started": None})
     parent = client.create_run(experiment, tags={"pipeline_step": "tune"}).info.run_id
     orphan = search_run(gone, parent=parent)
-    alive = search_run(json.dumps(search_mod._worker()))
+    alive = search_run(json.dumps(liveness.this_worker()))
     elsewhere = search_run(json.dumps({"host": "another-host", "pid": dead.pid, "started": None}))
     other_study = search_run(gone, study="t")
     mine = search_run(gone)
-    assert search_mod.kill_dead_search_runs(experiment, "s", "sqlite:///x.db", keep=mine) == [orphan]
+    assert liveness.kill_dead_search_runs(experiment, "s", "sqlite:///x.db", keep=mine) == [orphan]
     status = {run_id: client.get_run(run_id).info.status for run_id in (parent, orphan, alive, elsewhere, other_study, mine)}
     assert status == {parent: "KILLED", orphan: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", other_study: "RUNNING", mine: "RUNNING"}
     assert "died between trials" in client.get_run(orphan).data.tags["end_reason"]
@@ -259,7 +317,7 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
     base = TrainConfig(epochs=5, **TINY)
     split = tiny_split(mnist)
     with tracking.run("main", tags={"pipeline_step": "main"}) as main:
-        best = search_mod.run_search(base, SearchConfig(n_trials=3, trial_epochs=1, storage=stores.optuna), mnist, split)
+        best = search_once(base, SearchConfig(n_trials=3, trial_epochs=1, storage=stores.optuna), mnist, split)
     assert best.epochs == 5 and (best.subset, best.val_size) == (1000, 500)  # the final length, the base's data
 
     study = load(stores.optuna)
@@ -289,7 +347,7 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
 
     # A second run continues the study: trials add up, finished ones are not redone.
     with tracking.run("main"):
-        search_mod.run_search(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, split)
+        search_once(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, split)
     study = load(stores.optuna)
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
@@ -301,9 +359,9 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
 def test_pruned_trials_end_killed_and_tagged_not_failed(mnist, stores, monkeypatch):
     from digits import tracking
 
-    monkeypatch.setattr(search_mod, "make_pruner", lambda trial_epochs: AlwaysPrune())
+    monkeypatch.setattr(study_mod, "make_pruner", lambda trial_epochs: AlwaysPrune())
     with tracking.run("main") as main:
-        search_mod.run_search(TrainConfig(**TINY), SearchConfig(n_trials=3, trial_epochs=2, storage=stores.optuna), mnist, tiny_split(mnist))
+        search_once(TrainConfig(**TINY), SearchConfig(n_trials=3, trial_epochs=2, storage=stores.optuna), mnist, tiny_split(mnist))
     study = load(stores.optuna)
     # The untuned reference is never pruned; every other trial is, after its first epoch.
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
@@ -323,7 +381,7 @@ def test_a_diverging_trial_fails_with_a_reason_and_the_search_goes_on(mnist, sto
     # Without batch norm, lr=10 turns the loss into NaN in the first epoch; the base is trial 0.
     base = TrainConfig(lr=10.0, batch_norm=False, batch_size=64, **TINY)
     with tracking.run("main") as main:
-        best = search_mod.run_search(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, tiny_split(mnist))
+        best = search_once(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, tiny_split(mnist))
     study = load(stores.optuna)
     assert len(study.trials) == 2 and study.trials[0].state == TrialState.FAIL
     assert "nan" in study.trials[0].user_attrs["fail_reason"].lower()
