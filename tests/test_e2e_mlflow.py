@@ -65,3 +65,33 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
     assert champion.tags["source_run_id"] == cnn.info.run_id and champion.tags["data_digest"]
     assert "Model card" in (champion.description or "") or "model card" in (champion.description or "").lower()
     assert [v.run_id for v in client.search_model_versions("name='digits-baseline'")] == [base.info.run_id]
+
+
+@pytest.mark.parametrize(
+    "spelt, canonical",
+    [
+        ({"timeout": "0", "n_trials": "1", "trial_epochs": "1"}, {"timeout": 0.0, "n_trials": 1}),
+        ({"lr": "0.10"}, {"lr": 0.1}),
+        ({"epochs": "1.0"}, {"epochs": 1}),
+    ],
+    ids=["timeout=0", "lr=0.10", "epochs=1.0"],
+)
+def test_mlflow_run_main_takes_params_as_mlflow_spells_them(mnist_dir, tracking_uri, tmp_path, spelt, canonical):
+    # `mlflow run` logs each -P value as typed into the run it makes; the pipeline's own canonical values must
+    # not collide with them ("Changing param values is not allowed").
+    params = {"epochs": 1, "subset": 1000, "val_size": 500, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu", "threads": 1}
+    mlflow_run("main", {**params, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", **spelt})
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (top,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert top.info.status == "FINISHED" and {r.info.status for r in runs} == {"FINISHED"}
+    assert {k: top.data.params[k] for k in spelt} == spelt  # MLflow's own record of the command line
+    # The values the pipeline used, canonical and typed: the final model's config and the search's params.
+    final = next(r for r in runs if r.info.run_name == "cnn-final")
+    used = {**mlflow.artifacts.load_dict(f"runs:/{final.info.run_id}/config.json")}
+    if "n_trials" in spelt:
+        (search,) = [r for r in runs if r.info.run_name == "search"]
+        used.update(timeout=float(search.data.params["timeout"]), n_trials=int(search.data.metrics["n_trials_added"]))
+        assert search.data.params["timeout"] == "0.0"
+    for key, value in canonical.items():
+        assert used[key] == value and type(used[key]) is type(value), key
