@@ -117,3 +117,22 @@ def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
     for item, message in (("widht=24", "FIELD one of"), ("lr", "FIELD=VALUE"), ("width=2.5", "width: expected an integer"), ("lr=nan", "lr: expected a finite number")):
         with pytest.raises(ConfigError, match=message):
             parse_overrides(TrainConfig, [item])
+
+
+def test_main_and_tune_entry_points_expose_every_field_that_defines_a_run_or_a_study():
+    from dataclasses import fields
+
+    from digits.config import SearchConfig, TrainConfig
+
+    project = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    train, search = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(SearchConfig)}
+    assert set(project["main"]["parameters"]) == train | search | {"model_name"}
+    # A study started by main continues under `-e tune` with the same settings; a trial's length is trial_epochs.
+    assert set(project["tune"]["parameters"]) == (train - {"epochs"}) | search
+    assert set(project["train"]["parameters"]) == train
+
+
+def test_tune_refuses_epochs_instead_of_ignoring_it():
+    result = _run("tune", "--epochs", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "digits: error: unrecognized arguments: --epochs 3 (see --help)"
