@@ -41,7 +41,7 @@ PROMOTION_TAG = "promotion"
 
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "serving.py")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "scipy", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.

@@ -88,7 +88,7 @@ def test_inference_model_gives_the_networks_probabilities():
 
 
 def test_serving_code_imports_nothing_from_training():
-    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy"}
+    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette"}  # starlette: the scoring server's own web framework
     allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
     for module, imports in registry.serving_imports().items():
         for name in imports:
@@ -194,63 +194,6 @@ def test_git_commit(tmp_path):
     commit = registry.current_git_commit()
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
     assert registry.current_git_commit(tmp_path) is None
-
-
-def test_scoring_server_guard_turns_mlflows_500s_and_plain_text_into_json_4xx(store, monkeypatch):
-    from mlflow.pyfunc import scoring_server as server
-
-    monkeypatch.setattr(server, "invocations", server.invocations)  # restored after the test
-    serving.guard_scoring_server()
-    serving.guard_scoring_server()  # idempotent: wraps once
-    assert server.invocations._digits_guard and not getattr(server.invocations.__wrapped__, "_digits_guard", False)
-    model = mlflow.pyfunc.load_model(store["uri"])
-    schema = model.metadata.get_input_schema()
-
-    for content_type, expected in ((None, "no Content-Type header"), ("text/plain", "content types")):
-        result = server.invocations('{"inputs": []}', content_type, model, schema)
-        assert result.status == 415 and result.mimetype == "application/json"
-        assert expected in json.loads(result.response)["message"]
-    too_big = server.invocations(b" " * (serving.MAX_REQUEST_BYTES + 1), "application/json", model, schema)
-    assert too_big.status == 413 and "over the limit of 67,108,864" in json.loads(too_big.response)["message"]
-    with pytest.raises(mlflow.exceptions.MlflowException, match="nested too deeply") as info:
-        server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema)
-    assert info.value.get_http_status_code() == 400
-    example = registry.input_example()
-    good = server.invocations(json.dumps({"dataframe_split": example.to_dict(orient="split")}), "application/json", model, schema)
-    assert good.status == 200 and len(json.loads(good.response)["predictions"]) == 2  # the rest passes through
-
-
-def test_scoring_server_guard_answers_inputs_like_mlflow_does_only_faster(store, monkeypatch):
-    from mlflow.pyfunc import scoring_server as server
-
-    monkeypatch.setattr(server, "invocations", server.invocations)  # restored after the test
-    monkeypatch.setattr(server, "predictions_to_json", server.predictions_to_json)
-    original = server.invocations
-    serving.guard_scoring_server()
-    assert hasattr(server.predictions_to_json, "__wrapped__")  # the answer's writer is wrapped too
-    model = mlflow.pyfunc.load_model(store["uri"])
-    schema = model.metadata.get_input_schema()
-    rng = np.random.default_rng(0)
-    images = np.zeros((5, 28, 28), np.uint8)
-    images[:, 8:20, 10:18] = rng.integers(100, 256, (5, 12, 8))  # light ink on dark, as the endpoint expects
-    bodies = [
-        json.dumps({"inputs": images.tolist()}),  # (N, 28, 28)
-        json.dumps({"inputs": images.reshape(5, 784).tolist()}).encode(),  # (N, 784), as bytes like the server gets
-        json.dumps({"inputs": images[:1].tolist(), "params": {}}),
-        json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images.tolist()]}}),
-    ]
-    for body in bodies:
-        fast = server.invocations(body, "application/json; charset=utf-8", model, schema)
-        with monkeypatch.context() as m:  # MLflow's own path: its parser, its deep copy, its json.dump
-            m.setattr(server, "predictions_to_json", server.predictions_to_json.__wrapped__)
-            slow = original(body, "application/json; charset=utf-8", model, schema)
-        assert (fast.status, fast.mimetype) == (slow.status, slow.mimetype) == (200, "application/json")
-        assert fast.response == slow.response  # the same text, to the digit
-    assert serving._parse_request('{"inputs": [1, 2], "other": 3}') == {"inputs": [1, 2], "other": 3}  # unknown keys: MLflow decides
-    assert serving._parse_request('{"inputs": [{"image": "x"}]}') == {"inputs": [{"image": "x"}]}  # records stay records
-    assert serving._parse_request("[1, 2]") == "[1, 2]" and serving._parse_request(b"{not json") == b"{not json"
-    nan = serving._parse_request('{"inputs": [[NaN, 1]]}')  # orjson refuses NaN; Python's json reads it, predict refuses it
-    assert np.isnan(nan["dataframe_split"]["data"][0][0][0])
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------

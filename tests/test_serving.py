@@ -26,8 +26,9 @@ from PIL import Image, ImageFilter
 from digits.config import TrainConfig
 from digits.data import split_train_val
 from digits.model import build_model, predict_proba, save_checkpoint
-from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES
-from digits.serving import TESTED_MLFLOW, guard_scoring_server
+from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
+from digits.guard import install as guard_scoring_server
+from digits.preprocess import MAX_BATCH
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store
@@ -230,7 +231,7 @@ def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
         "number as image": ({"dataframe_records": [{"image": 7}]}, "application/json", "got a number"),
         "no image column": ({"dataframe_records": [{"picture": "x"}]}, "application/json", "missing inputs ['image']"),
         "not an object": ("[1, 2, 3]", "application/json", "JSON dictionary"),
-        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", "over the limit of 67,108,864"),
+        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", f"over the limit of {MAX_REQUEST_BYTES:,}"),
     }
 
 
@@ -304,17 +305,17 @@ def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_
 
 def test_installed_mlflow_is_the_one_the_guard_was_tested_on():
     # Fails on a new MLflow: the guard wraps scoring-server internals; re-test it, then move TESTED_MLFLOW.
-    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/serving.py's guard, then set TESTED_MLFLOW"
+    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/guard.py, then set TESTED_MLFLOW"
 
 
 def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
     from mlflow.pyfunc import scoring_server
 
     monkeypatch.setattr(mlflow, "__version__", "99.0.0")
-    before = scoring_server.invocations, scoring_server.predictions_to_json
-    with caplog.at_level("WARNING", logger="digits.serving"):
+    before = scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception
+    with caplog.at_level("WARNING", logger="digits.guard"):
         guard_scoring_server()
-    assert (scoring_server.invocations, scoring_server.predictions_to_json) == before
+    assert (scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception) == before
     assert "MLflow 99.0.0 is not the tested" in caplog.text
 
 
