@@ -292,3 +292,26 @@ def test_thicker_mnist_like_strokes_from_a_real_dilation(reference):
     # A dilated copy of a 28x28 digit (what a thick pen does) maps back near the original.
     big = Image.fromarray(reference).resize((280, 280), Image.Resampling.BILINEAR).filter(ImageFilter.MaxFilter(7))
     assert similarity(to_mnist(big), reference) > 0.85
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped():
+    import io
+
+    from digits.decode import decode_image
+
+    values = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), np.rint(values / 257).astype(np.uint8))
+
+
+def test_a_huge_finite_pixel_value_is_named_not_called_infinity():
+    values = np.zeros((2, 784))
+    values[1, 5] = 1e300
+    with pytest.raises(InputError, match=r"image 1: pixel values must be from 0 to 255, got 1e\+300"):
+        to_mnist_batch(list(values))
+    values[1, 5] = np.inf
+    with pytest.raises(InputError, match="NaN or infinity"):
+        to_mnist_batch(list(values))
