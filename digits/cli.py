@@ -169,6 +169,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from digits.export import OPSET, export_model
+
+    if args.format != "onnx":  # MLproject parameters are not checked by MLflow: this is the only place
+        raise ConfigError(f"--format must be onnx, got {args.format!r}")
+    path, check = export_model(args.model_uri, args.out)
+    print(f"{path}: ONNX opset {OPSET}, input pixels uint8 (N, 28, 28) 0-255, output probabilities (N, 10); "
+          f"matches PyTorch on {check.images} images (max |dp| {check.max_abs_diff:.1e})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
@@ -209,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
     p.set_defaults(handler=cmd_tune)
+
+    p = sub.add_parser("export", help="export a registered CNN to ONNX (raw 0-255 pixels in, ten probabilities out), checked against PyTorch")
+    p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"CNN to export: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint folder (default: {CHAMPION_URI})")
+    p.add_argument("--format", default="onnx", help="export format; onnx is the only one (default: onnx)")
+    p.add_argument("--out", default="export", help="folder to write model.onnx and config.json into (default: export)")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")
     p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"registered model to load once at start, unless --endpoint is given (default: {CHAMPION_URI})")
