@@ -156,7 +156,7 @@ def test_a_storage_that_cannot_be_opened_is_a_one_line_error(url):
     assert "\n" not in message and "cannot open Optuna storage" in message
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
     not_a_db = tmp_path / "notes.txt"
     not_a_db.write_text("this is not a database\n" * 100)
@@ -373,7 +373,6 @@ def assert_no_running_runs() -> dict:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(mnist_dir, stores):
     # 1. Ctrl-C (SIGINT) mid-trial: the trial fails as interrupted, the runs end KILLED, exit code 130.
     process = start_tune(stores, mnist_dir)
@@ -419,7 +418,6 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_sigterm_mid_trial_fails_the_trial_and_ends_the_runs_killed(mnist_dir, stores):
     # SIGTERM arrives as RunInterrupted, a BaseException that Optuna itself does not turn into a failed trial.
     process = start_tune(stores, mnist_dir)
@@ -453,7 +451,6 @@ def two_workers(mnist_dir, mlflow_template, tmp_path_factory) -> SimpleNamespace
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_two_parallel_workers_lose_and_duplicate_no_trial(two_workers):
     study = load(two_workers.optuna)
     assert [t.number for t in study.trials] == list(range(6))
@@ -471,7 +468,6 @@ def test_two_parallel_workers_lose_and_duplicate_no_trial(two_workers):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_workers):
     code = textwrap.dedent(
         f"""
@@ -507,7 +503,6 @@ def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_w
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_mlflow_run_tune_nests_the_search_under_its_run(mnist_dir, stores):
     args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "tune"]
     params = {"n_trials": 2, "trial_epochs": 1, "subset": 1000, "timeout": 0, "data_dir": mnist_dir, "storage": stores.optuna}
