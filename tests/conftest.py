@@ -98,10 +98,15 @@ def tracking_uri(tmp_path, monkeypatch, mlflow_db_template) -> str:
 
 
 @contextlib.contextmanager
-def isolated_store(root: Path, experiment: str):
-    """A sqlite store under ``root`` for a module's fixtures: (uri, experiment id), artifacts under ``root``."""
+def isolated_store(root: Path, experiment: str, template: Path | None = None):
+    """A sqlite store under ``root`` for a module's fixtures: (uri, experiment id), artifacts under ``root``.
+
+    ``template``: an initialised store to start from (``mlflow_db_template``), which saves creating the tables.
+    """
     import mlflow
 
+    if template is not None:
+        shutil.copy(template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)

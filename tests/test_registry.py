@@ -26,10 +26,10 @@ from tests.conftest import isolated_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, mlflow_db_template):
     """One sqlite store and one logged (untrained, tiny) CNN for the module; each test registers its own model name."""
     root = tmp_path_factory.mktemp("registry")
-    with isolated_store(root, "registry-tests") as (_, experiment):
+    with isolated_store(root, "registry-tests", mlflow_db_template) as (_, experiment):
         checkpoint = save_checkpoint(build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt")
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_cnn_model(checkpoint)
