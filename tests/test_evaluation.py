@@ -84,7 +84,7 @@ def experiment(tracking_uri, tmp_path, monkeypatch) -> str:
     return experiment_id
 
 
-@pytest.mark.unit
+@pytest.mark.data  # every figure and table, rendered and logged: seconds
 def test_log_test_evaluation_logs_every_metric_table_and_figure(experiment):
     data = fake_mnist()
     proba = noisy_proba(data.test_labels)

@@ -185,7 +185,7 @@ def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
         search_mod.open_study(TrainConfig(subset=5000), SearchConfig(trial_epochs=2), data, storage)
 
 
-@pytest.mark.unit
+@pytest.mark.data
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
 def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path):
     storage = search_mod.open_storage(f"sqlite:///{tmp_path / 'z.db'}")
@@ -207,7 +207,7 @@ def test_zombies_of_dead_workers_fail_but_a_live_workers_trial_does_not(tmp_path
         live.wait()
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_else_does(stores):
     # A worker SIGKILLed between two trials leaves no RUNNING trial behind, only its search run (and the run above).
     host = search_mod.socket.gethostname()
