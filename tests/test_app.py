@@ -204,8 +204,16 @@ def test_endpoint_must_be_an_http_url(url):
         EndpointModel(url)
 
 
+def endpoint_probabilities(picture: str) -> list[float]:
+    """What the fake endpoint answers for ``picture``: its digit is the length of the text, modulo 10."""
+    p = [0.01] * 10
+    p[len(picture) % 10] = 0.91
+    return p
+
+
 class _FakeEndpoint(BaseHTTPRequestHandler):
-    """Answers /invocations like the scoring server: predictions as records, or a 400 with a message."""
+    """Answers /invocations like the scoring server: predictions as records (a digit that depends on the picture
+    sent), or a 400 with a message."""
 
     requests: list[dict] = []
 
@@ -216,9 +224,8 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
         if picture == "bad":
             self._answer(400, {"error_code": "BAD_REQUEST", "message": "image 0: the text is not valid base64 (Incorrect padding)\nmore"})
         else:
-            p = [0.0] * 10
-            p[4] = 1.0
-            self._answer(200, {"predictions": [{"digit": 4, "confidence": 1.0, "probabilities": p}]})
+            p = endpoint_probabilities(picture)
+            self._answer(200, {"predictions": [{"digit": int(np.argmax(p)), "confidence": max(p), "probabilities": p}]})
 
     def _answer(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -240,10 +247,14 @@ def test_the_endpoint_gets_the_request_a_client_sends_and_its_errors_come_back_a
     try:
         _FakeEndpoint.requests.clear()
         endpoint = EndpointModel(f"http://127.0.0.1:{server.server_port}/")
-        assert endpoint.predict("abc").argmax() == 4
-        (request,) = _FakeEndpoint.requests
-        assert request["path"] == "/invocations" and request["content_type"] == "application/json"
-        assert request["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abc"]]}}
+        for picture, digit in (("abc", 3), ("abcdefg", 7)):  # the answer is the endpoint's for the picture sent
+            probabilities = endpoint.predict(picture)
+            np.testing.assert_array_equal(probabilities, endpoint_probabilities(picture))
+            assert probabilities.argmax() == digit
+        first, second = _FakeEndpoint.requests
+        assert first["path"] == "/invocations" and first["content_type"] == "application/json"
+        assert first["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abc"]]}}
+        assert second["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abcdefg"]]}}
         with pytest.raises(InputError) as info:
             endpoint.predict("bad")
         assert str(info.value) == "image 0: the text is not valid base64 (Incorrect padding)"
