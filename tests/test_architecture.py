@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.data  # each test starts a fresh interpreter (seconds)
 
 # A None entry in sys.modules makes `import x` fail and find_spec("x") answer None: as if x were not installed.
 BLOCK = "import sys\nfor name in BLOCKED:\n    sys.modules[name] = None\n"

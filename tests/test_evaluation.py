@@ -16,29 +16,12 @@ from PIL import Image
 
 from digits import baseline, evaluation, report
 from digits.config import TrainConfig
-from digits.data import MNIST
 from digits.metrics import METRIC_NAMES
-from tests.conftest import ROOT, digits_command
+from tests.conftest import ROOT, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
 TEST_METRICS = {f"test_{name}" for name in METRIC_NAMES} | {"test_errors"}
 PIXEL_STD_FLOOR = 10.0  # a blank or near-blank PNG has a grey-level standard deviation far below this
-
-
-def fake_mnist(n_train: int = 300, n_test: int = 200, digest: str = "fakedigest000001", seed: int = 0) -> MNIST:
-    """MNIST-shaped data, each digit a bright bar at its own row, with some digits blurred into the next one."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
-        return images, labels
-
-    train_images, train_labels = make(n_train)
-    test_images, test_labels = make(n_test)
-    return MNIST(train_images, train_labels, test_images, test_labels, source="/fake", digest=digest)
 
 
 def noisy_proba(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -101,7 +84,7 @@ def experiment(tracking_uri, tmp_path, monkeypatch) -> str:
     return experiment_id
 
 
-@pytest.mark.unit
+@pytest.mark.data  # every figure and table, rendered and logged: seconds
 def test_log_test_evaluation_logs_every_metric_table_and_figure(experiment):
     data = fake_mnist()
     proba = noisy_proba(data.test_labels)
@@ -132,7 +115,7 @@ def test_curve_captions_say_what_the_series_are():
     assert x_label == "epoch" and "label smoothing" in note and "no validation curves" in note
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_eda_is_logged_once_per_data_digest_and_again_if_its_run_is_deleted(experiment):
     data = fake_mnist()
     with mlflow.start_run() as first:
@@ -197,7 +180,7 @@ def test_unknown_model_uri_is_one_line_error(tracking_uri):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_cli_evaluate_bad_uri_exits_non_zero_with_one_line(experiment, fake_mnist_dir):
     result = subprocess.run(
         digits_command("evaluate", "--model-uri", "runs:/0123456789abcdef/model", "--data_dir", str(fake_mnist_dir)),
@@ -218,7 +201,7 @@ def test_evaluate_help_states_each_default():
     assert "(default: empty)" in result.stdout
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(experiment, tmp_path):
     from digits.model import build_model, predict_proba, save_checkpoint
 
@@ -285,7 +268,6 @@ def _by_name(runs) -> dict:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_main_logs_every_metric_and_figure_for_baseline_and_cnn(main_run):
     runs = _by_name(main_run["runs"])
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
@@ -300,7 +282,6 @@ def test_main_logs_every_metric_and_figure_for_baseline_and_cnn(main_run):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
     runs = main_run["runs"]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -316,7 +297,6 @@ def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
     """The CNN and baseline that main registered: the served pyfunc through `digits evaluate`, the sklearn
     baseline through `mlflow run -e evaluate`; the champion's description is the model card."""

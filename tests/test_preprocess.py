@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from digits import decode, preprocess
 from digits.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
+from tests.conftest import png_header, zero_size_png
 
 pytestmark = pytest.mark.unit
 
@@ -140,14 +139,6 @@ def test_base64_wrapped_at_76_columns_is_accepted(reference):
 # --- pictures that are not usable ----------------------------------------------------------------------------
 
 
-def zero_size_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "payload, message",
     [
@@ -180,7 +171,14 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch):
 
 
 def test_default_pixel_limit_takes_a_phone_photo_but_not_more():
-    assert 4032 * 3024 <= preprocess.MAX_PIXELS < 5000 * 5000
+    # Headers without pixel data: a 12-megapixel photo passes the size check and only then fails to decode; a
+    # 25-megapixel one is refused by the size check itself. Both in microseconds, no big picture is made.
+    with pytest.raises(InputError, match=r"^the PNG data is truncated or corrupt"):
+        decode_image(png_header(4032, 3024))
+    with pytest.raises(InputError, match=r"^the image is 5000x5000 = 25,000,000 pixels, over the limit of "):
+        decode_image(png_header(5000, 5000))
+    with pytest.raises(InputError, match=r"^the image is 5000x5000 = 25,000,000 pixels, over the limit of "):
+        to_mnist(base64.b64encode(png_header(5000, 5000)).decode())  # the limit that preprocess applies
 
 
 def test_a_phone_sized_jpeg_is_decoded_reduced(reference):

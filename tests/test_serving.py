@@ -8,12 +8,9 @@ import io
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -31,9 +28,9 @@ from digits.guard import install as guard_scoring_server
 from digits.preprocess import MAX_BATCH
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
-from tests.conftest import ROOT, digits_command, isolated_store
+from tests.conftest import ROOT, digits_command, free_port, isolated_store, zero_size_png
 
-pytestmark = [pytest.mark.e2e, pytest.mark.data]
+pytestmark = pytest.mark.e2e
 
 MODEL = "digits-cnn"
 N_ARRAYS = 300
@@ -61,21 +58,7 @@ def encode(image: Image.Image, fmt: str = "PNG") -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def zero_size_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 # --- the registered model and the server -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def venv_env(uri: str) -> dict[str, str]:

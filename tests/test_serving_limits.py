@@ -28,17 +28,11 @@ from digits import guard, registry
 from digits.config import TrainConfig
 from digits.decode import MAX_PIXELS
 from digits.model import build_model, save_checkpoint
-from tests.conftest import isolated_store
+from tests.conftest import free_port, isolated_store
 
 pytestmark = pytest.mark.e2e
 
 MEMORY_BOUND_MB = 400  # growth of the server's peak RSS allowed for any one refused request
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _session_processes(session: int) -> list[int]:
@@ -82,7 +76,7 @@ def server(tmp_path_factory):
         config = TrainConfig(width=4, blocks=2)
         with mlflow.start_run(experiment_id=experiment):
             info = registry.log_cnn_model(save_checkpoint(build_model(config), config, root / "ckpt"))
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "6",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         log = root / "server.log"
