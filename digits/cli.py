@@ -170,13 +170,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from digits.export import OPSET, export_model
+    from digits.export import INT8_MAX_DROP, OPSET, export_model
 
     if args.format != "onnx":  # MLproject parameters are not checked by MLflow: this is the only place
         raise ConfigError(f"--format must be onnx, got {args.format!r}")
-    path, check = export_model(args.model_uri, args.out)
-    print(f"{path}: ONNX opset {OPSET}, input pixels uint8 (N, 28, 28) 0-255, output probabilities (N, 10); "
-          f"matches PyTorch on {check.images} images (max |dp| {check.max_abs_diff:.1e})")
+    mnist = None
+    if args.data_dir:
+        from digits.data import load_mnist
+
+        mnist = load_mnist(args.data_dir)
+    done = export_model(args.model_uri, args.out, mnist)
+    print(f"{done.path}: ONNX opset {OPSET}, input pixels uint8 (N, 28, 28) 0-255, output probabilities (N, 10); "
+          f"matches PyTorch on {done.parity.images:,} images (max |dp| {done.parity.max_abs_diff:.1e}, same digits)")
+    if done.accuracy:
+        acc = done.accuracy
+        kept = f"written to {done.int8_path}" if done.int8_path else f"not kept: it loses more than {100 * INT8_MAX_DROP:.2f} points"
+        print(f"test accuracy: torch {100 * acc['torch']:.2f}%, onnx {100 * acc['onnx']:.2f}%, int8 {100 * acc['int8']:.2f}% ({kept})")
     return 0
 
 
@@ -225,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"CNN to export: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint folder (default: {CHAMPION_URI})")
     p.add_argument("--format", default="onnx", help="export format; onnx is the only one (default: onnx)")
     p.add_argument("--out", default="export", help="folder to write model.onnx and config.json into (default: export)")
+    p.add_argument("--data_dir", "--data-dir", default="", help="MNIST IDX files: check parity on the whole test set and also write an int8 graph (model.int8.onnx) if it loses at most 0.05 points of test accuracy (default: empty, check on 512 random images, no int8)")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")

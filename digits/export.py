@@ -27,6 +27,8 @@ from digits.model import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 
 OPSET = 18
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INT8_MAX_DROP = 0.0005  # test accuracy an int8 graph may lose against the fp32 one (0.05 points), else it is not kept
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every probability
 
@@ -126,6 +128,32 @@ def parity(network: nn.Module, sess, images: np.ndarray) -> Parity:
     return Parity(len(images), float(np.abs(got - expected).max()), bool((got.argmax(1) == expected.argmax(1)).all()))
 
 
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray) -> Path:
+    """Statically quantise the exported graph to int8 (QDQ, per-channel weights), calibrated on ``calibration`` images.
+
+    ``calibration``: uint8 (N, 28, 28) training images (a few hundred are enough; never test images).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter({INPUT_NAME: calibration[i : i + 100]} for i in range(0, len(calibration), 100))
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="digits-quantize-") as tmp, _quiet("root", "onnxruntime"):
+        prepared = Path(tmp) / "prepared.onnx"
+        # ONNX Runtime's symbolic shape inference does not follow the dynamo graph's reshape; ONNX's own does.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+    return Path(out_path)
+
+
 def checkpoint_of(model_uri: str, workdir: str | Path) -> Path:
     """The folder holding ``weights.pt`` and ``config.json`` of a registered CNN, a run's checkpoint, or a local folder."""
     local = Path(model_uri)
@@ -143,21 +171,49 @@ def checkpoint_of(model_uri: str, workdir: str | Path) -> Path:
     return found[0]
 
 
-def export_model(model_uri: str, out_dir: str | Path) -> tuple[Path, Parity]:
+@dataclass(frozen=True)
+class Exported:
+    """What ``export_model`` wrote and measured."""
+
+    path: Path
+    parity: Parity
+    int8_path: Path | None = None
+    accuracy: dict[str, float] | None = None  # test accuracy of torch, onnx (fp32) and int8, when data was given
+
+
+def export_model(model_uri: str, out_dir: str | Path, mnist=None) -> Exported:
     """The ``digits export`` job: ``out_dir/model.onnx`` (+ ``config.json``) from ``model_uri``, checked against PyTorch.
 
-    The check runs on 512 random pixel images (no data needed); a mismatch raises ``ExportError`` and writes nothing.
+    Without ``mnist`` the check runs on 512 random pixel images; with it, on the whole test set, and an int8
+    graph calibrated on 500 training images is written too if it loses at most ``INT8_MAX_DROP`` of test
+    accuracy. A failed check raises ``ExportError`` and writes nothing.
     """
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="digits-export-") as tmp:
         network, config = load_checkpoint(checkpoint_of(model_uri, tmp))
         path = export_onnx(network, config, Path(tmp) / ONNX_FILE)
-        images = np.random.default_rng(0).integers(0, 256, (512, 28, 28), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(0, 256, (512, 28, 28), dtype=np.uint8) if mnist is None else mnist.test_images
         check = parity(network, session(path), images)
         if not check.ok:
             raise ExportError(f"the ONNX graph does not match PyTorch (max |dp| {check.max_abs_diff:.2e}, same digits: {check.same_digits})")
+        int8, accuracy = None, None
+        if mnist is not None:
+            int8, accuracy = _int8_if_kept(network, path, Path(tmp) / INT8_FILE, mnist)
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / ONNX_FILE
-        target.write_bytes(path.read_bytes())
+        for written in filter(None, (path, int8)):
+            (out_dir / written.name).write_bytes(written.read_bytes())
         (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-    return target, check
+    return Exported(out_dir / ONNX_FILE, check, out_dir / INT8_FILE if int8 else None, accuracy)
+
+
+def _int8_if_kept(network: nn.Module, fp32: Path, target: Path, mnist) -> tuple[Path | None, dict[str, float]]:
+    from digits.model import predict_proba
+
+    quantize_int8(fp32, target, mnist.train_images[:500])
+    labels = mnist.test_labels
+    accuracy = {
+        "torch": float((predict_proba(network, mnist.test_images).argmax(1) == labels).mean()),
+        "onnx": float((onnx_probabilities(session(fp32), mnist.test_images).argmax(1) == labels).mean()),
+        "int8": float((onnx_probabilities(session(target), mnist.test_images).argmax(1) == labels).mean()),
+    }
+    return (target if accuracy["onnx"] - accuracy["int8"] <= INT8_MAX_DROP else None), accuracy

@@ -62,8 +62,9 @@ def test_a_graph_that_computes_something_else_fails_the_parity_check(tmp_path):
 def test_export_model_writes_the_graph_and_config_from_a_checkpoint(tmp_path):
     network, config = tiny_network()
     checkpoint = save_checkpoint(network, config, tmp_path / "ckpt")
-    path, check = export.export_model(str(checkpoint), tmp_path / "out")
-    assert path == tmp_path / "out" / "model.onnx" and check.ok and check.images == 512
+    done = export.export_model(str(checkpoint), tmp_path / "out")
+    assert done.path == tmp_path / "out" / "model.onnx" and done.parity.ok and done.parity.images == 512
+    assert done.int8_path is None and done.accuracy is None and not (tmp_path / "out" / "model.int8.onnx").exists()
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == config.to_dict()
 
 
@@ -80,3 +81,23 @@ def test_digits_export_refuses_bad_input_in_one_line(tmp_path, tracking_uri, arg
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.data
+def test_a_trained_network_exports_with_parity_on_the_whole_test_set_and_int8_by_the_rule(mnist, tmp_path):
+    from digits.data import split_train_val
+    from digits.train import fit
+
+    config = TrainConfig(epochs=1, subset=10000, device="cpu")
+    split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+    network = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
+    done = export.export_model(str(save_checkpoint(network, config, tmp_path / "ckpt")), tmp_path / "out", mnist)
+    assert done.parity.images == 10_000 and done.parity.same_digits and done.parity.max_abs_diff <= export.PARITY_ATOL
+    accuracy = done.accuracy
+    assert accuracy["torch"] > 0.9 and abs(accuracy["onnx"] - accuracy["torch"]) < 1e-9  # identical digits
+    kept = accuracy["onnx"] - accuracy["int8"] <= export.INT8_MAX_DROP
+    assert (done.int8_path is not None) == kept == (tmp_path / "out" / "model.int8.onnx").exists()
+    if kept:  # a quarter of the size, the same input and output
+        assert (tmp_path / "out" / "model.int8.onnx").stat().st_size < 0.5 * done.path.stat().st_size
+        probabilities = export.onnx_probabilities(export.session(done.int8_path), mnist.test_images[:100])
+        assert probabilities.shape == (100, 10)
