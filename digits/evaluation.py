@@ -51,8 +51,6 @@ EDA_VERSION = "1"  # bump when the EDA figures change, so the next pipeline run 
 EDA_RUN_TAG = "eda_run_id"
 TSNE_SAMPLE = 2000  # t-SNE costs ~O(n log n) with a large constant: 2,000 points take ~10 s on 2 CPU cores
 PCA_SAMPLE = 5000
-# Predictions are asked of a pyfunc model in chunks no larger than what its endpoint accepts per request.
-_CHUNK = 1000
 # The metric keys of the epoch curves, shared by the CNN's epoch logger and the baseline's blocks.
 CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -212,10 +210,10 @@ def load_model(model_uri: str) -> LoadedModel:
     source = info.run_id or _run_id_of(model_uri)
     try:
         if "sklearn" in info.flavors:
-            from digits.baseline import features
+            from digits import baseline
 
             estimator = mlflow.sklearn.load_model(model_uri)
-            return LoadedModel(lambda images: np.asarray(estimator.predict_proba(features(images))), "logreg", "sklearn", source)
+            return LoadedModel(lambda images: np.asarray(baseline.predict_proba(estimator, images)), "logreg", "sklearn", source)
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
@@ -268,10 +266,12 @@ def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = 
 def _pyfunc_proba(model: "mlflow.pyfunc.PyFuncModel", images: np.ndarray, model_uri: str) -> np.ndarray:
     import pandas as pd
 
+    from digits.model import MAX_BATCH  # what the served model accepts per request
+
     out = []
-    for start in range(0, len(images), _CHUNK):
+    for start in range(0, len(images), MAX_BATCH):
         # One row per image in the `image` column, as pixel values: the served model takes them as they are.
-        batch = pd.DataFrame({"image": list(images[start : start + _CHUNK])})
+        batch = pd.DataFrame({"image": list(images[start : start + MAX_BATCH])})
         try:
             result = model.predict(batch)
         except Exception as exc:

@@ -84,7 +84,7 @@ def test_inference_model_gives_the_networks_probabilities():
     expected = predict_proba(network, images)
     fast = serving.inference_model(copy.deepcopy(network))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    np.testing.assert_allclose(serving.probabilities(fast, images), expected, atol=1e-5)
+    np.testing.assert_allclose(predict_proba(fast, images), expected, atol=1e-5)
 
 
 def test_serving_code_imports_nothing_from_training():

@@ -25,8 +25,8 @@ from PIL import Image, ImageFilter
 
 from digits.config import TrainConfig
 from digits.data import split_train_val
-from digits.model import build_model, predict_proba, save_checkpoint
-from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES
+from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
+from digits.preprocess import MAX_REQUEST_BYTES
 from digits.serving import TESTED_MLFLOW, guard_scoring_server
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
 from digits.train import fit
