@@ -173,6 +173,32 @@ def test_baseline_history_has_train_and_validation_curves_per_block():
 
 
 @pytest.mark.unit
+def test_block_fitted_baseline_has_the_estimators_parameters():
+    data = fake_mnist(n_train=200)
+    model, _, _ = baseline.fit_baseline_with_history(data.train_images, data.train_labels, seed=3, max_iter=20, block=5)
+    assert model.get_params() == baseline.make_estimator(seed=3, max_iter=20).get_params()
+    assert model.get_params()["tol"] == 1e-3 and not model.warm_start
+
+
+@pytest.mark.unit
+def test_baseline_run_logs_the_fitted_models_parameters_once(experiment):
+    from digits.config import DataConfig
+    from digits.data import split_train_val
+    from digits.pipeline import run_baseline
+
+    data = fake_mnist(n_train=300)
+    config = DataConfig(val_size=50, seed=2)
+    outcome = run_baseline(config, data, split_train_val(data.train_labels, config.val_size, config.seed, config.subset), nested=False)
+    params = mlflow.get_run(outcome.run_id).data.params
+    estimator = mlflow.sklearn.load_model(outcome.model_uri)
+    expected = {"model": "LogisticRegression", **estimator.get_params(), "data_dir": "", "val_size": 50, "subset": 0, "seed": 2}
+    assert params == {k: str(v) for k, v in expected.items()}
+    # What was typed by hand before, now read from the model, and tol, which was missing:
+    assert params["solver"] == "lbfgs" and params["C"] == "1.0" and params["max_iter"] == "100" and params["tol"] == "0.001"
+    assert params["random_state"] == "2"
+
+
+@pytest.mark.unit
 def test_model_card_has_every_section_both_models_and_the_confusions():
     base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_log_loss": 0.28, "test_ece": 0.01}
     cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_log_loss": 0.03, "test_ece": 0.02}
