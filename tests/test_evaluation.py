@@ -217,6 +217,63 @@ def test_model_card_has_every_section_both_models_and_the_confusions():
 
 
 @pytest.mark.unit
+def test_model_card_holds_every_fact_it_is_given():
+    base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_roc_auc": 0.99, "test_ece": 0.01}
+    cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_macro_f1": 0.993, "test_ece": 0.02}
+    confusions = pd.DataFrame({"true": [7, 4, 9, 3, 5, 1], "predicted": [2, 9, 4, 5, 3, 7], "count": [9, 6, 5, 4, 3, 2]})
+    card = report.model_card(
+        model_name="digits-x", config=TrainConfig(width=24, subset=10000, seed=4, data_dir="/secret"), baseline=base, cnn=cnn,
+        confusions=confusions, baseline_confusions=confusions,
+        data=report.DataSummary(source="/d2", digest="xyz", train=9000, val=1000, test=10000, subset=10000, seed=4, final_train=10000),
+        test_support={7: 1028, 4: 982}, runs={"final CNN": "r1", "baseline": "r2", "pipeline (parent)": "r3"}, selection="Chosen by search.",
+    )
+    assert card.startswith("# Model card: digits-x\n\n") and card.endswith("| pipeline (parent) | `r3` |\n") and "$" not in card
+    for fact in (
+        "Test accuracy **99.31%** on the 10,000 MNIST test images, against 92.26% for the logistic-regression baseline.",
+        "read from `/d2` (content digest `xyz`).",
+        "- Validation: 1,000 images held out of the training images, stratified, seed 4; training split: 9,000 images (subset=10,000 of a stratified order).",
+        "the training and validation images together (10,000), once",
+        "## Training configuration\n\nChosen by search.\n\n| parameter | value |\n|---|---|\n| val_size | `5000` |\n| subset | `10000` |",
+        "| width | `24` |", "| compile | `False` |",
+        "| macro F1 | higher | n/a | 99.30% |", "| ROC AUC (one-vs-rest, macro) | higher | 0.9900 | n/a |",
+        "| expected calibration error (15 bins) | lower | 0.0100 | 0.0200 |",
+        "| 4 → 9 | 6 | 0.61% |\n| 9 → 4 | 5 | n/a |",  # no test support given for 9
+        "These five pairs are 27 of the 69 mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`.",
+        "The baseline's most frequent confusions, for comparison: 7 → 2 (9), 4 → 9 (6), 9 → 4 (5).",
+        "- Calibration (ECE 0.0200) and accuracy are measured on MNIST's test set only.",
+        "| what | MLflow run id |\n|---|---|\n| final CNN | `r1` |\n| baseline | `r2` |",
+    ):
+        assert fact in card
+    assert "| 1 → 7 |" not in card and "data_dir" not in card and "/secret" not in card  # five pairs; no local path
+    empty = report.model_card(
+        model_name="m", config=TrainConfig(), baseline={}, cnn={"test_accuracy": 1.0, "test_errors": 0.0}, confusions=confusions.head(0),
+        data=report.DataSummary(source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
+        test_support={}, runs={}, selection="x",
+    )
+    assert "## Main confusions of the CNN\n\nNo misclassified test images.\n\n## Intended use" in empty
+    assert "training split: 55,000 images.\n" in empty and "against n/a for the logistic-regression baseline" in empty
+
+
+@pytest.mark.unit
+def test_model_card_template_names_exactly_the_fields_and_ships_as_package_data():
+    import tomllib
+
+    from digits import registry
+
+    template = report.card_template()
+    named = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None}
+    fields = report.card_fields(
+        model_name="m", config=TrainConfig(), baseline={}, cnn={}, confusions=pd.DataFrame({"true": [], "predicted": [], "count": []}),
+        data=report.DataSummary(source="/d", digest="d", train=1, val=1, test=1, subset=0, seed=0, final_train=2),
+        test_support={}, runs={}, selection="x",
+    )
+    assert named == set(fields)  # every placeholder filled, every field used
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["digits"]
+    assert any((ROOT / "digits").glob(pattern) for pattern in package_data) and (ROOT / "digits/templates/model_card.md").is_file()
+    assert "report.py" not in registry.SERVING_MODULES  # the served model's bundle needs no template
+
+
+@pytest.mark.unit
 def test_unknown_model_uri_is_one_line_error(tracking_uri):
     with pytest.raises(evaluation.EvaluationError, match=r"cannot load model 'models:/nope@champion'") as caught:
         evaluation.load_model("models:/nope@champion")
