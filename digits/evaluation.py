@@ -123,7 +123,7 @@ def curve_labels(family: str, history: list[dict]) -> tuple[str, str]:
     return x_label, note
 
 
-def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0) -> str:
+def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None) -> str:
     """Make sure the exploratory figures of ``mnist``'s training images exist once for its digest; return their run.
 
     If a run of the active run's experiment already holds them (tags ``eda_data_digest`` = ``mnist.digest`` and
@@ -151,8 +151,8 @@ def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0)
             "class_distribution.png": lambda: plots.class_distribution_figure(labels),
             "pixel_histogram.png": lambda: plots.pixel_histogram_figure(images),
             "mean_images.png": lambda: plots.mean_images_figure(images, labels),
-            "embedding_pca.png": lambda: plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE, seed=seed),
-            "embedding_tsne.png": lambda: plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample, seed=seed),
+            "embedding_pca.png": lambda: plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE),
+            "embedding_tsne.png": lambda: plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample),
         }
         with tempfile.TemporaryDirectory(prefix="digits-eda-") as tmp:
             for name, build in figures.items():
@@ -166,11 +166,11 @@ def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0)
     return run_id
 
 
-def history_from_run(run_id: str, keys: tuple[str, ...] = CURVE_KEYS) -> list[dict]:
-    """The per-step metrics ``keys`` that run ``run_id`` logged, as one dict per step (with ``step``), in order."""
+def history_from_run(run_id: str) -> list[dict]:
+    """The curves (``CURVE_KEYS``) that run ``run_id`` logged, as one dict per step (with ``step``), in order."""
     client = mlflow.MlflowClient()
     steps: dict[int, dict] = {}
-    for key in keys:
+    for key in CURVE_KEYS:
         for m in client.get_metric_history(run_id, key):
             steps.setdefault(m.step, {"step": m.step})[key] = m.value
     return [steps[s] for s in sorted(steps)]

@@ -124,7 +124,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
         registry.register_baseline(base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest)
-        promotion = registry.register_cnn(
+        promotion = registry.register_model(
             cnn.model_uri, model_name=model_name, test_accuracy=cnn.metrics["test_accuracy"], run_id=cnn.run_id,
             data_digest=mnist.digest, description=card,
         )

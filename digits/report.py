@@ -38,6 +38,10 @@ _ROWS = (
 )
 
 
+# The sentence under the table of the CNN's confusions (at most five rows) starts with the right count.
+_THESE_PAIRS = {1: "This pair is", 2: "These two pairs are", 3: "These three pairs are", 4: "These four pairs are", 5: "These five pairs are"}
+
+
 class Outcome(Protocol):
     """What the card needs of a model's run (``pipeline.ModelOutcome`` is one)."""
 
@@ -153,7 +157,8 @@ def _confusions_text(
         total = None if math.isnan(errors) else int(round(errors))
         if total:
             top = int(confusions.head(5)["count"].sum())
-            lines += ["", f"These five pairs are {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`."]
+            these = _THESE_PAIRS[len(rows)]
+            lines += ["", f"{these} {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`."]
     if baseline_confusions is not None and not baseline_confusions.empty:
         pairs = ", ".join(f"{r.true} → {r.predicted} ({int(r.count)})" for r in baseline_confusions.head(3).itertuples(index=False))
         lines += ["", f"The baseline's most frequent confusions, for comparison: {pairs}."]

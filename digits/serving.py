@@ -2,7 +2,8 @@
 
 Logged as models-from-code (``registry.log_cnn_model``): no pickle. The network is rebuilt from the bundled
 ``digits`` code and its config JSON, and the weights are a state_dict loaded with ``weights_only=True``.
-Needs torch, numpy, pandas, Pillow and mlflow only; imports nothing from training, tracking or tuning.
+Needs torch, numpy, pandas, Pillow, scipy and mlflow (orjson where installed); imports nothing from training,
+tracking or tuning.
 
 Input: one column ``image``; each row is base64 PNG/JPEG text (a picture, any size and polarity, which
 ``preprocess.to_mnist`` makes MNIST-like) or 28x28 / 784 pixel values 0-255, light ink on dark (used as is).

@@ -1,4 +1,4 @@
-"""The dependency rules of ARCHITECTURE.md, checked in fresh interpreters."""
+"""The dependency rules stated at the end of README.md's Layout section, checked in fresh interpreters."""
 
 import subprocess
 import sys

@@ -221,12 +221,13 @@ def test_model_card_holds_every_fact_it_is_given():
     base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_roc_auc": 0.99, "test_ece": 0.01}
     cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_macro_f1": 0.993, "test_ece": 0.02}
     confusions = pd.DataFrame({"true": [7, 4, 9, 3, 5, 1], "predicted": [2, 9, 4, 5, 3, 7], "count": [9, 6, 5, 4, 3, 2]})
-    card = report.model_card(
+    arguments = dict(
         model_name="digits-x", config=TrainConfig(width=24, subset=10000, seed=4, data_dir="/secret"), baseline=base, cnn=cnn,
         confusions=confusions, baseline_confusions=confusions,
         data=report.DataSummary(source="/d2", digest="xyz", train=9000, val=1000, test=10000, subset=10000, seed=4, final_train=10000),
         test_support={7: 1028, 4: 982}, runs={"final CNN": "r1", "baseline": "r2", "pipeline (parent)": "r3"}, selection="Chosen by search.",
     )
+    card = report.model_card(**arguments)
     assert card.startswith("# Model card: digits-x\n\n") and card.endswith("| pipeline (parent) | `r3` |\n") and "$" not in card
     for fact in (
         "Test accuracy **99.31%** on the 10,000 MNIST test images, against 92.26% for the logistic-regression baseline.",
@@ -245,6 +246,9 @@ def test_model_card_holds_every_fact_it_is_given():
     ):
         assert fact in card
     assert "| 1 → 7 |" not in card and "data_dir" not in card and "/secret" not in card  # five pairs; no local path
+    two = report.model_card(**{**arguments, "confusions": confusions.head(2)})
+    assert "These two pairs are 15 of the 69 mistakes;" in two and "five pairs" not in two
+    assert "This pair is 9 of the 69 mistakes;" in report.model_card(**{**arguments, "confusions": confusions.head(1)})
     empty = report.model_card(
         model_name="m", config=TrainConfig(), baseline={}, cnn={"test_accuracy": 1.0, "test_errors": 0.0}, confusions=confusions.head(0),
         data=report.DataSummary(source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
@@ -306,7 +310,7 @@ def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(exp
     from digits.model import build_model, predict_proba, save_checkpoint
 
     data = fake_mnist()
-    estimator = baseline.fit_baseline(data.train_images, data.train_labels, max_iter=20)
+    estimator = baseline.make_estimator(max_iter=20).fit(baseline.features(data.train_images), data.train_labels)
     config = TrainConfig(width=4, blocks=2)
     network = build_model(config).eval()  # untrained: any accuracy will do, it must only be reproduced exactly
     sources = {}

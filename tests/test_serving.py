@@ -28,7 +28,7 @@ from digits.data import split_train_val
 from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
 from digits.preprocess import MAX_REQUEST_BYTES
 from digits.serving import TESTED_MLFLOW, guard_scoring_server
-from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
+from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_model, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store
 
@@ -96,7 +96,7 @@ def registered(mnist, tmp_path_factory):
             accuracy = float((predict_proba(model, mnist.test_images).argmax(1) == mnist.test_labels).mean())
             with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
                 info = log_cnn_model(save_checkpoint(model, config, root / label))
-            promotions[label] = register_cnn(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+            promotions[label] = register_model(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
 
