@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         sessions = {"onnx fp32": export.session(fp32), "onnx int8": export.session(int8)}
         forms = {
             "torch": lambda x: predict_proba(network, x),
-            "torch (served)": lambda x: serving.probabilities(served, x),
+            "torch (served)": lambda x: predict_proba(served, x),
             "onnx fp32": lambda x: export.onnx_probabilities(sessions["onnx fp32"], x),
             "onnx int8": lambda x: export.onnx_probabilities(sessions["onnx int8"], x),
         }

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digits.config import TrainConfig
+from digits.config import MAX_BATCH, TrainConfig
 from digits.errors import DigitsError, first_line
 from digits.model import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 
@@ -99,7 +99,7 @@ def session(path: str | Path, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def onnx_probabilities(sess, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def onnx_probabilities(sess, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
     """Probabilities (N, 10) from an exported graph for uint8 images (N, 28, 28)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]

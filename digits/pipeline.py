@@ -48,7 +48,6 @@ def load_data(config: DataConfig) -> tuple[MNIST, Split]:
 def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
     """Fit the logistic-regression baseline on the training split, evaluate it on test, log it as ``baseline-logreg``."""
     with tracking.model_run("baseline-logreg", nested=nested, model_family="logreg", pipeline_step="baseline") as active:
-        mlflow.log_params({"model": "LogisticRegression", "solver": "lbfgs", "C": 1.0, "max_iter": 100, **DataConfig.to_dict(config)})
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "test", None, "testing")
         # Fitted in blocks of lbfgs iterations, so the baseline has training curves (step = iterations) like the CNN.
@@ -56,6 +55,8 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
             mnist.train_images[split.train], mnist.train_labels[split.train],
             (mnist.train_images[split.val], mnist.train_labels[split.val]), seed=config.seed, callback=tracking.epoch_logger(),
         )
+        # Once, from the fitted model (MLflow refuses a parameter logged again with another value).
+        mlflow.log_params({**baseline.params(model), **DataConfig.to_dict(config)})
         proba = baseline.predict_proba(model, mnist.test_images)
         metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg")
         mlflow.log_metric("fit_seconds", fit_seconds)
@@ -119,7 +120,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
         registry.register_baseline(base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest)
-        promotion = registry.register_cnn(
+        promotion = registry.register_model(
             cnn.model_uri, model_name=model_name, test_accuracy=cnn.metrics["test_accuracy"], run_id=cnn.run_id,
             data_digest=mnist.digest, description=card,
         )

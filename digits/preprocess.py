@@ -27,7 +27,6 @@ from digits.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_a
 __all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "stroke_width", "to_mnist", "to_mnist_batch"]
 
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
-MAX_BATCH = 1000  # images per request
 # All the pictures of one request together, decoded: one full-size phone photo or 16 pictures of 1024x1024. Caps
 # a request's CPU and memory: 16 pictures of 1024x1024 took 1.0 s to preprocess on 2 busy cores, 1,000 images
 # sent as pixel values 0.09-0.14 s (a picture is worked on at up to WORK_SIDE, so 1024x1024 is the costliest).
@@ -61,11 +60,12 @@ def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
     return _mnist_frame(ink)
 
 
-def to_mnist_batch(items: Sequence[Any], max_batch: int = MAX_BATCH) -> np.ndarray:
+def to_mnist_batch(items: Sequence[Any], max_batch: int) -> np.ndarray:
     """Turn a request's items into uint8 (N, 28, 28): each one base64 PNG/JPEG text (or bytes), or 28x28/784 pixel values.
 
     Pixel values go through ``check_mnist_arrays`` (they must already be MNIST-like); pictures through
-    ``to_mnist``. The message of an ``InputError`` names the first bad item by its position.
+    ``to_mnist``. More than ``max_batch`` items (the served model passes ``model.MAX_BATCH``) are refused. The
+    message of an ``InputError`` names the first bad item by its position.
     """
     n = len(items)
     if n == 0 or (n == 1 and _is_empty_sequence(items[0])):

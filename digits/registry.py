@@ -9,7 +9,6 @@ Knows nothing of training: it gets a checkpoint directory and numbers.
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import math
 import shutil
@@ -100,7 +99,7 @@ def input_example() -> Any:
 
 
 def serving_requirements() -> list[str]:
-    """Pinned pip requirements of the served model: the installed versions of mlflow, torch, numpy, pandas, Pillow, orjson."""
+    """Pinned pip requirements of the served model: the installed versions of ``SERVING_REQUIREMENTS``."""
     pins = []
     for name in SERVING_REQUIREMENTS:
         version = importlib.metadata.version(name).split("+")[0]  # torch "2.x+cpu": the local label is not on PyPI
@@ -139,7 +138,7 @@ def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
         )
 
 
-def register_cnn(
+def register_model(
     model_uri: str,
     *,
     model_name: str = CNN_MODEL_NAME,
@@ -159,8 +158,8 @@ def register_cnn(
 
 
 def register_baseline(model_uri: str, *, model_name: str = BASELINE_MODEL_NAME, **tags: Any) -> Promotion:
-    """Register the baseline (logistic regression) as ``digits-baseline``: ``register_cnn``'s tags and promotion rule."""
-    return register_cnn(model_uri, model_name=model_name, **tags)
+    """Register the baseline (logistic regression) as ``digits-baseline``: ``register_model``'s tags and promotion rule."""
+    return register_model(model_uri, model_name=model_name, **tags)
 
 
 def set_alias(model_name: str, alias: str, version: int | str) -> int | None:
@@ -201,22 +200,6 @@ def current_git_commit(path: str | Path | None = None) -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
-
-
-def serving_imports() -> dict[str, set[str]]:
-    """Top-level modules imported by each bundled serving module (checked by the tests: no training code)."""
-    package = Path(__file__).resolve().parent
-    found: dict[str, set[str]] = {}
-    for module in SERVING_MODULES:
-        tree = ast.parse((package / module).read_text())
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        found[module] = names
-    return found
 
 
 # --- internals ---------------------------------------------------------------------------------------------

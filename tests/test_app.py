@@ -374,13 +374,13 @@ def register_champion(store, trained) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from digits.registry import log_cnn_model, register_cnn
+    from digits.registry import log_cnn_model, register_model
 
     if any("champion" in m.aliases for m in MlflowClient().search_registered_models()):
         return
     with mlflow.start_run(experiment_id=store["experiment"]) as run:
         info = log_cnn_model(trained["checkpoint"])
-    assert register_cnn(info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]).promoted
+    assert register_model(info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]).promoted
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch
 from digits import train as train_module
 from digits.config import ConfigError, TrainConfig
 from digits.data import read_mnist_dir
-from digits.model import build_model, load_checkpoint, predict_proba, save_checkpoint
-from digits.train import NonFiniteLossError, fit, lr_factor, resolve_device
+from digits.model import MAX_BATCH, batched_logits, build_model, load_checkpoint, predict_proba, save_checkpoint, to_input
+from digits.train import NonFiniteLossError, evaluate, fit, lr_factor, resolve_device
 
 
 @pytest.mark.unit
@@ -86,6 +86,46 @@ def test_checkpoint_round_trip_uses_plain_tensors(tmp_path):
     assert loaded_config == config
     x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     np.testing.assert_allclose(predict_proba(model, x), predict_proba(loaded, x), atol=1e-6)
+
+
+@pytest.mark.unit
+def test_to_input_scales_uint8_to_unit_floats_in_channels_last():
+    x = torch.tensor([0, 1, 128, 255], dtype=torch.uint8).repeat(196).reshape(1, 1, 28, 28).repeat(3, 1, 1, 1)
+    out = to_input(x)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, x.double().div(255).float(), rtol=0, atol=0)
+    assert x.dtype == torch.uint8  # the caller's images are not touched
+    with pytest.raises(TypeError, match="uint8 pixels 0-255, got torch.float32"):
+        to_input(out)  # already scaled: refused rather than divided by 255 again
+
+
+@pytest.mark.unit
+def test_one_inference_loop_gives_the_same_answer_in_any_chunking_and_keeps_the_mode():
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(width=8, blocks=2)).train()
+    images = np.random.default_rng(0).integers(0, 256, (23, 28, 28), dtype=np.uint8)
+    whole = predict_proba(model, images)
+    assert model.training  # eval for the forward passes only (dropout off, batch-norm statistics untouched)
+    assert whole.shape == (23, 10) and whole.dtype == np.float32
+    np.testing.assert_allclose(predict_proba(model, images, batch_size=5), whole, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, torch.from_numpy(images).unsqueeze(1)), whole, atol=0)
+    with torch.no_grad():
+        chunks = list(batched_logits(model, images, batch_size=10))
+    assert [len(c) for c in chunks] == [10, 10, 3] and model.training
+    np.testing.assert_allclose(torch.softmax(torch.cat(chunks), 1).numpy(), whole, atol=1e-6)
+    assert predict_proba(model, images[:0]).shape == (0, 10) and MAX_BATCH == 1000
+
+
+@pytest.mark.unit
+def test_evaluate_is_the_loss_and_accuracy_of_the_predicted_probabilities():
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(width=8, blocks=2))
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (2 * MAX_BATCH + 7, 28, 28), dtype=np.uint8), rng.integers(0, 10, 2 * MAX_BATCH + 7)
+    proba = predict_proba(model, images).astype(np.float64)
+    loss, accuracy = evaluate(model, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
+    assert accuracy == (proba.argmax(1) == labels).mean()
+    assert loss == pytest.approx(-np.log(proba[np.arange(len(labels)), labels]).mean(), rel=1e-5)
 
 
 @pytest.mark.unit

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from digits import decode, preprocess
+from digits.model import MAX_BATCH
 from digits.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
 from tests.conftest import png_header, zero_size_png
 
@@ -249,7 +250,7 @@ def test_bad_pixel_values_are_rejected(pixels, change, message):
 
 def test_batch_mixes_pictures_and_pixel_values(reference):
     items = [encode(draw()), reference.tolist(), reference.reshape(784).tolist(), encode(draw(ink=255, paper=0))]
-    batch = to_mnist_batch(items)
+    batch = to_mnist_batch(items, MAX_BATCH)
     assert batch.shape == (4, 28, 28) and batch.dtype == np.uint8
     for image in batch:
         assert similarity(image, reference) > 0.99
@@ -272,7 +273,7 @@ def test_batch_errors_name_the_bad_item(reference, items, message):
     stand_ins = {"GOOD": encode(draw()), "PIXELS": reference.tolist(), "INVERTED": (255 - reference).tolist()}
     items = [stand_ins.get(i, i) if isinstance(i, str) else i for i in items]
     with pytest.raises(InputError, match=message):
-        to_mnist_batch(items)
+        to_mnist_batch(items, MAX_BATCH)
 
 
 def test_batch_limits(reference, monkeypatch):
@@ -281,9 +282,9 @@ def test_batch_limits(reference, monkeypatch):
     assert to_mnist_batch([reference.tolist()] * 3, max_batch=3).shape == (3, 28, 28)
     monkeypatch.setattr(preprocess, "MAX_BATCH_PIXELS", 300 * 300 * 2)
     picture = encode(draw())
-    assert len(to_mnist_batch([picture, picture])) == 2
+    assert len(to_mnist_batch([picture, picture], MAX_BATCH)) == 2
     with pytest.raises(InputError, match="image 2: the pictures of this request have more than 180,000 pixels"):
-        to_mnist_batch([picture, picture, picture])
+        to_mnist_batch([picture, picture, picture], MAX_BATCH)
 
 
 def test_thicker_mnist_like_strokes_from_a_real_dilation(reference):
@@ -309,7 +310,7 @@ def test_a_huge_finite_pixel_value_is_named_not_called_infinity():
     values = np.zeros((2, 784))
     values[1, 5] = 1e300
     with pytest.raises(InputError, match=r"image 1: pixel values must be from 0 to 255, got 1e\+300"):
-        to_mnist_batch(list(values))
+        to_mnist_batch(list(values), 10)
     values[1, 5] = np.inf
     with pytest.raises(InputError, match="NaN or infinity"):
-        to_mnist_batch(list(values))
+        to_mnist_batch(list(values), 10)

@@ -22,11 +22,10 @@ from PIL import Image, ImageFilter
 
 from digits.config import TrainConfig
 from digits.data import split_train_val
-from digits.model import build_model, predict_proba, save_checkpoint
 from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
 from digits.guard import install as guard_scoring_server
-from digits.preprocess import MAX_BATCH
-from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
+from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
+from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_model, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, free_port, isolated_store, zero_size_png
 
@@ -80,7 +79,7 @@ def registered(mnist, tmp_path_factory):
             accuracy = float((predict_proba(model, mnist.test_images).argmax(1) == mnist.test_labels).mean())
             with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
                 info = log_cnn_model(save_checkpoint(model, config, root / label))
-            promotions[label] = register_cnn(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+            promotions[label] = register_model(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
 
