@@ -21,15 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from digits.config import MAX_BATCH, TrainConfig
+from digits.config import TrainConfig
 from digits.errors import DigitsError, first_line
 from digits.model import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from digits.onnx_model import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, onnx_probabilities, session  # noqa: F401 (re-exported)
 
 OPSET = 18
-ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_MAX_DROP = 0.0005  # test accuracy an int8 graph may lose against the fp32 one (0.05 points), else it is not kept
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every probability
 
 
@@ -87,23 +86,6 @@ def _quiet(*names: str):
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-def session(path: str | Path, threads: int = 0):
-    """An ONNX Runtime session on the CPU for the exported file (``threads`` 0: ONNX Runtime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def onnx_probabilities(sess, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
-    """Probabilities (N, 10) from an exported graph for uint8 images (N, 28, 28)."""
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
 @dataclass(frozen=True)

@@ -14,25 +14,22 @@ Output: one row per image: ``digit`` (int), ``confidence`` (float), ``probabilit
 from __future__ import annotations
 
 import base64
-import gc
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from digits.answers import predictions_frame, prepare_server, request_images
 from digits.errors import DigitsError, first_line
-from digits.guard import INPUT_COLUMN, install as install_guard
-from digits.model import MAX_BATCH, load_checkpoint, predict_proba
+from digits.guard import INPUT_COLUMN
+from digits.model import load_checkpoint, predict_proba
 from digits.names import CHAMPION_URI
-from digits.preprocess import InputError, to_mnist_batch
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -44,23 +41,12 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json); in the server, add the guard."""
         model, _ = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
         self.model = inference_model(model)
-        if os.environ.get("__pyfunc_model_path__"):  # set by `mlflow models serve` for the server process alone
-            install_guard()
-            # Move everything loaded so far (MLflow, pandas, torch, the model) out of the collector's reach: a
-            # 1,000-image request allocates ~30,000 lists, so every third one set off a full collection over
-            # that whole heap (+170 ms, measured). Those objects live as long as the server anyway.
-            gc.freeze()
+        prepare_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input``."""
-        try:
-            images = to_mnist_batch(_column(model_input), max_batch=MAX_BATCH)
-        except InputError as exc:
-            # BAD_REQUEST makes the scoring server answer 400 with this message; any other exception is a
-            # 400 whose message says nothing useful.
-            raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
         # A request holds at most MAX_BATCH images: one forward pass.
-        return predictions_frame(predict_proba(self.model, images))
+        return predictions_frame(predict_proba(self.model, request_images(model_input)))
 
 
 def inference_model(model: nn.Module) -> nn.Module:
@@ -85,32 +71,6 @@ def _fuse_conv_bn(module: nn.Module) -> nn.Module:
         else:
             _fuse_conv_bn(child)
     return module
-
-
-def predictions_frame(probabilities: np.ndarray) -> pd.DataFrame:
-    """The endpoint's output for (N, 10) probabilities: columns digit, confidence, probabilities."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    return pd.DataFrame(
-        {
-            "digit": probabilities.argmax(axis=1).astype(np.int64),
-            "confidence": probabilities.max(axis=1),
-            "probabilities": probabilities.tolist(),
-        }
-    )
-
-
-def _column(model_input: Any) -> Sequence[Any]:
-    # The signature makes MLflow hand over a DataFrame with the `image` column; a direct caller of
-    # PythonModel.predict may pass an array or a list.
-    if isinstance(model_input, pd.DataFrame):
-        if INPUT_COLUMN not in model_input.columns:
-            raise InputError(f"the input needs a column named {INPUT_COLUMN!r}, got columns {list(map(str, model_input.columns))}")
-        return model_input[INPUT_COLUMN].tolist()
-    if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
-        return list(model_input[INPUT_COLUMN])
-    if isinstance(model_input, (np.ndarray, list, tuple)):
-        return list(model_input)
-    raise InputError(f"expected a table with an {INPUT_COLUMN!r} column or an array of images, got {type(model_input).__name__}")
 
 
 class PredictError(DigitsError):
