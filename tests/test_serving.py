@@ -25,7 +25,9 @@ from digits.data import split_train_val
 from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
 from digits.guard import install as guard_scoring_server
 from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
-from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_model, set_alias
+from digits.export import export_onnx
+from digits.names import ONNX_SUFFIX
+from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
 from digits.train import fit
 from tests.conftest import ROOT, digits_command, free_port, isolated_store, zero_size_png
 
@@ -79,17 +81,24 @@ def registered(mnist, tmp_path_factory):
             accuracy = float((predict_proba(model, mnist.test_images).argmax(1) == mnist.test_labels).mean())
             with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
                 info = log_cnn_model(save_checkpoint(model, config, root / label))
+                onnx = log_onnx_model(export_onnx(model, config, root / label / "model.onnx"))  # as main does
+            register_model(onnx.model_uri, model_name=MODEL + ONNX_SUFFIX, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label] = register_model(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
 
 
-@pytest.fixture(scope="module")
-def server(registered):
-    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on a free port; killed afterwards."""
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server(registered, request):
+    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on a free port; killed afterwards.
+
+    Every test that uses it runs twice: against digits-cnn (PyTorch) and digits-cnn-onnx (ONNX Runtime).
+    """
     port = free_port()
-    log = open(registered["root"] / "server.log", "w")
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    name = MODEL + (ONNX_SUFFIX if request.param == "onnx" else "")
+    log_path = registered["root"] / f"server-{request.param}.log"
+    log = open(log_path, "w")
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
     process = subprocess.Popen(command, env=venv_env(registered["uri"]), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -101,7 +110,7 @@ def server(registered):
             except requests.ConnectionError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the scoring server did not start: {(registered['root'] / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"the scoring server did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:
@@ -302,4 +311,5 @@ def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
 
 
 def test_server_logs_no_fallback_warning(server, registered):
-    assert "is not the tested" not in (registered["root"] / "server.log").read_text()
+    logs = sorted(registered["root"].glob("server-*.log"))  # this backend's, and the other's if it ran first
+    assert logs and not [log.name for log in logs if "is not the tested" in log.read_text()]
