@@ -4,7 +4,8 @@
     python benchmarks/onnx_export.py --data_dir ../shared/data/mnist --checkpoint DIR # a saved checkpoint instead
 
 Forms: the PyTorch network as trained (``predict_proba``), as served (``serving.inference_model``: batch norms
-folded, channels-last), the ONNX fp32 graph and the int8 graph (ONNX Runtime, CPU). Figures: parameters, bytes
+folded, channels-last), the ONNX fp32 graph and the int8 graph (ONNX Runtime, CPU), and the two served pyfuncs
+called in-process (``DigitClassifier`` and ``OnnxDigitClassifier``: validation, network, answer table). Figures: parameters, bytes
 (state dict file, .onnx files), test accuracy, max |dp| and identical digits against PyTorch, images/s for
 batches of 1,000, and p50 latency of one image (in-process, no HTTP). The last line of output is one JSON object.
 """
@@ -87,6 +88,21 @@ def main(argv: list[str] | None = None) -> None:
         }
         sizes = {"torch": (checkpoint / WEIGHTS_FILE).stat().st_size, "torch (served)": (checkpoint / WEIGHTS_FILE).stat().st_size,
                  "onnx fp32": fp32.stat().st_size, "onnx int8": int8.stat().st_size}
+        # The two served pyfuncs in-process (no HTTP): the request's validation and table included.
+        from types import SimpleNamespace
+
+        import pandas as pd
+
+        from digits.onnx_model import ONNX_ARTIFACT, OnnxDigitClassifier
+
+        pyfuncs = {"pyfunc torch": serving.DigitClassifier(), "pyfunc onnx": OnnxDigitClassifier()}
+        pyfuncs["pyfunc torch"].load_context(SimpleNamespace(artifacts={serving.CHECKPOINT_ARTIFACT: str(checkpoint)}))
+        pyfuncs["pyfunc onnx"].load_context(SimpleNamespace(artifacts={ONNX_ARTIFACT: str(fp32)}))
+        for name, pyfunc in pyfuncs.items():
+            forms[name] = lambda x, f=pyfunc: np.concatenate([  # a request holds at most 1,000 images
+                np.stack(f.predict(None, pd.DataFrame({"image": list(x[i : i + 1000])}))["probabilities"]) for i in range(0, len(x), 1000)
+            ])
+            sizes[name] = sizes["torch" if "torch" in name else "onnx fp32"]
         reference = forms["torch"](mnist.test_images)
         results = {}
         for name, predict in forms.items():

@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--quick_model", action="store_true", help="train and register a throw-away model with the default architecture")
     source.add_argument("--url", default="", help="measure a server that is already running at this URL")
     parser.add_argument("--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="with --quick_model: serve digits-cnn (torch) or digits-cnn-onnx (ONNX Runtime) (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=300, help="requests per latency measurement (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each throughput measurement (default: %(default)s)")
     return parser.parse_args(argv)
@@ -122,7 +123,8 @@ def quick_model(data_dir: str, root: Path) -> str:
     from digits.config import TrainConfig
     from digits.data import split_train_val
     from digits.model import save_checkpoint
-    from digits.registry import log_cnn_model, register_model
+    from digits.export import export_onnx
+    from digits.registry import log_cnn_model, log_onnx_model, register_model
     from digits.train import fit
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -135,6 +137,8 @@ def quick_model(data_dir: str, root: Path) -> str:
     experiment = mlflow.create_experiment("serving-benchmark", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"))
+        onnx = log_onnx_model(export_onnx(model, config, root / "model.onnx"))
+    register_model(onnx.model_uri, model_name="digits-cnn-onnx", test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
     register_model(info.model_uri, test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
     return uri
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         if not url:
             if args.quick_model:
                 quick_model(args.data_dir, Path(tmp))
-                model_uri = "models:/digits-cnn@champion"
+                model_uri = "models:/digits-cnn-onnx@champion" if args.backend == "onnx" else "models:/digits-cnn@champion"
             process, url = start_server(model_uri, Path(tmp) / "server.log")
         try:
             session = requests.Session()
