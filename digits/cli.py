@@ -126,7 +126,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
     from digits import pipeline
 
-    pipeline.run_tune(config, search)
+    pipeline.run_tune(config, search, parent_run_id=args.parent_run_id)
     return 0
 
 
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
+    p.add_argument("--parent_run_id", "--parent-run-id", default="", help="nest this worker's search run under that MLflow run instead of a new tune run , as main --workers starts its workers (default: empty)")
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")

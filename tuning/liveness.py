@@ -34,6 +34,8 @@ from tuning.storage import GRACE_PERIOD
 
 log = logging.getLogger(__name__)
 
+# Set by tuning.workers on the run of a pipeline that started worker processes (tuning.workers imports this module).
+ORCHESTRATOR_TAG = "search_workers"
 WORKER_TAG = "optuna_worker"  # the search run's worker, as JSON: the same host/pid/started as a trial's "worker"
 # A trial is retried once when its worker dies; a trial that kills its worker twice is not tried a third time.
 MAX_RETRY = 1
@@ -173,6 +175,8 @@ def _end_killed(client: mlflow.MlflowClient, run_id: str | None) -> None:
         if not run_id:
             break
         run = client.get_run(run_id)
+        if ORCHESTRATOR_TAG in run.data.tags:  # a pipeline that started workers: alive, it ends its own run
+            break
         if run.info.status == "RUNNING":
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         run_id = run.data.tags.get("mlflow.parentRunId")
