@@ -177,6 +177,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
         stack.up(where, mlflow_workers=args.mlflow_workers)
     elif args.action == "down":
         stopped = stack.down(where)
+        if args.purge:
+            stack.purge(where)
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         return 0
     print(stack.describe(where))
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pg_port", "--pg-port", type=_int, default=0, help="PostgreSQL's port on 127.0.0.1 (default: 0, the last up's, else 5432)")
     p.add_argument("--mlflow_port", "--mlflow-port", type=_int, default=0, help="the tracking server's port on 127.0.0.1 (default: 0, the last up's, else 5000)")
     p.add_argument("--mlflow_workers", "--mlflow-workers", type=_int, default=2, help="worker processes of the tracking server (default: 2)")
+    p.add_argument("--purge", action="store_true", help="with down: also delete the folder and the data directory, every study, run and artifact in them (default: off, keep them)")
     p.set_defaults(handler=cmd_stack)
     return parser
 

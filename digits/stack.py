@@ -346,6 +346,14 @@ def down(stack: Stack) -> list[str]:
     return stopped
 
 
+def purge(stack: Stack) -> None:
+    """``down``, then delete the stack's folder and its data directory: the studies, runs and artifacts are gone."""
+    down(stack)
+    if stack.pgdata.is_symlink():
+        shutil.rmtree(stack.pgdata.resolve(), ignore_errors=True)
+    shutil.rmtree(stack.dir, ignore_errors=True)
+
+
 def running(stack: Stack) -> dict[str, int | None]:
     """The live pid of each part (None when it is not running)."""
     pg = _read_pid(stack.pgdata / "postmaster.pid") if stack.pgdata.exists() else None

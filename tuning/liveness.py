@@ -30,7 +30,7 @@ from mlflow.entities import RunStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from digits.errors import first_line
-from tuning.storage import GRACE_PERIOD
+from tuning.storage import grace_period
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def fail_zombies(study: optuna.Study, storage: optuna.storages.BaseStorage) -> l
         if worker is None:
             # A trial gets its worker within milliseconds of starting; one without, older than the grace period,
             # was left by a worker killed between asking for the trial and starting it.
-            dead = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > GRACE_PERIOD
+            dead = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > grace_period()
             reason = "its worker died before the trial started"
         elif worker["host"] == host:
             dead, reason = died_here(worker), f"its worker (pid {worker['pid']}) died"
