@@ -185,6 +185,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0 if all(stack.running(where).values()) else 3  # like pg_ctl status: 3 = not running
 
 
+def _add_stack_parser(sub: Any) -> None:
+    p = sub.add_parser("stack", help="a PostgreSQL server (databases optuna, mlflow) and an MLflow tracking server on this machine, for parallel workers: up, down, status")
+    p.add_argument("action", choices=("up", "down", "status"), help="up: start what is not running (idempotent); down: stop both by pid, keep the data; status: state and the lines to export (exit code 3 when not running)")
+    p.add_argument("--dir", default="", help="the stack's folder: data, artifacts, password file, logs, pids (default: ~/.cache/digits/stack)")
+    p.add_argument("--pg_port", "--pg-port", type=_int, default=0, help="PostgreSQL's port on 127.0.0.1 (default: 0, the last up's, else 5432)")
+    p.add_argument("--mlflow_port", "--mlflow-port", type=_int, default=0, help="the tracking server's port on 127.0.0.1 (default: 0, the last up's, else 5000)")
+    p.add_argument("--mlflow_workers", "--mlflow-workers", type=_int, default=2, help="worker processes of the tracking server (default: 2)")
+    p.add_argument("--purge", action="store_true", help="with down: also delete the folder and the data directory, every study, run and artifact in them (default: off, keep them)")
+    p.set_defaults(handler=cmd_stack)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
@@ -235,14 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also publish a temporary public *.gradio.live link through Gradio's servers (default: off)")
     p.set_defaults(handler=cmd_app)
 
-    p = sub.add_parser("stack", help="a PostgreSQL server (databases optuna, mlflow) and an MLflow tracking server on this machine, for parallel workers: up, down, status")
-    p.add_argument("action", choices=("up", "down", "status"), help="up: start what is not running (idempotent); down: stop both by pid, keep the data; status: state and the lines to export (exit code 3 when not running)")
-    p.add_argument("--dir", default="", help="the stack's folder: data, artifacts, password file, logs, pids (default: ~/.cache/digits/stack)")
-    p.add_argument("--pg_port", "--pg-port", type=_int, default=0, help="PostgreSQL's port on 127.0.0.1 (default: 0, the last up's, else 5432)")
-    p.add_argument("--mlflow_port", "--mlflow-port", type=_int, default=0, help="the tracking server's port on 127.0.0.1 (default: 0, the last up's, else 5000)")
-    p.add_argument("--mlflow_workers", "--mlflow-workers", type=_int, default=2, help="worker processes of the tracking server (default: 2)")
-    p.add_argument("--purge", action="store_true", help="with down: also delete the folder and the data directory, every study, run and artifact in them (default: off, keep them)")
-    p.set_defaults(handler=cmd_stack)
+    _add_stack_parser(sub)
     return parser
 
 

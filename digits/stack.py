@@ -279,7 +279,8 @@ def _start_mlflow(stack: Stack, workers: int) -> int:
         "--artifacts-destination", str(stack.dir / "artifacts"), "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
         "--workers", str(workers),
     ]
-    env = {**os.environ, "PGPASSFILE": str(stack.pgpass)}
+    # No job runner: its three huey processes (~250 MB each) serve MLflow's GenAI jobs, which this workflow has none of.
+    env = {**os.environ, "PGPASSFILE": str(stack.pgpass), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(stack.dir / "mlflow.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -327,6 +328,9 @@ def _stop_mlflow(stack: Stack) -> bool:
 def up(stack: Stack, mlflow_workers: int = 2) -> Stack:
     """Start PostgreSQL and the tracking server, whichever is not running; create what is missing."""
     bin_dir = pg_bin()  # first: a missing package is said before anything is created
+    was = open_stack(stack.dir)
+    if any(running(was).values()) and (was.pg_port, was.mlflow_port) != (stack.pg_port, stack.mlflow_port):
+        raise StackError(f"the stack in {stack.dir} runs on ports {was.pg_port} and {was.mlflow_port}: digits stack down first to change them")
     stack.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (stack.dir / "stack.json").write_text(json.dumps({"pg_port": stack.pg_port, "mlflow_port": stack.mlflow_port}) + "\n")
     data = _init_postgres(stack, bin_dir)
