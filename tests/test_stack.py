@@ -199,6 +199,26 @@ def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(
 
 @pytest.mark.scale
 @pytest.mark.data
+def test_optuna_dashboard_shows_the_shared_study(live, three_workers):
+    import optuna_dashboard
+    from wsgiref.util import setup_testing_defaults
+
+    app = optuna_dashboard.wsgi(live.storage.replace("digits@", f"digits:{live.password}@"))  # what `optuna-dashboard URL` serves
+
+    def get(path: str) -> dict:
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status)
+        return json.loads(body)
+
+    (summary,) = [s for s in get("/api/studies")["study_summaries"] if s["study_name"] == "three"]
+    assert len(get(f"/api/studies/{summary['study_id']}")["trials"]) == 12
+
+
+@pytest.mark.scale
+@pytest.mark.data
 def test_the_password_reaches_no_log_tag_or_param(live, three_workers):
     for run in _runs(live):
         assert live.password not in json.dumps({**run.data.params, **run.data.tags})
