@@ -122,7 +122,7 @@ def quick_model(data_dir: str, root: Path) -> str:
     from digits.config import TrainConfig
     from digits.data import split_train_val
     from digits.model import save_checkpoint
-    from digits.registry import log_cnn_model, register_cnn
+    from digits.registry import log_cnn_model, register_model
     from digits.train import fit
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -135,7 +135,7 @@ def quick_model(data_dir: str, root: Path) -> str:
     experiment = mlflow.create_experiment("serving-benchmark", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"))
-    register_cnn(info.model_uri, test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
+    register_model(info.model_uri, test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
     return uri
 
 

@@ -196,6 +196,26 @@ def _add_stack_parser(sub: Any) -> None:
     p.set_defaults(handler=cmd_stack)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from digits.export import INT8_MAX_DROP, OPSET, export_model
+
+    if args.format != "onnx":  # MLproject parameters are not checked by MLflow: this is the only place
+        raise ConfigError(f"--format must be onnx, got {args.format!r}")
+    mnist = None
+    if args.data_dir:
+        from digits.data import load_mnist
+
+        mnist = load_mnist(args.data_dir)
+    done = export_model(args.model_uri, args.out, mnist)
+    print(f"{done.path}: ONNX opset {OPSET}, input pixels uint8 (N, 28, 28) 0-255, output probabilities (N, 10); "
+          f"matches PyTorch on {done.parity.images:,} images (max |dp| {done.parity.max_abs_diff:.1e}, same digits)")
+    if done.accuracy:
+        acc = done.accuracy
+        kept = f"written to {done.int8_path}" if done.int8_path else f"not kept: it loses more than {100 * INT8_MAX_DROP:.2f} points"
+        print(f"test accuracy: torch {100 * acc['torch']:.2f}%, onnx {100 * acc['onnx']:.2f}%, int8 {100 * acc['int8']:.2f}% ({kept})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
@@ -235,8 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
-    p.add_argument("--parent_run_id", "--parent-run-id", default="", help="nest this worker's search run under that MLflow run instead of a new tune run , as main --workers starts its workers (default: empty)")
+    p.add_argument("--parent_run_id", "--parent-run-id", default="", help="nest this worker's search run under that MLflow run instead of a new tune run, as main --workers starts its workers (default: empty)")
     p.set_defaults(handler=cmd_tune)
+
+    p = sub.add_parser("export", help="export a registered CNN to ONNX (raw 0-255 pixels in, ten probabilities out), checked against PyTorch")
+    p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"CNN to export: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint folder (default: {CHAMPION_URI})")
+    p.add_argument("--format", default="onnx", help="export format; onnx is the only one (default: onnx)")
+    p.add_argument("--out", default="export", help="folder to write model.onnx and config.json into (default: export)")
+    p.add_argument("--data_dir", "--data-dir", default="", help="MNIST IDX files: check parity on the whole test set and also write an int8 graph (model.int8.onnx) if it loses at most 0.05 points of test accuracy (default: empty, check on 512 random images, no int8)")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("app", help="the drawing app: draw or upload a digit in the browser, see the model's top three and the 28x28 image it saw")
     p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"registered model to load once at start, unless --endpoint is given (default: {CHAMPION_URI})")

@@ -16,6 +16,10 @@ from typing import Any
 from digits.errors import DigitsError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Images per forward pass of batched inference (``model.batched_logits``), and the most one request to the served
+# model may hold (the guard counts them, ``preprocess.to_mnist_batch`` is passed it), so a request is one forward
+# pass. Here, not in model.py, so that the request guard and the torch-free ONNX model need no torch.
+MAX_BATCH = 1000
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")

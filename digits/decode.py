@@ -61,7 +61,20 @@ def decode_image(data: str | bytes) -> Image.Image:
         image.load()
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError, zlib errors...
         raise InputError(f"the {image.format} data is truncated or corrupt ({first_line(exc)})") from None
-    return image
+    return _eight_bit(image)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale PNG (Pillow's mode I;16 or I) scaled to 0-255: ``convert("L")`` would clip it at 255.
+
+    Pillow opens 16-bit colour PNGs as 8-bit RGB(A) already, and JPEGs are 8-bit.
+    """
+    if not image.mode.startswith("I"):
+        return image
+    import numpy as np  # only for this rare mode; the module otherwise needs Pillow alone
+
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8), mode="L")
 
 
 def _b64decode(text: str) -> bytes:

@@ -51,8 +51,6 @@ EDA_VERSION = "1"  # bump when the EDA figures change, so the next pipeline run 
 EDA_RUN_TAG = "eda_run_id"
 TSNE_SAMPLE = 2000  # t-SNE costs ~O(n log n) with a large constant: 2,000 points take ~10 s on 2 CPU cores
 PCA_SAMPLE = 5000
-# Predictions are asked of a pyfunc model in chunks no larger than what its endpoint accepts per request.
-_CHUNK = 1000
 # The metric keys of the epoch curves, shared by the CNN's epoch logger and the baseline's blocks.
 CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -125,7 +123,7 @@ def curve_labels(family: str, history: list[dict]) -> tuple[str, str]:
     return x_label, note
 
 
-def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0) -> str:
+def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None) -> str:
     """Make sure the exploratory figures of ``mnist``'s training images exist once for its digest; return their run.
 
     If a run of the active run's experiment already holds them (tags ``eda_data_digest`` = ``mnist.digest`` and
@@ -153,8 +151,8 @@ def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0)
             "class_distribution.png": lambda: plots.class_distribution_figure(labels),
             "pixel_histogram.png": lambda: plots.pixel_histogram_figure(images),
             "mean_images.png": lambda: plots.mean_images_figure(images, labels),
-            "embedding_pca.png": lambda: plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE, seed=seed),
-            "embedding_tsne.png": lambda: plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample, seed=seed),
+            "embedding_pca.png": lambda: plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE),
+            "embedding_tsne.png": lambda: plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample),
         }
         with tempfile.TemporaryDirectory(prefix="digits-eda-") as tmp:
             for name, build in figures.items():
@@ -168,11 +166,11 @@ def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None, seed: int = 0)
     return run_id
 
 
-def history_from_run(run_id: str, keys: tuple[str, ...] = CURVE_KEYS) -> list[dict]:
-    """The per-step metrics ``keys`` that run ``run_id`` logged, as one dict per step (with ``step``), in order."""
+def history_from_run(run_id: str) -> list[dict]:
+    """The curves (``CURVE_KEYS``) that run ``run_id`` logged, as one dict per step (with ``step``), in order."""
     client = mlflow.MlflowClient()
     steps: dict[int, dict] = {}
-    for key in keys:
+    for key in CURVE_KEYS:
         for m in client.get_metric_history(run_id, key):
             steps.setdefault(m.step, {"step": m.step})[key] = m.value
     return [steps[s] for s in sorted(steps)]
@@ -212,10 +210,10 @@ def load_model(model_uri: str) -> LoadedModel:
     source = info.run_id or _run_id_of(model_uri)
     try:
         if "sklearn" in info.flavors:
-            from digits.baseline import features
+            from digits import baseline
 
             estimator = mlflow.sklearn.load_model(model_uri)
-            return LoadedModel(lambda images: np.asarray(estimator.predict_proba(features(images))), "logreg", "sklearn", source)
+            return LoadedModel(lambda images: np.asarray(baseline.predict_proba(estimator, images)), "logreg", "sklearn", source)
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
@@ -268,10 +266,12 @@ def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = 
 def _pyfunc_proba(model: "mlflow.pyfunc.PyFuncModel", images: np.ndarray, model_uri: str) -> np.ndarray:
     import pandas as pd
 
+    from digits.model import MAX_BATCH  # what the served model accepts per request
+
     out = []
-    for start in range(0, len(images), _CHUNK):
+    for start in range(0, len(images), MAX_BATCH):
         # One row per image in the `image` column, as pixel values: the served model takes them as they are.
-        batch = pd.DataFrame({"image": list(images[start : start + _CHUNK])})
+        batch = pd.DataFrame({"image": list(images[start : start + MAX_BATCH])})
         try:
             result = model.predict(batch)
         except Exception as exc:

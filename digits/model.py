@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from digits.config import TrainConfig
+from digits.config import MAX_BATCH, TrainConfig  # noqa: F401 (MAX_BATCH: used here and imported from here)
 
 # MNIST's pixel mean and std on [0, 1]: the network normalises its own input so that training, the
-# served model and the app all feed it the same thing, pixels in [0, 1] with MNIST polarity.
+# served model and the app all feed it the same thing, pixels in [0, 1] with MNIST polarity (``to_input``
+# makes them from uint8 0-255, the one place that scales).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+PIXEL_MAX = 255  # uint8 pixels: 0 = background, 255 = ink
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 
@@ -79,19 +82,52 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     return model.to(device).eval(), config
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Class probabilities (N, 10) as float32 for uint8 images (N, 28, 28) or (N, 1, 28, 28), 0-255."""
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0-255, shape (N, 1, 28, 28), to the network's input: float32 in [0, 1], channels-last layout.
+
+    The one place that scales pixels; the network itself then normalises by MNIST's mean and std. Anything but
+    uint8 is refused, so no image can be scaled twice (or not at all).
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"the network's input is made from uint8 pixels 0-255, got {images.dtype}")
+    return to_channels_last(images.float().div_(PIXEL_MAX))
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory layout (the layout ``inference_model`` and training give the network).
+
+    channels_last selects the fastest convolution kernels of cuDNN (tensor cores) and of oneDNN on CPU
+    (measured on 2 AMD EPYC cores: 4,600 -> 6,900 images/s in fp32).
+    """
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def batched_logits(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = MAX_BATCH) -> Iterator[torch.Tensor]:
+    """The one inference loop: fp32 logits of uint8 images (N, 28, 28) or (N, 1, 28, 28), 0-255, ``batch_size`` at a time.
+
+    Runs ``model`` in eval mode (and restores its mode after the last batch) on the device of its parameters;
+    each logits tensor stays there. The caller chooses the autograd mode (``torch.no_grad``, ``inference_mode``).
+    """
     device = next(model.parameters()).device
-    x = torch.as_tensor(images)
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if x.ndim == 3:
         x = x.unsqueeze(1)
     was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
-        # Full precision everywhere, so the accuracy logged at training time is the served model's, to the image.
-        out.append(torch.softmax(model(batch).float(), dim=1).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 10), dtype=np.float32)
+    if was_training:  # (the served model is always in eval mode: no walk over its modules per request)
+        model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            # Full precision everywhere, so the accuracy logged at training time is the served model's, to the image.
+            yield model(to_input(x[start : start + batch_size].to(device, non_blocking=True))).float()
+    finally:
+        if was_training:
+            model.train()
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
+    """Class probabilities (N, 10) as float32 for uint8 images (N, 28, 28) or (N, 1, 28, 28), 0-255."""
+    out = [torch.softmax(logits, dim=1).cpu() for logits in batched_logits(model, images, batch_size)]
+    if not out:
+        return np.zeros((0, 10), dtype=np.float32)
+    return (out[0] if len(out) == 1 else torch.cat(out)).numpy()

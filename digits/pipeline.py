@@ -19,7 +19,7 @@ from digits.errors import DigitsError
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_eda_once, log_test_evaluation
 from digits.model import predict_proba, save_checkpoint
-from digits.names import CNN_MODEL_NAME
+from digits.names import CNN_MODEL_NAME, ONNX_SUFFIX
 from digits.train import fit
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class ModelOutcome:
     run_id: str
     metrics: dict[str, float]
     model_uri: str | None = None
+    onnx_model_uri: str | None = None  # the ONNX-backed pyfunc logged beside the final CNN
 
 
 def load_data(config: DataConfig) -> tuple[MNIST, Split]:
@@ -49,7 +50,6 @@ def load_data(config: DataConfig) -> tuple[MNIST, Split]:
 def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
     """Fit the logistic-regression baseline on the training split, evaluate it on test, log it as ``baseline-logreg``."""
     with tracking.model_run("baseline-logreg", nested=nested, model_family="logreg", pipeline_step="baseline") as active:
-        mlflow.log_params({"model": "LogisticRegression", "solver": "lbfgs", "C": 1.0, "max_iter": 100, **DataConfig.to_dict(config)})
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "test", None, "testing")
         # Fitted in blocks of lbfgs iterations, so the baseline has training curves (step = iterations) like the CNN.
@@ -57,6 +57,8 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
             mnist.train_images[split.train], mnist.train_labels[split.train],
             (mnist.train_images[split.val], mnist.train_labels[split.val]), seed=config.seed, callback=tracking.epoch_logger(),
         )
+        # Once, from the fitted model (MLflow refuses a parameter logged again with another value).
+        mlflow.log_params({**baseline.params(model), **DataConfig.to_dict(config)})
         proba = baseline.predict_proba(model, mnist.test_images)
         metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg")
         mlflow.log_metric("fit_seconds", fit_seconds)
@@ -92,8 +94,30 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
+        onnx_uri = log_onnx(result.model, config, mnist) if final else None
         log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
-        return ModelOutcome(active.info.run_id, metrics, info.model_uri)
+        return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri)
+
+
+def log_onnx(network, config: TrainConfig, mnist: MNIST) -> str | None:
+    """Export ``network`` to ONNX, check it on the test set, and log it as the ONNX-backed pyfunc in the active run.
+
+    Logs ``onnx_max_abs_diff`` and ``onnx_same_digits`` (the share of test digits ONNX Runtime reads as PyTorch
+    does). A graph that does not match is not logged (tag ``onnx_export``): the torch model is registered alone.
+    """
+    from digits import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export.export_onnx(network, config, f"{tmp}/{export.ONNX_FILE}")
+        check = export.parity(network, export.session(path), mnist.test_images)
+        mlflow.log_metrics({"onnx_max_abs_diff": check.max_abs_diff, "onnx_same_digits": float(check.same_digits)})
+        if not check.ok:
+            mlflow.set_tag("onnx_export", f"not logged: max |dp| {check.max_abs_diff:.2e} over {export.PARITY_ATOL:g}")
+            log.warning("onnx: the exported graph does not match PyTorch (max |dp| %.2e): not logged", check.max_abs_diff)
+            return None
+        mlflow.set_tag("onnx_export", f"opset {export.OPSET}, max |dp| {check.max_abs_diff:.1e} on {check.images:,} test images")
+        log.info("onnx: exported, max |dp| %.1e on the %d test images", check.max_abs_diff, check.images)
+        return registry.log_onnx_model(path).model_uri
 
 
 def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MODEL_NAME) -> None:
@@ -126,7 +150,13 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
         registry.register_baseline(base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest)
-        promotion = registry.register_cnn(
+        if cnn.onnx_model_uri:  # first, so that the CNN run's promotion tags end up being the torch model's
+            onnx = registry.register_model(
+                cnn.onnx_model_uri, model_name=model_name + ONNX_SUFFIX, test_accuracy=cnn.metrics["test_accuracy"],
+                run_id=cnn.run_id, data_digest=mnist.digest, description=card,
+            )
+            log.info("registry: %s version %s -> %s", model_name + ONNX_SUFFIX, onnx.version, onnx.alias)
+        promotion = registry.register_model(
             cnn.model_uri, model_name=model_name, test_accuracy=cnn.metrics["test_accuracy"], run_id=cnn.run_id,
             data_digest=mnist.digest, description=card,
         )

@@ -82,6 +82,11 @@ def numeric_array(values: Any, what: str) -> np.ndarray:
             raise InputError(f"{what} must be numbers from 0 to 255, got {array.dtype}")
         if not isinstance(values, np.ndarray) and array.ndim and _has_bool(values, array.ndim):
             raise InputError(f"{what} must be numbers from 0 to 255, got booleans among them")
+    if array.dtype == np.float64:
+        # float32 would turn 1e300 into infinity, and the client would read "NaN or infinity" for a finite number.
+        huge = np.isfinite(array) & (np.abs(array) > 1e30)
+        if huge.any():
+            raise InputError(f"{what} must be from 0 to 255, got {array[huge].flat[0]:g}")
     return array.astype(np.float32, copy=False)
 
 

@@ -9,7 +9,6 @@ Knows nothing of training: it gets a checkpoint directory and numbers.
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import math
 import shutil
@@ -41,16 +40,19 @@ PROMOTION_TAG = "promotion"
 
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "serving.py")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "scipy", "orjson")
+# The ONNX-backed model (digits-cnn-onnx): the same input handling, ONNX Runtime instead of torch.
+ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "onnx_model.py")
+ONNX_SERVING_REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "scipy", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
 _ENTRY_POINT = '''"""The pyfunc entry point of the digits CNN (MLflow models-from-code): the model is built from code, not unpickled."""
 from mlflow.models import set_model
 
-from digits.serving import DigitClassifier
+from {module} import {cls}
 
-set_model(DigitClassifier())
+set_model({cls}())
 '''
 
 
@@ -99,10 +101,10 @@ def input_example() -> Any:
     return pd.DataFrame({"image": [picture, to_mnist(canvas).tolist()]})
 
 
-def serving_requirements() -> list[str]:
-    """Pinned pip requirements of the served model: the installed versions of mlflow, torch, numpy, pandas, Pillow, orjson."""
+def serving_requirements(names: tuple[str, ...] = SERVING_REQUIREMENTS) -> list[str]:
+    """Pinned pip requirements of a served model: the installed versions of ``names``."""
     pins = []
-    for name in SERVING_REQUIREMENTS:
+    for name in names:
         version = importlib.metadata.version(name).split("+")[0]  # torch "2.x+cpu": the local label is not on PyPI
         pins.append(f"{name}=={version}")
     return pins
@@ -118,28 +120,45 @@ def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (checkpoint_dir / f).is_file()]
     if missing:
         raise RegistryError(f"{checkpoint_dir} is not a checkpoint: missing {', '.join(missing)}")
+    return _log_pyfunc(name, "digits.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_MODULES, SERVING_REQUIREMENTS)
+
+
+def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo:
+    """Log an exported graph (``digits.export``) as the ONNX-backed serving pyfunc into the active run.
+
+    The same signature, input example and input handling as ``log_cnn_model``'s; its requirements hold
+    onnxruntime instead of torch, and its bundled code imports no torch.
+    """
+    from digits.onnx_model import ONNX_ARTIFACT
+
+    if not Path(onnx_path).is_file():
+        raise RegistryError(f"{onnx_path} is not an ONNX file")
+    return _log_pyfunc(name, "digits.onnx_model", "OnnxDigitClassifier", {ONNX_ARTIFACT: str(onnx_path)}, ONNX_SERVING_MODULES, ONNX_SERVING_REQUIREMENTS)
+
+
+def _log_pyfunc(name: str, module: str, cls: str, artifacts: dict[str, str], modules: tuple[str, ...], requirements: tuple[str, ...]) -> ModelInfo:
     if mlflow.active_run() is None:
-        raise RegistryError("log_cnn_model needs an active MLflow run (mlflow.start_run())")
+        raise RegistryError("logging a model needs an active MLflow run (mlflow.start_run())")
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="digits-model-") as tmp:
         bundle = Path(tmp) / "digits"
         bundle.mkdir()
-        for module in SERVING_MODULES:
-            shutil.copy2(package / module, bundle / module)
+        for file in modules:
+            shutil.copy2(package / file, bundle / file)
         entry = Path(tmp) / "digits_model.py"
-        entry.write_text(_ENTRY_POINT)
+        entry.write_text(_ENTRY_POINT.format(module=module, cls=cls))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(entry),
-            artifacts={"checkpoint": str(checkpoint_dir)},
+            artifacts=artifacts,
             code_paths=[str(bundle)],
             signature=signature(),
             input_example=input_example(),
-            pip_requirements=serving_requirements(),
+            pip_requirements=serving_requirements(requirements),
         )
 
 
-def register_cnn(
+def register_model(
     model_uri: str,
     *,
     model_name: str = CNN_MODEL_NAME,
@@ -159,8 +178,8 @@ def register_cnn(
 
 
 def register_baseline(model_uri: str, *, model_name: str = BASELINE_MODEL_NAME, **tags: Any) -> Promotion:
-    """Register the baseline (logistic regression) as ``digits-baseline``: ``register_cnn``'s tags and promotion rule."""
-    return register_cnn(model_uri, model_name=model_name, **tags)
+    """Register the baseline (logistic regression) as ``digits-baseline``: ``register_model``'s tags and promotion rule."""
+    return register_model(model_uri, model_name=model_name, **tags)
 
 
 def set_alias(model_name: str, alias: str, version: int | str) -> int | None:
@@ -201,22 +220,6 @@ def current_git_commit(path: str | Path | None = None) -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
-
-
-def serving_imports() -> dict[str, set[str]]:
-    """Top-level modules imported by each bundled serving module (checked by the tests: no training code)."""
-    package = Path(__file__).resolve().parent
-    found: dict[str, set[str]] = {}
-    for module in SERVING_MODULES:
-        tree = ast.parse((package / module).read_text())
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        found[module] = names
-    return found
 
 
 # --- internals ---------------------------------------------------------------------------------------------

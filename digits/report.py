@@ -1,14 +1,17 @@
 """The model card: a Markdown summary of the final CNN next to the baseline, for its run and its registered version.
 
-``model_card`` is a pure function of numbers and tables; ``log_model_card`` gathers them from the pipeline's
-outcomes and the CNN run's logged confusions, and logs the card.
+``model_card`` is a pure function of numbers and tables: the prose is the template ``templates/model_card.md``,
+filled from the dict of ``card_fields``. ``log_model_card`` gathers the numbers from the pipeline's outcomes
+and the CNN run's logged confusions, and logs the card.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import string
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Mapping, Protocol
 
 import numpy as np
@@ -18,6 +21,7 @@ from digits.config import TrainConfig
 from digits.data import MNIST, Split
 
 CARD_FILE = "model_card.md"
+CARD_TEMPLATE = "model_card.md"  # in digits/templates/, filled by model_card
 
 # (metric, label, how to print it, which direction is better)
 _ROWS = (
@@ -32,6 +36,10 @@ _ROWS = (
     ("rmse", "RMSE of the probabilities", "4f", "lower"),
     ("ece", "expected calibration error (15 bins)", "4f", "lower"),
 )
+
+
+# The sentence under the table of the CNN's confusions (at most five rows) starts with the right count.
+_THESE_PAIRS = {1: "This pair is", 2: "These two pairs are", 3: "These three pairs are", 4: "These four pairs are", 5: "These five pairs are"}
 
 
 class Outcome(Protocol):
@@ -79,7 +87,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def model_card(
+def model_card(**arguments: Any) -> str:
+    """The Markdown model card: ``templates/model_card.md`` filled from ``card_fields(**arguments)``."""
+    return card_template().substitute(card_fields(**arguments))
+
+
+def card_template() -> string.Template:
+    """The card's prose, ``digits/templates/model_card.md`` (package data; the served model does not need it)."""
+    return string.Template(resources.files("digits").joinpath("templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8"))
+
+
+def card_fields(
     *,
     model_name: str,
     config: TrainConfig,
@@ -91,94 +109,59 @@ def model_card(
     runs: Mapping[str, str],
     selection: str,
     baseline_confusions: pd.DataFrame | None = None,
-) -> str:
-    """The Markdown model card.
+) -> dict[str, str]:
+    """Every value the card's template names, as text.
 
     ``baseline`` and ``cnn``: test metrics with the ``test_`` prefix; ``confusions``: the CNN's top confusions
     (true, predicted, count); ``test_support``: test images per digit; ``runs``: label -> run id;
     ``selection``: how the configuration was chosen, one sentence.
     """
-    acc_cnn, acc_base = cnn.get("test_accuracy", float("nan")), baseline.get("test_accuracy", float("nan"))
-    lines = [
-        f"# Model card: {model_name}",
-        "",
-        f"A convolutional network that reads one handwritten digit (0-9) from a 28x28 greyscale image. Test accuracy "
-        f"**{_fmt(acc_cnn, 'pct')}** on the {data.test:,} MNIST test images, against {_fmt(acc_base, 'pct')} for the "
-        "logistic-regression baseline.",
-        "",
-        "## Data and split",
-        "",
-        f"- MNIST (LeCun, Cortes, Burges): 60,000 training and {data.test:,} test images of 28x28 grey levels, "
-        f"read from `{data.source}` (content digest `{data.digest}`).",
-        f"- Validation: {data.val:,} images held out of the training images, stratified, seed {data.seed}; "
-        f"training split: {data.train:,} images" + (f" (subset={data.subset:,} of a stratified order)." if data.subset else "."),
-        f"- The baseline trained on the training split; the final CNN on the training and validation images together "
-        f"({data.final_train:,}), once its configuration had been chosen on validation.",
-        f"- The {data.test:,} test images were used for this evaluation only: never for tuning, early stopping or selection.",
-        "",
-        "## Training configuration",
-        "",
-        selection,
-        "",
-        _table(["parameter", "value"], [[k, f"`{v}`"] for k, v in config.to_dict().items() if k != "data_dir"]),
-        "",
-        "## Test metrics: baseline vs CNN",
-        "",
-        _table(
-            ["metric", "better", "baseline (logistic regression)", "CNN"],
-            [[label, better, _fmt(baseline.get("test_" + key), how), _fmt(cnn.get("test_" + key), how)] for key, label, how, better in _ROWS],
-        ),
-        "",
-        "## Main confusions of the CNN",
-        "",
+    metric_rows = [
+        [label, better, _fmt(baseline.get("test_" + key), how), _fmt(cnn.get("test_" + key), how)] for key, label, how, better in _ROWS
     ]
+    return {
+        "model_name": model_name,
+        "cnn_accuracy": _fmt(cnn.get("test_accuracy", float("nan")), "pct"),
+        "baseline_accuracy": _fmt(baseline.get("test_accuracy", float("nan")), "pct"),
+        "cnn_ece": _fmt(cnn.get("test_ece"), "4f"),
+        "test_images": f"{data.test:,}",
+        "val_images": f"{data.val:,}",
+        "train_images": f"{data.train:,}",
+        "final_train_images": f"{data.final_train:,}",
+        "subset_note": f" (subset={data.subset:,} of a stratified order)" if data.subset else "",
+        "source": data.source,
+        "digest": data.digest,
+        "seed": str(data.seed),
+        "selection": selection,
+        "config_table": _table(["parameter", "value"], [[k, f"`{v}`"] for k, v in config.to_dict().items() if k != "data_dir"]),
+        "metrics_table": _table(["metric", "better", "baseline (logistic regression)", "CNN"], metric_rows),
+        "confusions": _confusions_text(confusions, test_support, cnn.get("test_errors", float("nan")), baseline_confusions),
+        "runs_table": _table(["what", "MLflow run id"], [[k, f"`{v}`"] for k, v in runs.items()]),
+    }
+
+
+def _confusions_text(
+    confusions: pd.DataFrame, test_support: Mapping[int, int], errors: float, baseline_confusions: pd.DataFrame | None
+) -> str:
+    # The CNN's five most frequent confusions with their share of the true digit's test images, then the
+    # baseline's three, for comparison.
     if confusions.empty:
-        lines.append("No misclassified test images.")
+        lines = ["No misclassified test images."]
     else:
         rows = []
         for r in confusions.head(5).itertuples(index=False):
             support = int(test_support.get(int(r.true), 0))
             share = f"{r.count / support:.2%}" if support else "n/a"
             rows.append([f"{r.true} → {r.predicted}", f"{int(r.count):,}", share])
-        lines.append(_table(["true → predicted", "test images", f"share of the true digit's test images"], rows))
-        total = int(round(cnn.get("test_errors", float("nan")))) if not math.isnan(cnn.get("test_errors", float("nan"))) else None
+        lines = [_table(["true → predicted", "test images", "share of the true digit's test images"], rows)]
+        total = None if math.isnan(errors) else int(round(errors))
         if total:
             top = int(confusions.head(5)["count"].sum())
-            lines += ["", f"These five pairs are {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`."]
+            these = _THESE_PAIRS[len(rows)]
+            lines += ["", f"{these} {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`."]
     if baseline_confusions is not None and not baseline_confusions.empty:
         pairs = ", ".join(f"{r.true} → {r.predicted} ({int(r.count)})" for r in baseline_confusions.head(3).itertuples(index=False))
         lines += ["", f"The baseline's most frequent confusions, for comparison: {pairs}."]
-    lines += [
-        "",
-        "## Intended use",
-        "",
-        "- Recognising **one** handwritten digit per image: a digit drawn in the drawing app, or a photo or scan "
-        "cropped around a single digit. A teaching and demonstration model of a tracked MLflow workflow.",
-        "- Pictures (PNG/JPEG, any size, dark ink on light paper or light on dark) go through the served model's "
-        "preprocessing, MNIST's own recipe: polarity detected, lighting evened, cropped to the digit, stroke "
-        "width brought into MNIST's range, scaled to fit a 20x20 box and pasted into 28x28 with its centre of "
-        "mass in the centre.",
-        "- Pixel arrays (28x28 or 784 values from 0 to 255) are used **as they are**: they must already look like "
-        "MNIST, light ink on a black background, the digit centred and about 20x20. Values on a 0-1 scale or "
-        "inverted images are rejected, not guessed at.",
-        "",
-        "## Limits",
-        "",
-        "- Single, centred digits only. Several digits, letters or symbols still get one of 0-9, "
-        "often with high confidence: the model has no \"not a digit\" answer, and its confidence says nothing "
-        "about inputs unlike MNIST.",
-        f"- Calibration (ECE {_fmt(cnn.get('test_ece'), '4f')}) and accuracy are measured on MNIST's test set "
-        "only. MNIST is the handwriting of US Census Bureau employees and high-school students (NIST, around "
-        "1990): other styles "
-        "(a crossed 7, a 1 with a long flag, a 4 closed at the top) and real photos or drawings are expected to "
-        "score lower.",
-        "- Not for decisions with consequences (cheques, forms, grades) without a person checking the answer.",
-        "",
-        "## Runs",
-        "",
-        _table(["what", "MLflow run id"], [[k, f"`{v}`"] for k, v in runs.items()]),
-        "",
-    ]
     return "\n".join(lines)
 
 

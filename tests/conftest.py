@@ -1,18 +1,49 @@
-"""Shared fixtures. Markers (registered in pyproject.toml): unit, data, e2e."""
+"""Shared fixtures and test-data helpers (import the helpers as ``from tests.conftest import ...``).
+
+Tiers (markers registered in pyproject.toml): every test carries exactly one of ``unit``, ``data`` and ``e2e``;
+collection fails otherwise (see ``tier_problems``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
 import os
+import shutil
+import socket
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "data", "e2e")
+
+
+# --- tiers -------------------------------------------------------------------------------------------------------
+
+
+def tier_problems(items) -> list[str]:
+    """One line per collected test that carries no tier marker or more than one (``-m data`` must not pick e2e)."""
+    problems = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            problems.append(f"{item.nodeid}: {'no tier marker' if not tiers else 'tiers ' + ' and '.join(tiers)}")
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
+def pytest_collection_modifyitems(config, items):
+    problems = tier_problems(items)
+    if problems:
+        raise pytest.UsageError(f"each test needs exactly one tier marker of {', '.join(TIERS)}:\n" + "\n".join(problems))
+
+
+# --- stores and data ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +63,26 @@ def mnist(mnist_dir):
     return load_mnist(mnist_dir)
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow sqlite store: creating its tables takes about a second, copying it does not."""
+    import mlflow
+
+    directory = tmp_path_factory.mktemp("mlflow-db-template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(directory)  # the Default experiment's artifact location is resolved now: keep it out of the checkout
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}").search_experiments()
+    return directory / "mlflow.db"
+
+
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch) -> str:
+def tracking_uri(tmp_path, monkeypatch, mlflow_db_template) -> str:
     """A fresh sqlite MLflow store for one test, set for this process and the subprocesses it starts."""
     import mlflow
 
     import mlflow.tracking.fluent
 
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
@@ -54,10 +98,15 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
 
 
 @contextlib.contextmanager
-def isolated_store(root: Path, experiment: str):
-    """A sqlite store under ``root`` for a module's fixtures: (uri, experiment id), artifacts under ``root``."""
+def isolated_store(root: Path, experiment: str, template: Path | None = None):
+    """A sqlite store under ``root`` for a module's fixtures: (uri, experiment id), artifacts under ``root``.
+
+    ``template``: an initialised store to start from (``mlflow_db_template``), which saves creating the tables.
+    """
     import mlflow
 
+    if template is not None:
+        shutil.copy(template, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -75,25 +124,62 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
     return path
 
 
+def fake_digits(n: int, rng: np.random.Generator, background: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` MNIST-shaped images and labels 0, 1, ..., 9, 0, ...: each digit a bright bar at its own row, on noise.
+
+    ``background``: the share of noise pixels set to 0, for data that is mostly background as MNIST is.
+    """
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+    if background:
+        images[rng.random(images.shape) < background] = 0
+    for i, c in enumerate(labels):
+        images[i, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
+    return images, labels
+
+
+def fake_mnist(n_train: int = 300, n_test: int = 200, digest: str = "fakedigest000001", seed: int = 0):
+    """A small, learnable fake MNIST in memory (``fake_digits``), as ``digits.data.MNIST``."""
+    from digits.data import MNIST
+
+    rng = np.random.default_rng(seed)
+    train_images, train_labels = fake_digits(n_train, rng)
+    test_images, test_labels = fake_digits(n_test, rng)
+    return MNIST(train_images, train_labels, test_images, test_labels, source="/fake", digest=digest)
+
+
 @pytest.fixture
 def fake_mnist_dir(tmp_path) -> Path:
-    """A small, valid, learnable fake MNIST (each digit a bright bar at its own row) in IDX files."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
-        return images, labels
-
+    """The four IDX files of ``fake_mnist(1200, 200)`` (gzipped), in a folder of their own."""
+    data = fake_mnist(n_train=1200, n_test=200)
     directory = tmp_path / "fake-mnist"
     directory.mkdir()
-    for part, n in (("train", 1200), ("t10k", 200)):
-        images, labels = make(n)
+    for part, images, labels in (("train", data.train_images, data.train_labels), ("t10k", data.test_images, data.test_labels)):
         write_idx(directory / f"{part}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{part}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` and whose image data is empty: what a size check sees."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def zero_size_png() -> bytes:
+    """A well-formed PNG of 0x0 pixels (Pillow refuses to open it)."""
+    return png_header(0, 0)
+
+
+def free_port() -> int:
+    """A local TCP port that nothing listens on once this returns."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def digits_command(*args: str) -> list[str]:

@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digits import app
-from tests.conftest import isolated_store
+from tests.conftest import free_port, isolated_store
 from digits.app import AppError, EndpointModel, RegistryModel
 from digits.cli import build_parser
 from digits.preprocess import InputError, to_mnist
@@ -52,15 +51,22 @@ def ink_on_paper(strokes: list[list[tuple[float, float]]], side: int = 300, widt
 
 
 SEVEN = [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]
+# Strokes in [0, 1] of the drawing area, drawn as a person would: big, in one or two movements.
+STROKES = {
+    "1": [[(0.55, 0.12), (0.47, 0.88)]],
+    "7": SEVEN,
+    "0": [[(0.5 + 0.24 * math.sin(2 * math.pi * t / 12), 0.5 - 0.36 * math.cos(2 * math.pi * t / 12)) for t in range(14)]],
+}
 
 
 class FakePredictor:
-    """A predictor that answers fixed probabilities and remembers what it was sent."""
+    """A stand-in model that reads what it is sent: the digit of STROKES whose 28x28 picture is nearest to the
+    picture's, 91% sure. So the answer shows which picture reached the model; it remembers what it was sent."""
 
     source = "a fake"
 
-    def __init__(self, probabilities=None, error: Exception | None = None):
-        self.probabilities = np.asarray(probabilities if probabilities is not None else np.eye(10)[7] * 0.9 + 0.01)
+    def __init__(self, error: Exception | None = None):
+        self.templates = {int(d): to_mnist(ink_on_paper(strokes)).astype(float) for d, strokes in STROKES.items()}
         self.error = error
         self.sent: list[str] = []
 
@@ -68,7 +74,9 @@ class FakePredictor:
         self.sent.append(picture)
         if self.error:
             raise self.error
-        return self.probabilities
+        seen = to_mnist(picture).astype(float)
+        digit = min(self.templates, key=lambda d: np.abs(self.templates[d] - seen).sum())
+        return np.eye(10)[digit] * 0.9 + 0.01
 
     def status(self) -> str:
         return "fake"
@@ -123,27 +131,33 @@ def test_a_speck_is_no_digit_either():
 
 @pytest.mark.unit
 def test_a_drawing_is_sent_as_base64_png_and_previewed_with_the_models_preprocessing():
-    drawing = ink_on_paper(SEVEN)
     predictor = FakePredictor()
-    top, seen, message = app.read_drawing({"background": None, "layers": [], "composite": drawing}, predictor)
-    assert list(top)[0] == "7" and message.startswith("The model reads **7**")
-    (sent,) = predictor.sent
-    assert base64.b64decode(sent)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent)))), np.asarray(drawing))  # lossless
-    # The preview is exactly preprocess.to_mnist of what was sent, blown up with square pixels.
-    assert seen.size == (app.PREVIEW_SIDE, app.PREVIEW_SIDE)
-    assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(sent))
+    for digit, strokes in STROKES.items():  # each drawing gets its own answer: the model's, for that drawing
+        drawing = ink_on_paper(strokes)
+        top, seen, message = app.read_drawing({"background": None, "layers": [], "composite": drawing}, predictor)
+        assert list(top)[0] == digit and message.startswith(f"The model reads **{digit}** (91.0% sure)")
+        sent = predictor.sent[-1]
+        assert base64.b64decode(sent)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent)))), np.asarray(drawing))  # lossless
+        # The preview is exactly preprocess.to_mnist of what was sent, blown up with square pixels.
+        assert seen.size == (app.PREVIEW_SIDE, app.PREVIEW_SIDE)
+        assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(sent))
+    assert len(predictor.sent) == len(STROKES)  # one request per drawing
 
 
 @pytest.mark.unit
 def test_an_upload_is_sent_as_its_own_bytes(tmp_path):
-    path = tmp_path / "seven.jpg"
-    ink_on_paper(SEVEN).save(path, format="JPEG", quality=80)
     predictor = FakePredictor()
-    top, seen, message = app.read_upload(str(path), predictor)
-    assert base64.b64decode(predictor.sent[0]) == path.read_bytes()
-    assert list(top)[0] == "7" and seen is not None
+    for digit, strokes in STROKES.items():
+        path = tmp_path / f"drawn-{digit}.jpg"
+        ink_on_paper(strokes).save(path, format="JPEG", quality=80)
+        top, seen, message = app.read_upload(str(path), predictor)
+        assert base64.b64decode(predictor.sent[-1]) == path.read_bytes()
+        assert list(top)[0] == digit and seen is not None
+        assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(path.read_bytes()))
+    sent = len(predictor.sent)
     assert app.read_upload(None, predictor)[2] == app.NO_UPLOAD_MESSAGE
+    assert len(predictor.sent) == sent  # no upload: nothing is sent
 
 
 @pytest.mark.unit
@@ -190,8 +204,16 @@ def test_endpoint_must_be_an_http_url(url):
         EndpointModel(url)
 
 
+def endpoint_probabilities(picture: str) -> list[float]:
+    """What the fake endpoint answers for ``picture``: its digit is the length of the text, modulo 10."""
+    p = [0.01] * 10
+    p[len(picture) % 10] = 0.91
+    return p
+
+
 class _FakeEndpoint(BaseHTTPRequestHandler):
-    """Answers /invocations like the scoring server: predictions as records, or a 400 with a message."""
+    """Answers /invocations like the scoring server: predictions as records (a digit that depends on the picture
+    sent), or a 400 with a message."""
 
     requests: list[dict] = []
 
@@ -202,9 +224,8 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
         if picture == "bad":
             self._answer(400, {"error_code": "BAD_REQUEST", "message": "image 0: the text is not valid base64 (Incorrect padding)\nmore"})
         else:
-            p = [0.0] * 10
-            p[4] = 1.0
-            self._answer(200, {"predictions": [{"digit": 4, "confidence": 1.0, "probabilities": p}]})
+            p = endpoint_probabilities(picture)
+            self._answer(200, {"predictions": [{"digit": int(np.argmax(p)), "confidence": max(p), "probabilities": p}]})
 
     def _answer(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -226,10 +247,14 @@ def test_the_endpoint_gets_the_request_a_client_sends_and_its_errors_come_back_a
     try:
         _FakeEndpoint.requests.clear()
         endpoint = EndpointModel(f"http://127.0.0.1:{server.server_port}/")
-        assert endpoint.predict("abc").argmax() == 4
-        (request,) = _FakeEndpoint.requests
-        assert request["path"] == "/invocations" and request["content_type"] == "application/json"
-        assert request["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abc"]]}}
+        for picture, digit in (("abc", 3), ("abcdefg", 7)):  # the answer is the endpoint's for the picture sent
+            probabilities = endpoint.predict(picture)
+            np.testing.assert_array_equal(probabilities, endpoint_probabilities(picture))
+            assert probabilities.argmax() == digit
+        first, second = _FakeEndpoint.requests
+        assert first["path"] == "/invocations" and first["content_type"] == "application/json"
+        assert first["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abc"]]}}
+        assert second["body"] == {"dataframe_split": {"columns": ["image"], "data": [["abcdefg"]]}}
         with pytest.raises(InputError) as info:
             endpoint.predict("bad")
         assert str(info.value) == "image 0: the text is not valid base64 (Incorrect padding)"
@@ -240,9 +265,7 @@ def test_the_endpoint_gets_the_request_a_client_sends_and_its_errors_come_back_a
 
 @pytest.mark.unit
 def test_an_unreachable_endpoint_is_a_message():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    port = free_port()
     endpoint = EndpointModel(f"http://127.0.0.1:{port}")
     with pytest.raises(AppError, match=rf"cannot reach the endpoint http://127.0.0.1:{port} .*is `mlflow models serve` running there\?"):
         endpoint.predict("abc")
@@ -257,7 +280,7 @@ def test_app_flags_and_their_defaults():
     assert (args.model_uri, args.endpoint, args.host, args.port, args.share) == ("models:/digits-cnn/3", "http://127.0.0.1:5001", "0.0.0.0", 8000, True)
 
 
-@pytest.mark.unit
+@pytest.mark.data  # importing Gradio takes seconds
 def test_the_page_builds_with_its_parts():
     demo = app.build_app(FakePredictor())
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -267,21 +290,9 @@ def test_the_page_builds_with_its_parts():
 
 # --- e2e: the real app in a real browser -----------------------------------------------------------------------
 
-# Strokes in [0, 1] of the drawing area, drawn as a person would: big, in one or two movements.
-STROKES = {
-    "1": [[(0.55, 0.12), (0.47, 0.88)]],
-    "7": SEVEN,
-    "0": [[(0.5 + 0.24 * math.sin(2 * math.pi * t / 12), 0.5 - 0.36 * math.cos(2 * math.pi * t / 12)) for t in range(14)]],
-}
 # Mouse moves per segment of a stroke. Each move costs a software-rendered WebGL frame (a fraction of a second on
 # two busy cores); the brush fills the straight line between two moves anyway.
 STEPS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env(uri: str, root: Path) -> dict[str, str]:
@@ -363,13 +374,13 @@ def register_champion(store, trained) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from digits.registry import log_cnn_model, register_cnn
+    from digits.registry import log_cnn_model, register_model
 
     if any("champion" in m.aliases for m in MlflowClient().search_registered_models()):
         return
     with mlflow.start_run(experiment_id=store["experiment"]) as run:
         info = log_cnn_model(trained["checkpoint"])
-    assert register_cnn(info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]).promoted
+    assert register_model(info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]).promoted
 
 
 @pytest.fixture(scope="module")
@@ -462,7 +473,6 @@ def mnist_picture(mnist, digit: int, path: Path) -> Path:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_draw_and_upload_digits_in_a_real_browser(registry_app, browser, store, trained, mnist):
     started = time.monotonic()
     page = open_app(browser, registry_app.url)
@@ -511,7 +521,6 @@ def test_draw_and_upload_digits_in_a_real_browser(registry_app, browser, store, 
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_the_endpoint_and_the_registry_give_the_same_answer(registry_app, browser, store, trained, mnist):
     register_champion(store, trained)
     port = free_port()

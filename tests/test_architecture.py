@@ -1,4 +1,4 @@
-"""The dependency rules of ARCHITECTURE.md, checked in fresh interpreters."""
+"""The dependency rules stated at the end of README.md's Layout section, checked in fresh interpreters."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.data  # each test starts a fresh interpreter (seconds)
 
 # A None entry in sys.modules makes `import x` fail and find_spec("x") answer None: as if x were not installed.
 BLOCK = "import sys\nfor name in BLOCKED:\n    sys.modules[name] = None\n"
@@ -69,3 +69,19 @@ def test_importing_does_no_work(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+MAX_FUNCTION_LINES = 60  # issue 16: one job per function; decorators and docstrings count
+
+
+def test_no_function_in_the_package_is_over_sixty_lines():
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "digits").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                if node.end_lineno - first + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
+    assert not long, "split these: " + ", ".join(long)

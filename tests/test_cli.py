@@ -7,8 +7,6 @@ import yaml
 from digits.cli import build_parser
 from tests.conftest import ROOT, digits_command, write_idx
 
-pytestmark = pytest.mark.unit
-
 
 def _subcommands():
     parser = build_parser()
@@ -19,6 +17,7 @@ def _flags(subparser):
     return {opt for action in subparser._actions for opt in action.option_strings}
 
 
+@pytest.mark.unit
 def test_every_mlproject_parameter_reaches_its_command_and_the_cli():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     subcommands = _subcommands()
@@ -35,6 +34,7 @@ def test_every_mlproject_parameter_reaches_its_command_and_the_cli():
         assert set(re.findall(r"\{(\w+)\}", command)) == set(entry.get("parameters", {})), f"{name}: command uses undeclared parameters"
 
 
+@pytest.mark.unit
 def test_every_flag_states_its_default():
     for name, sub in _subcommands().items():
         for action in sub._actions:
@@ -46,6 +46,7 @@ def _run(*args, env=None):
     return subprocess.run(digits_command(*args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -72,6 +73,7 @@ def _store_runs(uri):
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
+@pytest.mark.data
 def test_wrong_data_dir_is_one_line_and_logs_nothing(tmp_path, tracking_uri):
     result = _run("train", "--data_dir", str(tmp_path / "missing"), "--epochs", "1")
     assert result.returncode == 1
@@ -80,6 +82,7 @@ def test_wrong_data_dir_is_one_line_and_logs_nothing(tmp_path, tracking_uri):
     assert _store_runs(tracking_uri) == []
 
 
+@pytest.mark.data
 def test_truncated_idx_file_is_one_line_and_logs_nothing(fake_mnist_dir, tracking_uri):
     path = fake_mnist_dir / "train-images-idx3-ubyte.gz"
     import gzip
@@ -92,6 +95,7 @@ def test_truncated_idx_file_is_one_line_and_logs_nothing(fake_mnist_dir, trackin
     assert _store_runs(tracking_uri) == []
 
 
+@pytest.mark.unit
 def test_help_lists_subcommands():
     result = _run("--help")
     assert result.returncode == 0
@@ -99,6 +103,7 @@ def test_help_lists_subcommands():
         assert re.search(rf"^\s+{sub}\s", result.stdout, re.M)
 
 
+@pytest.mark.data
 def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
     result = _run("main", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--epochs", "1")
     assert result.returncode != 0
@@ -107,6 +112,7 @@ def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
     assert _store_runs(tracking_uri) == []
 
 
+@pytest.mark.unit
 def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
     from digits.cli import parse_overrides
     from digits.config import ConfigError, TrainConfig
@@ -119,6 +125,7 @@ def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
             parse_overrides(TrainConfig, [item])
 
 
+@pytest.mark.unit
 def test_main_and_tune_entry_points_expose_every_field_that_defines_a_run_or_a_study():
     from dataclasses import fields
 
@@ -132,6 +139,7 @@ def test_main_and_tune_entry_points_expose_every_field_that_defines_a_run_or_a_s
     assert set(project["train"]["parameters"]) == train
 
 
+@pytest.mark.unit
 def test_tune_refuses_epochs_instead_of_ignoring_it():
     result = _run("tune", "--epochs", "3")
     assert result.returncode == 2

@@ -9,9 +9,8 @@ from digits import data
 from digits.data import DataError, load_mnist, read_idx, read_mnist_dir, split_train_val, stratified_order
 from tests.conftest import write_idx
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 def test_read_idx_gzip_and_raw_agree(tmp_path):
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     gz = read_idx(write_idx(tmp_path / "a.gz", images))
@@ -21,6 +20,7 @@ def test_read_idx_gzip_and_raw_agree(tmp_path):
     assert gz.flags.writeable  # torch.from_numpy must not warn about read-only memory
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -39,6 +39,7 @@ def test_read_idx_rejects_damaged_files(tmp_path, mutate, message):
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_read_idx_rejects_corrupt_gzip(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(b"\0" * 100)[:20])
@@ -46,6 +47,7 @@ def test_read_idx_rejects_corrupt_gzip(tmp_path):
         read_idx(path)
 
 
+@pytest.mark.unit
 def test_read_mnist_dir_reads_raw_and_gzip_files(fake_mnist_dir):
     (fake_mnist_dir / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress((fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
     (fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -54,6 +56,7 @@ def test_read_mnist_dir_reads_raw_and_gzip_files(fake_mnist_dir):
     assert len(m.digest) == 16
 
 
+@pytest.mark.unit
 def test_missing_file_and_directory_are_named(fake_mnist_dir, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_mnist_dir(tmp_path / "nowhere")
@@ -62,12 +65,14 @@ def test_missing_file_and_directory_are_named(fake_mnist_dir, tmp_path):
         read_mnist_dir(fake_mnist_dir)
 
 
+@pytest.mark.unit
 def test_mismatched_image_and_label_counts(fake_mnist_dir):
     write_idx(fake_mnist_dir / "train-labels-idx1-ubyte.gz", np.zeros(1199, np.uint8))
     with pytest.raises(DataError, match="1200 images but .* 1199 labels"):
         read_mnist_dir(fake_mnist_dir)
 
 
+@pytest.mark.unit
 def test_wrong_image_size_and_bad_labels(fake_mnist_dir):
     write_idx(fake_mnist_dir / "t10k-images-idx3-ubyte.gz", np.zeros((200, 27, 28), np.uint8))
     with pytest.raises(DataError, match="must be 28x28"):
@@ -78,6 +83,7 @@ def test_wrong_image_size_and_bad_labels(fake_mnist_dir):
         read_mnist_dir(fake_mnist_dir)
 
 
+@pytest.mark.unit
 def test_digest_ignores_compression_but_not_content(fake_mnist_dir):
     before = read_mnist_dir(fake_mnist_dir).digest
     labels = gzip.decompress((fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
@@ -89,6 +95,7 @@ def test_digest_ignores_compression_but_not_content(fake_mnist_dir):
     assert read_mnist_dir(fake_mnist_dir).digest != before
 
 
+@pytest.mark.data  # importing torchvision takes over a second
 def test_offline_download_failure_says_where_to_put_files(tmp_path, monkeypatch):
     import torchvision.datasets
 
@@ -105,12 +112,14 @@ def test_offline_download_failure_says_where_to_put_files(tmp_path, monkeypatch)
     assert "train-images-idx3-ubyte.gz" in message and "\n" not in message
 
 
+@pytest.mark.unit
 def test_cache_dir_is_used_without_download(fake_mnist_dir, monkeypatch):
     monkeypatch.setenv("DIGITS_DATA_DIR", str(fake_mnist_dir))
     monkeypatch.setattr(data, "_download", lambda d: pytest.fail("must not download when the cache has the files"))
     assert load_mnist(None).train_images.shape[0] == 1200
 
 
+@pytest.mark.unit
 def test_split_is_deterministic_stratified_and_disjoint():
     labels = np.repeat(np.arange(10), [600, 700, 500, 650, 580, 520, 610, 630, 590, 620])
     a = split_train_val(labels, 500, seed=3)
@@ -123,6 +132,7 @@ def test_split_is_deterministic_stratified_and_disjoint():
     assert np.abs(np.bincount(labels[a.val], minlength=10) - expected).max() <= 1.5
 
 
+@pytest.mark.unit
 def test_subset_is_a_stratified_prefix():
     labels = np.repeat(np.arange(10), 300)
     split = split_train_val(labels, 500, seed=0, subset=200)
@@ -132,6 +142,7 @@ def test_subset_is_a_stratified_prefix():
     assert sorted(order.tolist()) == list(range(len(labels)))
 
 
+@pytest.mark.unit
 def test_split_errors():
     labels = np.repeat(np.arange(10), 20)
     with pytest.raises(DataError, match="leaves no training images"):
@@ -140,6 +151,7 @@ def test_split_errors():
         split_train_val(labels, 50, seed=0, subset=500)
 
 
+@pytest.mark.unit
 def test_augment_batch_keeps_shape_and_is_seeded():
     x = torch.zeros(8, 1, 28, 28)
     x[:, :, 10:18, 12:16] = 1.0

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.data]
+pytestmark = pytest.mark.e2e
 
 
 def mlflow_run(entry: str, params: dict, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -65,6 +65,11 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
     assert champion.tags["source_run_id"] == cnn.info.run_id and champion.tags["data_digest"]
     assert "Model card" in (champion.description or "") or "model card" in (champion.description or "").lower()
     assert [v.run_id for v in client.search_model_versions("name='digits-baseline'")] == [base.info.run_id]
+    # Beside it, the same network exported to ONNX, checked on the whole test set, registered as digits-cnn-onnx.
+    onnx = client.get_model_version_by_alias("digits-cnn-onnx", "champion")
+    assert onnx.run_id == cnn.info.run_id and onnx.tags["test_accuracy"] == champion.tags["test_accuracy"]
+    assert cnn.data.metrics["onnx_same_digits"] == 1.0 and cnn.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    assert cnn.data.tags["registered_version"] == "digits-cnn/1"  # the run's own registration tags are the torch model's
 
 
 @pytest.mark.parametrize(

@@ -16,29 +16,12 @@ from PIL import Image
 
 from digits import baseline, evaluation, report
 from digits.config import TrainConfig
-from digits.data import MNIST
 from digits.metrics import METRIC_NAMES
-from tests.conftest import ROOT, digits_command
+from tests.conftest import ROOT, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
 TEST_METRICS = {f"test_{name}" for name in METRIC_NAMES} | {"test_errors"}
 PIXEL_STD_FLOOR = 10.0  # a blank or near-blank PNG has a grey-level standard deviation far below this
-
-
-def fake_mnist(n_train: int = 300, n_test: int = 200, digest: str = "fakedigest000001", seed: int = 0) -> MNIST:
-    """MNIST-shaped data, each digit a bright bar at its own row, with some digits blurred into the next one."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 4 + 2 * c : 6 + 2 * c, 4:24] = 255
-        return images, labels
-
-    train_images, train_labels = make(n_train)
-    test_images, test_labels = make(n_test)
-    return MNIST(train_images, train_labels, test_images, test_labels, source="/fake", digest=digest)
 
 
 def noisy_proba(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -101,7 +84,7 @@ def experiment(tracking_uri, tmp_path, monkeypatch) -> str:
     return experiment_id
 
 
-@pytest.mark.unit
+@pytest.mark.data  # every figure and table, rendered and logged: seconds
 def test_log_test_evaluation_logs_every_metric_table_and_figure(experiment):
     data = fake_mnist()
     proba = noisy_proba(data.test_labels)
@@ -132,7 +115,7 @@ def test_curve_captions_say_what_the_series_are():
     assert x_label == "epoch" and "label smoothing" in note and "no validation curves" in note
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_eda_is_logged_once_per_data_digest_and_again_if_its_run_is_deleted(experiment):
     data = fake_mnist()
     with mlflow.start_run() as first:
@@ -173,6 +156,32 @@ def test_baseline_history_has_train_and_validation_curves_per_block():
 
 
 @pytest.mark.unit
+def test_block_fitted_baseline_has_the_estimators_parameters():
+    data = fake_mnist(n_train=200)
+    model, _, _ = baseline.fit_baseline_with_history(data.train_images, data.train_labels, seed=3, max_iter=20, block=5)
+    assert model.get_params() == baseline.make_estimator(seed=3, max_iter=20).get_params()
+    assert model.get_params()["tol"] == 1e-3 and not model.warm_start
+
+
+@pytest.mark.unit
+def test_baseline_run_logs_the_fitted_models_parameters_once(experiment):
+    from digits.config import DataConfig
+    from digits.data import split_train_val
+    from digits.pipeline import run_baseline
+
+    data = fake_mnist(n_train=300)
+    config = DataConfig(val_size=50, seed=2)
+    outcome = run_baseline(config, data, split_train_val(data.train_labels, config.val_size, config.seed, config.subset), nested=False)
+    params = mlflow.get_run(outcome.run_id).data.params
+    estimator = mlflow.sklearn.load_model(outcome.model_uri)
+    expected = {"model": "LogisticRegression", **estimator.get_params(), "data_dir": "", "val_size": 50, "subset": 0, "seed": 2}
+    assert params == {k: str(v) for k, v in expected.items()}
+    # What was typed by hand before, now read from the model, and tol, which was missing:
+    assert params["solver"] == "lbfgs" and params["C"] == "1.0" and params["max_iter"] == "100" and params["tol"] == "0.001"
+    assert params["random_state"] == "2"
+
+
+@pytest.mark.unit
 def test_model_card_has_every_section_both_models_and_the_confusions():
     base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_log_loss": 0.28, "test_ece": 0.01}
     cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_log_loss": 0.03, "test_ece": 0.02}
@@ -191,13 +200,74 @@ def test_model_card_has_every_section_both_models_and_the_confusions():
 
 
 @pytest.mark.unit
+def test_model_card_holds_every_fact_it_is_given():
+    base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_roc_auc": 0.99, "test_ece": 0.01}
+    cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_macro_f1": 0.993, "test_ece": 0.02}
+    confusions = pd.DataFrame({"true": [7, 4, 9, 3, 5, 1], "predicted": [2, 9, 4, 5, 3, 7], "count": [9, 6, 5, 4, 3, 2]})
+    arguments = dict(
+        model_name="digits-x", config=TrainConfig(width=24, subset=10000, seed=4, data_dir="/secret"), baseline=base, cnn=cnn,
+        confusions=confusions, baseline_confusions=confusions,
+        data=report.DataSummary(source="/d2", digest="xyz", train=9000, val=1000, test=10000, subset=10000, seed=4, final_train=10000),
+        test_support={7: 1028, 4: 982}, runs={"final CNN": "r1", "baseline": "r2", "pipeline (parent)": "r3"}, selection="Chosen by search.",
+    )
+    card = report.model_card(**arguments)
+    assert card.startswith("# Model card: digits-x\n\n") and card.endswith("| pipeline (parent) | `r3` |\n") and "$" not in card
+    for fact in (
+        "Test accuracy **99.31%** on the 10,000 MNIST test images, against 92.26% for the logistic-regression baseline.",
+        "read from `/d2` (content digest `xyz`).",
+        "- Validation: 1,000 images held out of the training images, stratified, seed 4; training split: 9,000 images (subset=10,000 of a stratified order).",
+        "the training and validation images together (10,000), once",
+        "## Training configuration\n\nChosen by search.\n\n| parameter | value |\n|---|---|\n| val_size | `5000` |\n| subset | `10000` |",
+        "| width | `24` |", "| compile | `False` |",
+        "| macro F1 | higher | n/a | 99.30% |", "| ROC AUC (one-vs-rest, macro) | higher | 0.9900 | n/a |",
+        "| expected calibration error (15 bins) | lower | 0.0100 | 0.0200 |",
+        "| 4 → 9 | 6 | 0.61% |\n| 9 → 4 | 5 | n/a |",  # no test support given for 9
+        "These five pairs are 27 of the 69 mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`.",
+        "The baseline's most frequent confusions, for comparison: 7 → 2 (9), 4 → 9 (6), 9 → 4 (5).",
+        "- Calibration (ECE 0.0200) and accuracy are measured on MNIST's test set only.",
+        "| what | MLflow run id |\n|---|---|\n| final CNN | `r1` |\n| baseline | `r2` |",
+    ):
+        assert fact in card
+    assert "| 1 → 7 |" not in card and "data_dir" not in card and "/secret" not in card  # five pairs; no local path
+    two = report.model_card(**{**arguments, "confusions": confusions.head(2)})
+    assert "These two pairs are 15 of the 69 mistakes;" in two and "five pairs" not in two
+    assert "This pair is 9 of the 69 mistakes;" in report.model_card(**{**arguments, "confusions": confusions.head(1)})
+    empty = report.model_card(
+        model_name="m", config=TrainConfig(), baseline={}, cnn={"test_accuracy": 1.0, "test_errors": 0.0}, confusions=confusions.head(0),
+        data=report.DataSummary(source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
+        test_support={}, runs={}, selection="x",
+    )
+    assert "## Main confusions of the CNN\n\nNo misclassified test images.\n\n## Intended use" in empty
+    assert "training split: 55,000 images.\n" in empty and "against n/a for the logistic-regression baseline" in empty
+
+
+@pytest.mark.unit
+def test_model_card_template_names_exactly_the_fields_and_ships_as_package_data():
+    import tomllib
+
+    from digits import registry
+
+    template = report.card_template()
+    named = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None}
+    fields = report.card_fields(
+        model_name="m", config=TrainConfig(), baseline={}, cnn={}, confusions=pd.DataFrame({"true": [], "predicted": [], "count": []}),
+        data=report.DataSummary(source="/d", digest="d", train=1, val=1, test=1, subset=0, seed=0, final_train=2),
+        test_support={}, runs={}, selection="x",
+    )
+    assert named == set(fields)  # every placeholder filled, every field used
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["digits"]
+    assert any((ROOT / "digits").glob(pattern) for pattern in package_data) and (ROOT / "digits/templates/model_card.md").is_file()
+    assert "report.py" not in registry.SERVING_MODULES  # the served model's bundle needs no template
+
+
+@pytest.mark.unit
 def test_unknown_model_uri_is_one_line_error(tracking_uri):
     with pytest.raises(evaluation.EvaluationError, match=r"cannot load model 'models:/nope@champion'") as caught:
         evaluation.load_model("models:/nope@champion")
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_cli_evaluate_bad_uri_exits_non_zero_with_one_line(experiment, fake_mnist_dir):
     result = subprocess.run(
         digits_command("evaluate", "--model-uri", "runs:/0123456789abcdef/model", "--data_dir", str(fake_mnist_dir)),
@@ -218,12 +288,12 @@ def test_evaluate_help_states_each_default():
     assert "(default: empty)" in result.stdout
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(experiment, tmp_path):
     from digits.model import build_model, predict_proba, save_checkpoint
 
     data = fake_mnist()
-    estimator = baseline.fit_baseline(data.train_images, data.train_labels, max_iter=20)
+    estimator = baseline.make_estimator(max_iter=20).fit(baseline.features(data.train_images), data.train_labels)
     config = TrainConfig(width=4, blocks=2)
     network = build_model(config).eval()  # untrained: any accuracy will do, it must only be reproduced exactly
     sources = {}
@@ -285,7 +355,6 @@ def _by_name(runs) -> dict:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_main_logs_every_metric_and_figure_for_baseline_and_cnn(main_run):
     runs = _by_name(main_run["runs"])
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
@@ -300,7 +369,6 @@ def test_main_logs_every_metric_and_figure_for_baseline_and_cnn(main_run):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
     runs = main_run["runs"]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -316,7 +384,6 @@ def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
     """The CNN and baseline that main registered: the served pyfunc through `digits evaluate`, the sklearn
     baseline through `mlflow run -e evaluate`; the champion's description is the model card."""

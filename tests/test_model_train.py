@@ -7,12 +7,11 @@ import torch
 from digits import train as train_module
 from digits.config import ConfigError, TrainConfig
 from digits.data import read_mnist_dir
-from digits.model import build_model, load_checkpoint, predict_proba, save_checkpoint
-from digits.train import NonFiniteLossError, fit, lr_factor, resolve_device
-
-pytestmark = pytest.mark.unit
+from digits.model import MAX_BATCH, batched_logits, build_model, load_checkpoint, predict_proba, save_checkpoint, to_input
+from digits.train import NonFiniteLossError, evaluate, fit, lr_factor, resolve_device
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("width, blocks, batch_norm", [(8, 1, True), (16, 3, True), (12, 4, False), (32, 2, True)])
 def test_model_output_shape(width, blocks, batch_norm):
     model = build_model(TrainConfig(width=width, blocks=blocks, batch_norm=batch_norm)).eval()
@@ -20,6 +19,7 @@ def test_model_output_shape(width, blocks, batch_norm):
     assert out.shape == (5, 10) and torch.isfinite(out).all()
 
 
+@pytest.mark.data  # 60 epochs: half a second on an idle machine, tens of seconds when the cores are shared
 def test_one_batch_overfit():
     # 64 random images with random labels: only a working loop (gradients, optimiser, schedule) memorises them.
     rng = np.random.default_rng(0)
@@ -32,24 +32,28 @@ def test_one_batch_overfit():
     assert (predict_proba(result.model, images).argmax(1) == labels).all()
 
 
+@pytest.mark.unit
 def test_fake_data_run_learns_and_reports_every_epoch(fake_mnist_dir):
+    # One thread here and below: on two shared cores this test took 31 s with two threads and 1.3 s with one.
     m = read_mnist_dir(fake_mnist_dir)
     seen = []
-    config = TrainConfig(epochs=3, batch_size=64, width=8, lr=0.05, device="cpu", val_size=200)
+    config = TrainConfig(epochs=3, batch_size=64, width=8, lr=0.05, device="cpu", val_size=200, threads=1)
     result = fit(config, (m.train_images[:1000], m.train_labels[:1000]), (m.train_images[1000:], m.train_labels[1000:]), callbacks=[lambda e, metrics: seen.append((e, metrics))])
     assert [e for e, _ in seen] == [1, 2, 3]
     assert set(seen[-1][1]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"}
     assert seen[-1][1]["val_accuracy"] > 0.9
 
 
+@pytest.mark.unit
 def test_training_is_reproducible_with_a_seed(fake_mnist_dir):
     m = read_mnist_dir(fake_mnist_dir)
-    config = TrainConfig(epochs=1, batch_size=100, width=8, device="cpu", val_size=200, augment=0.5)
+    config = TrainConfig(epochs=1, batch_size=100, width=8, device="cpu", val_size=200, augment=0.5, threads=1)
     a = fit(config, (m.train_images[:500], m.train_labels[:500]))
     b = fit(config, (m.train_images[:500], m.train_labels[:500]))
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
 
 
+@pytest.mark.unit
 def test_nan_loss_stops_with_a_clear_error(monkeypatch):
     real = train_module.F.cross_entropy
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
@@ -58,6 +62,7 @@ def test_nan_loss_stops_with_a_clear_error(monkeypatch):
         fit(TrainConfig(epochs=2, batch_size=16, width=4, device="cpu"), (images, np.zeros(32, np.uint8)))
 
 
+@pytest.mark.unit
 def test_callback_exception_stops_training():
     class Stop(Exception):
         pass
@@ -70,6 +75,7 @@ def test_callback_exception_stops_training():
         fit(TrainConfig(epochs=5, batch_size=16, width=4, device="cpu"), (images, np.zeros(32, np.uint8)), callbacks=[stop])
 
 
+@pytest.mark.unit
 def test_checkpoint_round_trip_uses_plain_tensors(tmp_path):
     config = TrainConfig(width=8, blocks=2)
     model = build_model(config).eval()
@@ -82,6 +88,47 @@ def test_checkpoint_round_trip_uses_plain_tensors(tmp_path):
     np.testing.assert_allclose(predict_proba(model, x), predict_proba(loaded, x), atol=1e-6)
 
 
+@pytest.mark.unit
+def test_to_input_scales_uint8_to_unit_floats_in_channels_last():
+    x = torch.tensor([0, 1, 128, 255], dtype=torch.uint8).repeat(196).reshape(1, 1, 28, 28).repeat(3, 1, 1, 1)
+    out = to_input(x)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, x.double().div(255).float(), rtol=0, atol=0)
+    assert x.dtype == torch.uint8  # the caller's images are not touched
+    with pytest.raises(TypeError, match="uint8 pixels 0-255, got torch.float32"):
+        to_input(out)  # already scaled: refused rather than divided by 255 again
+
+
+@pytest.mark.unit
+def test_one_inference_loop_gives_the_same_answer_in_any_chunking_and_keeps_the_mode():
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(width=8, blocks=2)).train()
+    images = np.random.default_rng(0).integers(0, 256, (23, 28, 28), dtype=np.uint8)
+    whole = predict_proba(model, images)
+    assert model.training  # eval for the forward passes only (dropout off, batch-norm statistics untouched)
+    assert whole.shape == (23, 10) and whole.dtype == np.float32
+    np.testing.assert_allclose(predict_proba(model, images, batch_size=5), whole, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, torch.from_numpy(images).unsqueeze(1)), whole, atol=0)
+    with torch.no_grad():
+        chunks = list(batched_logits(model, images, batch_size=10))
+    assert [len(c) for c in chunks] == [10, 10, 3] and model.training
+    np.testing.assert_allclose(torch.softmax(torch.cat(chunks), 1).numpy(), whole, atol=1e-6)
+    assert predict_proba(model, images[:0]).shape == (0, 10) and MAX_BATCH == 1000
+
+
+@pytest.mark.unit
+def test_evaluate_is_the_loss_and_accuracy_of_the_predicted_probabilities():
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(width=8, blocks=2))
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (2 * MAX_BATCH + 7, 28, 28), dtype=np.uint8), rng.integers(0, 10, 2 * MAX_BATCH + 7)
+    proba = predict_proba(model, images).astype(np.float64)
+    loss, accuracy = evaluate(model, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
+    assert accuracy == (proba.argmax(1) == labels).mean()
+    assert loss == pytest.approx(-np.log(proba[np.arange(len(labels)), labels]).mean(), rel=1e-5)
+
+
+@pytest.mark.unit
 def test_schedules():
     onecycle = TrainConfig(schedule="onecycle", warmup=0.2)
     values = [lr_factor(s, 100, onecycle) for s in range(101)]
@@ -91,6 +138,7 @@ def test_schedules():
     assert lr_factor(0, 100, cosine) == 1.0 and lr_factor(50, 100, cosine) == pytest.approx(0.5)
 
 
+@pytest.mark.unit
 def test_config_validation_messages():
     with pytest.raises(ConfigError, match="lr must be"):
         TrainConfig(lr=math.nan).validate()
@@ -101,6 +149,7 @@ def test_config_validation_messages():
     assert TrainConfig.from_dict({**TrainConfig().to_dict(), "unknown_future_key": 1}) == TrainConfig()
 
 
+@pytest.mark.unit
 def test_unavailable_device_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this check needs a machine without CUDA")  # the GPU machine has one

@@ -14,8 +14,7 @@ from PIL import Image
 
 from digits import plots
 from digits.metrics import classification_metrics
-
-pytestmark = pytest.mark.unit
+from tests.conftest import fake_digits
 
 N = 200
 
@@ -24,11 +23,7 @@ N = 200
 def data() -> dict:
     """Synthetic MNIST-like data: each digit is a bright bar at its own row (plus noise), and noisy probabilities."""
     rng = np.random.default_rng(0)
-    labels = np.arange(N) % 10
-    images = rng.integers(0, 40, size=(N, 28, 28)).astype(np.uint8)
-    images[rng.random(images.shape) < 0.7] = 0  # mostly background, as in MNIST
-    for i, digit in enumerate(labels):
-        images[i, 3 + 2 * digit : 5 + 2 * digit, 4:24] = 255
+    images, labels = fake_digits(N, rng, background=0.7)  # mostly background, as in MNIST
     logits = rng.normal(size=(N, 10))
     logits[np.arange(N), labels] += 2.5  # about 80% right: some mistakes to show
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -65,7 +60,11 @@ def _decode(fig: Figure) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float64)
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+# t-SNE takes about a second even on 200 points: the data tier draws it (the EDA of every pipeline run draws it too).
+SLOW_BUILDERS = {"embedding_tsne"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.data if n in SLOW_BUILDERS else pytest.mark.unit) for n in BUILDERS])
 def test_figure_renders_to_a_readable_png(name, data):
     fig = BUILDERS[name](data)
     assert isinstance(fig, Figure)
@@ -77,6 +76,7 @@ def test_figure_renders_to_a_readable_png(name, data):
     assert (pixels < 128).mean() > 0.005, "hardly any ink: axes, text or data are missing"
 
 
+@pytest.mark.data
 def test_no_pyplot_and_no_backend_selection_at_import():
     code = (
         "import sys, digits.plots, digits.metrics\n"
@@ -85,17 +85,28 @@ def test_no_pyplot_and_no_backend_selection_at_import():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.unit
 def test_figures_render_in_threads(data):
     from concurrent.futures import ThreadPoolExecutor
 
-    def render(_):
-        return _decode(plots.class_distribution_figure(data["labels"])).shape
+    # Different figures at once: each must come out pixel for pixel as it does alone, so a figure drawn into
+    # another thread's canvas, or state shared between threads, would show.
+    jobs = [
+        lambda: plots.class_distribution_figure(data["labels"][:60]),
+        lambda: plots.class_distribution_figure(data["labels"]),
+        lambda: plots.training_curves_figure(data["history"]),
+        lambda: plots.class_distribution_figure(data["labels"][:130]),
+    ]
+    alone = [_decode(job()) for job in jobs]
+    assert not np.array_equal(alone[0], alone[1])  # different figures: a mix-up cannot pass unnoticed
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: _decode(job()), jobs))
+    for i, (threaded, sequential) in enumerate(zip(together, alone)):
+        assert threaded.shape == sequential.shape, i
+        np.testing.assert_array_equal(threaded, sequential, err_msg=f"figure {i} differs when drawn in a thread")
 
-    with ThreadPoolExecutor(2) as pool:
-        shapes = list(pool.map(render, range(4)))
-    assert len(set(shapes)) == 1
 
-
+@pytest.mark.unit
 def test_confusion_matrix_cells_hold_the_counts():
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 0, 1, 1, 1, 2])
@@ -108,6 +119,7 @@ def test_confusion_matrix_cells_hold_the_counts():
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(d) for d in range(10)]
 
 
+@pytest.mark.unit
 def test_confusion_matrix_text_is_light_on_dark_cells():
     y = np.repeat(np.arange(10), 50)
     ax = plots.confusion_matrix_figure(y, y, normalize=False).axes[0]
@@ -116,6 +128,7 @@ def test_confusion_matrix_text_is_light_on_dark_cells():
     assert colours["0"] != "white"
 
 
+@pytest.mark.unit
 def test_roc_legend_has_each_digit_auc_with_four_decimals(data):
     ax = plots.roc_figure(data["labels"], data["proba"]).axes[0]
     entries = [t.get_text() for t in ax.get_legend().get_texts() if "AUC" in t.get_text()]
@@ -124,6 +137,7 @@ def test_roc_legend_has_each_digit_auc_with_four_decimals(data):
     assert ax.get_xscale() == "log"
 
 
+@pytest.mark.unit
 def test_training_curves_skip_absent_series(data):
     history = [{"train_loss": 0.5, "train_accuracy": 0.9}, {"train_loss": 0.3, "train_accuracy": 0.95}]
     fig = plots.training_curves_figure(history)
@@ -135,6 +149,7 @@ def test_training_curves_skip_absent_series(data):
     assert [line.get_label() for line in full.axes[0].get_lines()] == ["train_loss", "val_loss"]
 
 
+@pytest.mark.unit
 def test_misclassified_most_confident_first():
     images = np.zeros((4, 28, 28), dtype=np.uint8)
     y_true = np.array([4, 1, 2, 3])
@@ -144,6 +159,7 @@ def test_misclassified_most_confident_first():
     assert titles == ["true 2 → pred 5 (0.91)", "true 4 → pred 9 (0.64)"]
 
 
+@pytest.mark.unit
 def test_misclassified_without_mistakes_says_so():
     y = np.arange(10)
     fig = plots.misclassified_figure(np.zeros((10, 28, 28), np.uint8), y, np.eye(10)[y])
@@ -151,17 +167,20 @@ def test_misclassified_without_mistakes_says_so():
     assert _decode(fig).std() > 1
 
 
+@pytest.mark.unit
 def test_reliability_title_carries_the_same_ece_as_the_metrics(data):
     fig = plots.reliability_figure(data["labels"], data["proba"])
     ece = classification_metrics(data["labels"], data["proba"])["ece"]
     assert f"ECE {ece:.4f}" in fig.axes[0].get_title()
 
 
+@pytest.mark.unit
 def test_embedding_rejects_unknown_method(data):
     with pytest.raises(ValueError, match="pca"):
         plots.embedding_figure(data["images"], data["labels"], method="umap")
 
 
+@pytest.mark.unit
 def test_embedding_is_seeded(data):
     def points(seed):
         fig = plots.embedding_figure(data["images"], data["labels"], method="pca", sample=100, seed=seed)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from digits import decode, preprocess
+from digits.model import MAX_BATCH
 from digits.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
+from tests.conftest import png_header, zero_size_png
 
 pytestmark = pytest.mark.unit
 
@@ -140,14 +140,6 @@ def test_base64_wrapped_at_76_columns_is_accepted(reference):
 # --- pictures that are not usable ----------------------------------------------------------------------------
 
 
-def zero_size_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "payload, message",
     [
@@ -180,7 +172,14 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch):
 
 
 def test_default_pixel_limit_takes_a_phone_photo_but_not_more():
-    assert 4032 * 3024 <= preprocess.MAX_PIXELS < 5000 * 5000
+    # Headers without pixel data: a 12-megapixel photo passes the size check and only then fails to decode; a
+    # 25-megapixel one is refused by the size check itself. Both in microseconds, no big picture is made.
+    with pytest.raises(InputError, match=r"^the PNG data is truncated or corrupt"):
+        decode_image(png_header(4032, 3024))
+    with pytest.raises(InputError, match=r"^the image is 5000x5000 = 25,000,000 pixels, over the limit of "):
+        decode_image(png_header(5000, 5000))
+    with pytest.raises(InputError, match=r"^the image is 5000x5000 = 25,000,000 pixels, over the limit of "):
+        to_mnist(base64.b64encode(png_header(5000, 5000)).decode())  # the limit that preprocess applies
 
 
 def test_a_phone_sized_jpeg_is_decoded_reduced(reference):
@@ -251,7 +250,7 @@ def test_bad_pixel_values_are_rejected(pixels, change, message):
 
 def test_batch_mixes_pictures_and_pixel_values(reference):
     items = [encode(draw()), reference.tolist(), reference.reshape(784).tolist(), encode(draw(ink=255, paper=0))]
-    batch = to_mnist_batch(items)
+    batch = to_mnist_batch(items, MAX_BATCH)
     assert batch.shape == (4, 28, 28) and batch.dtype == np.uint8
     for image in batch:
         assert similarity(image, reference) > 0.99
@@ -274,7 +273,7 @@ def test_batch_errors_name_the_bad_item(reference, items, message):
     stand_ins = {"GOOD": encode(draw()), "PIXELS": reference.tolist(), "INVERTED": (255 - reference).tolist()}
     items = [stand_ins.get(i, i) if isinstance(i, str) else i for i in items]
     with pytest.raises(InputError, match=message):
-        to_mnist_batch(items)
+        to_mnist_batch(items, MAX_BATCH)
 
 
 def test_batch_limits(reference, monkeypatch):
@@ -283,12 +282,35 @@ def test_batch_limits(reference, monkeypatch):
     assert to_mnist_batch([reference.tolist()] * 3, max_batch=3).shape == (3, 28, 28)
     monkeypatch.setattr(preprocess, "MAX_BATCH_PIXELS", 300 * 300 * 2)
     picture = encode(draw())
-    assert len(to_mnist_batch([picture, picture])) == 2
+    assert len(to_mnist_batch([picture, picture], MAX_BATCH)) == 2
     with pytest.raises(InputError, match="image 2: the pictures of this request have more than 180,000 pixels"):
-        to_mnist_batch([picture, picture, picture])
+        to_mnist_batch([picture, picture, picture], MAX_BATCH)
 
 
 def test_thicker_mnist_like_strokes_from_a_real_dilation(reference):
     # A dilated copy of a 28x28 digit (what a thick pen does) maps back near the original.
     big = Image.fromarray(reference).resize((280, 280), Image.Resampling.BILINEAR).filter(ImageFilter.MaxFilter(7))
     assert similarity(to_mnist(big), reference) > 0.85
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped():
+    import io
+
+    from digits.decode import decode_image
+
+    values = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), np.rint(values / 257).astype(np.uint8))
+
+
+def test_a_huge_finite_pixel_value_is_named_not_called_infinity():
+    values = np.zeros((2, 784))
+    values[1, 5] = 1e300
+    with pytest.raises(InputError, match=r"image 1: pixel values must be from 0 to 255, got 1e\+300"):
+        to_mnist_batch(list(values), 10)
+    values[1, 5] = np.inf
+    with pytest.raises(InputError, match="NaN or infinity"):
+        to_mnist_batch(list(values), 10)

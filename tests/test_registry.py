@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +22,15 @@ from mlflow.tracking import MlflowClient
 from digits import registry, serving
 from digits.config import TrainConfig
 from digits.model import build_model, predict_proba, save_checkpoint
-from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_cnn, set_alias
-from tests.conftest import isolated_store
-
-pytestmark = pytest.mark.unit
+from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_model, set_alias
+from tests.conftest import ROOT, isolated_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, mlflow_db_template):
     """One sqlite store and one logged (untrained, tiny) CNN for the module; each test registers its own model name."""
     root = tmp_path_factory.mktemp("registry")
-    with isolated_store(root, "registry-tests") as (_, experiment):
+    with isolated_store(root, "registry-tests", mlflow_db_template) as (_, experiment):
         checkpoint = save_checkpoint(build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt")
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_cnn_model(checkpoint)
@@ -43,12 +43,13 @@ def name(request) -> str:
 
 
 def register(store, name, accuracy):
-    return register_cnn(store["uri"], model_name=name, test_accuracy=accuracy, run_id=store["run_id"], data_digest="d1g3st", git_commit="abc123")
+    return register_model(store["uri"], model_name=name, test_accuracy=accuracy, run_id=store["run_id"], data_digest="d1g3st", git_commit="abc123")
 
 
 # --- the logged model ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_example(store):
     path = Path(mlflow.artifacts.download_artifacts(store["uri"], dst_path=str(store["root"] / "download")))
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
@@ -73,6 +74,7 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
     assert (out["digit"] == probabilities.argmax(axis=1)).all()
 
 
+@pytest.mark.unit
 def test_inference_model_gives_the_networks_probabilities():
     torch.manual_seed(0)
     network = build_model(TrainConfig(width=8, blocks=3)).eval()
@@ -84,13 +86,30 @@ def test_inference_model_gives_the_networks_probabilities():
     expected = predict_proba(network, images)
     fast = serving.inference_model(copy.deepcopy(network))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    np.testing.assert_allclose(serving.probabilities(fast, images), expected, atol=1e-5)
+    np.testing.assert_allclose(predict_proba(fast, images), expected, atol=1e-5)
 
 
+def serving_imports() -> dict[str, set[str]]:
+    """Top-level modules imported by each bundled serving module (absolute imports; the bundle has no others)."""
+    package = ROOT / "digits"
+    found: dict[str, set[str]] = {}
+    for module in registry.SERVING_MODULES:
+        tree = ast.parse((package / module).read_text())
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[module] = names
+    return found
+
+
+@pytest.mark.unit
 def test_serving_code_imports_nothing_from_training():
-    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy"}
+    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette"}  # starlette: the scoring server's own web framework
     allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
-    for module, imports in registry.serving_imports().items():
+    for module, imports in serving_imports().items():
         for name in imports:
             top = name.split(".")[0]
             if top == "digits":
@@ -99,6 +118,7 @@ def test_serving_code_imports_nothing_from_training():
                 assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", f"{module} imports {name}"
 
 
+@pytest.mark.unit
 def test_logging_needs_a_checkpoint_and_a_run(store, tmp_path):
     with pytest.raises(RegistryError, match="not a checkpoint: missing weights.pt, config.json"):
         log_cnn_model(tmp_path)
@@ -109,6 +129,7 @@ def test_logging_needs_a_checkpoint_and_a_run(store, tmp_path):
 # --- the promotion rule ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_first_version_is_champion_and_is_tagged(store, name):
     promotion = register(store, name, 0.9)
     assert (promotion.version, promotion.promoted, promotion.alias) == (1, True, CHAMPION)
@@ -123,6 +144,7 @@ def test_first_version_is_champion_and_is_tagged(store, name):
     assert "first champion" in client.get_run(store["run_id"]).data.tags["promotion"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("accuracy", [0.85, 0.9])  # worse, and equal: only a strictly better version is promoted
 def test_a_version_that_does_not_beat_the_champion_is_challenger(store, name, accuracy):
     register(store, name, 0.9)
@@ -135,6 +157,7 @@ def test_a_version_that_does_not_beat_the_champion_is_challenger(store, name, ac
     assert client.get_run(store["run_id"]).data.tags["promotion"] == promotion.reason  # the run says why
 
 
+@pytest.mark.unit
 def test_a_better_version_takes_champion(store, name):
     register(store, name, 0.9)
     promotion = register(store, name, 0.95)
@@ -143,6 +166,7 @@ def test_a_better_version_takes_champion(store, name):
     assert int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version) == 2
 
 
+@pytest.mark.unit
 def test_a_champion_without_accuracy_is_not_replaced_silently(store, name):
     register(store, name, 0.9)
     MlflowClient().delete_model_version_tag(name, "1", "test_accuracy")
@@ -150,6 +174,7 @@ def test_a_champion_without_accuracy_is_not_replaced_silently(store, name):
     assert not promotion.promoted and "no test_accuracy tag" in promotion.reason
 
 
+@pytest.mark.unit
 def test_explicit_roll_back_and_promotion(store, name):
     register(store, name, 0.9)
     register(store, name, 0.95)
@@ -161,6 +186,7 @@ def test_explicit_roll_back_and_promotion(store, name):
     assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "model, alias, version, message",
     [
@@ -178,84 +204,61 @@ def test_set_alias_errors_are_one_line(store, name, model, alias, version, messa
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_baseline_is_registered_under_its_own_name(store):
     promotion = register_baseline(store["uri"], test_accuracy=0.92, run_id=store["run_id"], data_digest="d1g3st")
     assert promotion.model_name == "digits-baseline" and promotion.promoted
     assert MlflowClient().get_model_version_by_alias("digits-baseline", CHAMPION).tags["test_accuracy"] == "0.92"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("accuracy", [float("nan"), -0.1, 1.5])
 def test_accuracy_must_be_a_fraction(store, name, accuracy):
     with pytest.raises(RegistryError, match="test_accuracy must be a number from 0 to 1"):
         register(store, name, accuracy)
 
 
-def test_git_commit(tmp_path):
-    commit = registry.current_git_commit()
-    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
-    assert registry.current_git_commit(tmp_path) is None
+@pytest.mark.unit
+def test_git_commit_is_the_checked_out_commit_and_none_without_a_checkout_or_git(tmp_path, monkeypatch):
+    git_path = shutil.which("git")
+    if git_path is None:
+        pytest.fail("this test needs git on PATH (it makes a repository to read the commit of)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
+    def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        identity = ["-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+        return subprocess.run([git_path, *identity, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
 
-def test_scoring_server_guard_turns_mlflows_500s_and_plain_text_into_json_4xx(store, monkeypatch):
-    from mlflow.pyfunc import scoring_server as server
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "-q", cwd=repo)
+    (repo / "file").write_text("one")
+    git("add", "file", cwd=repo)
+    git("commit", "-q", "-m", "one", cwd=repo)
+    first = git("rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", first)
+    assert registry.current_git_commit(repo) == first
+    (repo / "file").write_text("two")
+    git("commit", "-q", "-am", "two", cwd=repo)
+    second = git("rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert second != first and registry.current_git_commit(repo) == second  # the commit now, not a remembered one
 
-    monkeypatch.setattr(server, "invocations", server.invocations)  # restored after the test
-    serving.guard_scoring_server()
-    serving.guard_scoring_server()  # idempotent: wraps once
-    assert server.invocations._digits_guard and not getattr(server.invocations.__wrapped__, "_digits_guard", False)
-    model = mlflow.pyfunc.load_model(store["uri"])
-    schema = model.metadata.get_input_schema()
+    # The default is this package's own checkout, whatever that is here (None in an installed copy).
+    package = Path(registry.__file__).resolve().parent
+    here = git("rev-parse", "HEAD", cwd=package)
+    assert registry.current_git_commit() == (here.stdout.strip() if here.returncode == 0 else None)
 
-    for content_type, expected in ((None, "no Content-Type header"), ("text/plain", "content types")):
-        result = server.invocations('{"inputs": []}', content_type, model, schema)
-        assert result.status == 415 and result.mimetype == "application/json"
-        assert expected in json.loads(result.response)["message"]
-    too_big = server.invocations(b" " * (serving.MAX_REQUEST_BYTES + 1), "application/json", model, schema)
-    assert too_big.status == 413 and "over the limit of 67,108,864" in json.loads(too_big.response)["message"]
-    with pytest.raises(mlflow.exceptions.MlflowException, match="nested too deeply") as info:
-        server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema)
-    assert info.value.get_http_status_code() == 400
-    example = registry.input_example()
-    good = server.invocations(json.dumps({"dataframe_split": example.to_dict(orient="split")}), "application/json", model, schema)
-    assert good.status == 200 and len(json.loads(good.response)["predictions"]) == 2  # the rest passes through
-
-
-def test_scoring_server_guard_answers_inputs_like_mlflow_does_only_faster(store, monkeypatch):
-    from mlflow.pyfunc import scoring_server as server
-
-    monkeypatch.setattr(server, "invocations", server.invocations)  # restored after the test
-    monkeypatch.setattr(server, "predictions_to_json", server.predictions_to_json)
-    original = server.invocations
-    serving.guard_scoring_server()
-    assert hasattr(server.predictions_to_json, "__wrapped__")  # the answer's writer is wrapped too
-    model = mlflow.pyfunc.load_model(store["uri"])
-    schema = model.metadata.get_input_schema()
-    rng = np.random.default_rng(0)
-    images = np.zeros((5, 28, 28), np.uint8)
-    images[:, 8:20, 10:18] = rng.integers(100, 256, (5, 12, 8))  # light ink on dark, as the endpoint expects
-    bodies = [
-        json.dumps({"inputs": images.tolist()}),  # (N, 28, 28)
-        json.dumps({"inputs": images.reshape(5, 784).tolist()}).encode(),  # (N, 784), as bytes like the server gets
-        json.dumps({"inputs": images[:1].tolist(), "params": {}}),
-        json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images.tolist()]}}),
-    ]
-    for body in bodies:
-        fast = server.invocations(body, "application/json; charset=utf-8", model, schema)
-        with monkeypatch.context() as m:  # MLflow's own path: its parser, its deep copy, its json.dump
-            m.setattr(server, "predictions_to_json", server.predictions_to_json.__wrapped__)
-            slow = original(body, "application/json; charset=utf-8", model, schema)
-        assert (fast.status, fast.mimetype) == (slow.status, slow.mimetype) == (200, "application/json")
-        assert fast.response == slow.response  # the same text, to the digit
-    assert serving._parse_request('{"inputs": [1, 2], "other": 3}') == {"inputs": [1, 2], "other": 3}  # unknown keys: MLflow decides
-    assert serving._parse_request('{"inputs": [{"image": "x"}]}') == {"inputs": [{"image": "x"}]}  # records stay records
-    assert serving._parse_request("[1, 2]") == "[1, 2]" and serving._parse_request(b"{not json") == b"{not json"
-    nan = serving._parse_request('{"inputs": [[NaN, 1]]}')  # orjson refuses NaN; Python's json reads it, predict refuses it
-    assert np.isnan(nan["dataframe_split"]["data"][0][0][0])
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert registry.current_git_commit(outside) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))  # no git at all: None, not an exception
+    assert registry.current_git_commit(repo) is None
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_cli_register_moves_an_alias_and_refuses_a_missing_version(store, name, capsys):
     from digits.cli import main
 
@@ -271,6 +274,7 @@ def test_cli_register_moves_an_alias_and_refuses_a_missing_version(store, name, 
     assert capsys.readouterr().err.strip() == "digits register: error: --version must be the number of a registered version (1, 2, ...), got 0"
 
 
+@pytest.mark.unit
 def test_cli_predict_reads_image_files_through_the_registered_model(store, name, tmp_path, capsys):
     from digits.cli import main
 
@@ -287,6 +291,7 @@ def test_cli_predict_reads_image_files_through_the_registered_model(store, name,
     assert "cannot read" in capsys.readouterr().err
 
 
+@pytest.mark.data
 def test_the_logged_model_runs_without_the_digits_package_installed(store, tmp_path):
     # A fresh environment has the pip requirements but not this project: hide the editable install and
     # check that the model loads and predicts with the code it carries.

@@ -8,12 +8,9 @@ import io
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -25,14 +22,16 @@ from PIL import Image, ImageFilter
 
 from digits.config import TrainConfig
 from digits.data import split_train_val
-from digits.model import build_model, predict_proba, save_checkpoint
-from digits.preprocess import MAX_BATCH, MAX_REQUEST_BYTES
-from digits.serving import TESTED_MLFLOW, guard_scoring_server
-from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, register_cnn, set_alias
+from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
+from digits.guard import install as guard_scoring_server
+from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
+from digits.export import export_onnx
+from digits.names import ONNX_SUFFIX
+from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
 from digits.train import fit
-from tests.conftest import ROOT, digits_command, isolated_store
+from tests.conftest import ROOT, digits_command, free_port, isolated_store, zero_size_png
 
-pytestmark = [pytest.mark.e2e, pytest.mark.data]
+pytestmark = pytest.mark.e2e
 
 MODEL = "digits-cnn"
 N_ARRAYS = 300
@@ -60,21 +59,7 @@ def encode(image: Image.Image, fmt: str = "PNG") -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def zero_size_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 # --- the registered model and the server -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def venv_env(uri: str) -> dict[str, str]:
@@ -96,17 +81,24 @@ def registered(mnist, tmp_path_factory):
             accuracy = float((predict_proba(model, mnist.test_images).argmax(1) == mnist.test_labels).mean())
             with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
                 info = log_cnn_model(save_checkpoint(model, config, root / label))
-            promotions[label] = register_cnn(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+                onnx = log_onnx_model(export_onnx(model, config, root / label / "model.onnx"))  # as main does
+            register_model(onnx.model_uri, model_name=MODEL + ONNX_SUFFIX, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+            promotions[label] = register_model(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
 
 
-@pytest.fixture(scope="module")
-def server(registered):
-    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on a free port; killed afterwards."""
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server(registered, request):
+    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on a free port; killed afterwards.
+
+    Every test that uses it runs twice: against digits-cnn (PyTorch) and digits-cnn-onnx (ONNX Runtime).
+    """
     port = free_port()
-    log = open(registered["root"] / "server.log", "w")
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    name = MODEL + (ONNX_SUFFIX if request.param == "onnx" else "")
+    log_path = registered["root"] / f"server-{request.param}.log"
+    log = open(log_path, "w")
+    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
     process = subprocess.Popen(command, env=venv_env(registered["uri"]), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -118,7 +110,7 @@ def server(registered):
             except requests.ConnectionError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the scoring server did not start: {(registered['root'] / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"the scoring server did not start: {log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:
@@ -230,7 +222,7 @@ def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
         "number as image": ({"dataframe_records": [{"image": 7}]}, "application/json", "got a number"),
         "no image column": ({"dataframe_records": [{"picture": "x"}]}, "application/json", "missing inputs ['image']"),
         "not an object": ("[1, 2, 3]", "application/json", "JSON dictionary"),
-        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", "over the limit of 67,108,864"),
+        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", f"over the limit of {MAX_REQUEST_BYTES:,}"),
     }
 
 
@@ -304,19 +296,20 @@ def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_
 
 def test_installed_mlflow_is_the_one_the_guard_was_tested_on():
     # Fails on a new MLflow: the guard wraps scoring-server internals; re-test it, then move TESTED_MLFLOW.
-    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/serving.py's guard, then set TESTED_MLFLOW"
+    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/guard.py, then set TESTED_MLFLOW"
 
 
 def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
     from mlflow.pyfunc import scoring_server
 
     monkeypatch.setattr(mlflow, "__version__", "99.0.0")
-    before = scoring_server.invocations, scoring_server.predictions_to_json
-    with caplog.at_level("WARNING", logger="digits.serving"):
+    before = scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception
+    with caplog.at_level("WARNING", logger="digits.guard"):
         guard_scoring_server()
-    assert (scoring_server.invocations, scoring_server.predictions_to_json) == before
+    assert (scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception) == before
     assert "MLflow 99.0.0 is not the tested" in caplog.text
 
 
 def test_server_logs_no_fallback_warning(server, registered):
-    assert "is not the tested" not in (registered["root"] / "server.log").read_text()
+    logs = sorted(registered["root"].glob("server-*.log"))  # this backend's, and the other's if it ran first
+    assert logs and not [log.name for log in logs if "is not the tested" in log.read_text()]

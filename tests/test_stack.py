@@ -3,7 +3,7 @@
 The ``scale`` tests start one stack for the module (``digits stack up --dir <tmp>`` on free ports; ``down --purge`` at
 the end, which must leave no process behind) and run ``digits tune`` workers on it with a tiny config: 1,000
 training and 500 validation images, one thread each. They need Debian's ``postgresql`` package (``.ci/run`` installs
-it). The ``unit`` tests at the top need neither.
+it). The ``scale`` tests are of the ``e2e`` tier; the ``unit`` tests at the top need neither.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def three_workers(live, mnist_dir):
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(live, three_workers, tmp_path):
     study = _study(live, "three")
     assert sorted(t.number for t in study.trials) == list(range(12))
@@ -198,7 +198,7 @@ def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 def test_optuna_dashboard_shows_the_shared_study(live, three_workers):
     import optuna_dashboard
     from wsgiref.util import setup_testing_defaults
@@ -218,7 +218,7 @@ def test_optuna_dashboard_shows_the_shared_study(live, three_workers):
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 def test_the_password_reaches_no_log_tag_or_param(live, three_workers):
     for run in _runs(live):
         assert live.password not in json.dumps({**run.data.params, **run.data.tags})
@@ -247,7 +247,7 @@ def _wait_for(condition, what: str, timeout: float = 180) -> None:
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_a_worker_killed_mid_trial_has_its_trial_failed_by_the_heartbeat_and_retried(live, mnist_dir):
     # As on another machine: the survivor was running already, so only the storage's heartbeat can tell
@@ -277,7 +277,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_by_the_heartbeat_and_ret
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, three_workers, tmp_path):
     before = {r.info.run_id: r.info.status for r in _runs(live)}
     stopped = _stack(live.dir, "down")
@@ -294,7 +294,7 @@ def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, thre
 
 
 @pytest.mark.scale
-@pytest.mark.data
+@pytest.mark.e2e
 def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     command = digits_command(
         "main", "--data_dir", str(mnist_dir), *TINY, "--epochs", "1", "--n_trials", "4", "--workers", "2",

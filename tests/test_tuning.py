@@ -39,26 +39,13 @@ TINY = dict(subset=1000, val_size=500, threads=1)
 # --- fixtures and helpers -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory) -> Path:
-    """An initialised, empty MLflow sqlite store (creating its tables takes seconds; copying it does not)."""
-    directory = tmp_path_factory.mktemp("mlflow-template")
-    cwd = os.getcwd()
-    os.chdir(directory)  # the Default experiment's artifacts go to ./mlruns as resolved now: keep them in tmp
-    try:
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return directory / "mlflow.db"
-
-
 @pytest.fixture
-def stores(tmp_path, monkeypatch, mlflow_template) -> SimpleNamespace:
+def stores(tmp_path, monkeypatch, mlflow_db_template) -> SimpleNamespace:
     """A fresh MLflow store (set for this process and its subprocesses) and an Optuna storage URL, both in tmp_path.
 
     The working directory is tmp_path too, so that in-process runs put their artifacts (./mlruns) there.
     """
-    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -166,7 +153,7 @@ def test_a_storage_that_cannot_be_opened_is_a_one_line_error(url):
     assert "\n" not in message and "cannot open Optuna storage" in message
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
     not_a_db = tmp_path / "notes.txt"
     not_a_db.write_text("this is not a database\n" * 100)
@@ -195,7 +182,7 @@ def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
         study_mod.open_study(TrainConfig(subset=5000), SearchConfig(trial_epochs=2), data, storage)
 
 
-@pytest.mark.unit
+@pytest.mark.data
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
 def test_zombies_of_dead_workers_fail_and_are_retried_once_but_a_live_workers_trial_is_left_alone(tmp_path):
     storage = search_mod.connect(SearchConfig(storage=f"sqlite:///{tmp_path / 'z.db'}"))
@@ -265,7 +252,7 @@ def test_the_space_suggest_config_and_the_stored_setup_are_one_declaration(optim
     assert not set(SEARCHED) & set(setup)
 
 
-@pytest.mark.unit
+@pytest.mark.data
 def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_else_does(stores):
     # A worker SIGKILLed between two trials leaves no RUNNING trial behind, only its search run (and the run above).
     host = socket.gethostname()
@@ -431,7 +418,6 @@ def assert_no_running_runs() -> dict:
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(mnist_dir, stores):
     # 1. Ctrl-C (SIGINT) mid-trial: the trial fails as interrupted, the runs end KILLED, exit code 130.
     process = start_tune(stores, mnist_dir)
@@ -477,7 +463,6 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_sigterm_mid_trial_fails_the_trial_and_ends_the_runs_killed(mnist_dir, stores):
     # SIGTERM arrives as RunInterrupted, a BaseException that Optuna itself does not turn into a failed trial.
     process = start_tune(stores, mnist_dir)
@@ -493,10 +478,10 @@ def test_sigterm_mid_trial_fails_the_trial_and_ends_the_runs_killed(mnist_dir, s
 
 
 @pytest.fixture(scope="module")
-def two_workers(mnist_dir, mlflow_template, tmp_path_factory) -> SimpleNamespace:
+def two_workers(mnist_dir, mlflow_db_template, tmp_path_factory) -> SimpleNamespace:
     """Two ``digits tune`` processes started together on one new study, 3 trials each (run once for two tests)."""
     directory = tmp_path_factory.mktemp("two-workers")
-    shutil.copy(mlflow_template, directory / "mlflow.db")
+    shutil.copy(mlflow_db_template, directory / "mlflow.db")
     stores = SimpleNamespace(tracking=f"sqlite:///{directory / 'mlflow.db'}", optuna=f"sqlite:///{directory / 'optuna.db'}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = stores.tracking
@@ -511,7 +496,6 @@ def two_workers(mnist_dir, mlflow_template, tmp_path_factory) -> SimpleNamespace
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_two_parallel_workers_lose_and_duplicate_no_trial(two_workers):
     study = load(two_workers.optuna)
     assert [t.number for t in study.trials] == list(range(6))
@@ -529,7 +513,6 @@ def test_two_parallel_workers_lose_and_duplicate_no_trial(two_workers):
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_workers):
     code = textwrap.dedent(
         f"""
@@ -565,7 +548,6 @@ def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_w
 
 
 @pytest.mark.e2e
-@pytest.mark.data
 def test_mlflow_run_tune_nests_the_search_under_its_run(mnist_dir, stores):
     args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "tune"]
     params = {"n_trials": 2, "trial_epochs": 1, "subset": 1000, "timeout": 0, "data_dir": mnist_dir, "storage": stores.optuna}

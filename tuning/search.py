@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -39,8 +39,8 @@ from digits.errors import first_line
 from tuning.liveness import WORKER_TAG, fail_own_trials, fail_zombies, kill_dead_search_runs, on_stale_trial, this_worker
 from tuning.objective import Objective
 from tuning.space import SEARCHED, suggest_config
-from tuning.storage import StorageError, open_storage, redact  # noqa: F401 (StorageError: re-exported)
-from tuning.study import OBJECTIVE, StudyMismatchError, open_study  # noqa: F401 (StudyMismatchError: re-exported)
+from tuning.storage import open_storage, redact
+from tuning.study import OBJECTIVE, open_study
 
 log = logging.getLogger(__name__)
 

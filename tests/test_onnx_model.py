@@ -1,0 +1,134 @@
+"""The ONNX-backed served model (digits-cnn-onnx): the same answers and errors as the torch one, and no torch in it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+
+from digits import export, registry
+from digits.config import TrainConfig
+from digits.model import build_model, save_checkpoint
+from tests.conftest import ROOT, isolated_store, zero_size_png
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, mlflow_db_template):
+    """A tiny CNN (batch norms with real statistics) logged twice into one run: as the torch and the ONNX pyfunc."""
+    root = tmp_path_factory.mktemp("onnx-model")
+    torch.manual_seed(0)
+    config = TrainConfig(width=4, blocks=2)
+    network = build_model(config).eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    with isolated_store(root, "onnx-model-tests", mlflow_db_template) as (uri, experiment):
+        with mlflow.start_run(experiment_id=experiment):
+            torch_info = registry.log_cnn_model(save_checkpoint(network, config, root / "ckpt"))
+            onnx_info = registry.log_onnx_model(export.export_onnx(network, config, root / "model.onnx"))
+        yield {"uri": uri, "root": root, "torch": torch_info.model_uri, "onnx": onnx_info.model_uri}
+
+
+def requests_to_compare() -> dict[str, pd.DataFrame]:
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("L", (120, 160), 255)
+    ImageDraw.Draw(picture).line([(30, 30), (90, 30), (50, 140)], fill=0, width=10)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    rng = np.random.default_rng(0)
+    arrays = np.zeros((5, 28, 28), np.uint8)
+    arrays[:, 8:20, 10:18] = rng.integers(100, 256, (5, 12, 8))
+    return {
+        "example": registry.input_example(),
+        "arrays": pd.DataFrame({"image": list(arrays)}),
+        "picture": pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]}),
+    }
+
+
+def bad_requests() -> dict[str, pd.DataFrame]:
+    import base64
+
+    return {
+        "wrong shape": pd.DataFrame({"image": [[1, 2, 3]]}),
+        "NaN": pd.DataFrame({"image": [np.full((28, 28), np.nan)]}),
+        "not base64": pd.DataFrame({"image": ["this is not base64!"]}),
+        "0x0 image": pd.DataFrame({"image": [base64.b64encode(zero_size_png()).decode()]}),
+        "no image column": pd.DataFrame({"picture": ["x"]}),
+        "over the batch limit": pd.DataFrame({"image": [np.zeros((28, 28))] * 1001}),
+    }
+
+
+@pytest.mark.unit
+def test_the_onnx_bundle_imports_no_torch():
+    allowed = {"numpy", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette", "onnxruntime"}
+    bundled = {"digits." + m.removesuffix(".py") for m in registry.ONNX_SERVING_MODULES} - {"digits.__init__"}
+    assert "onnxruntime" in registry.ONNX_SERVING_REQUIREMENTS and "torch" not in registry.ONNX_SERVING_REQUIREMENTS
+    for module in registry.ONNX_SERVING_MODULES:
+        for node in ast.walk(ast.parse((ROOT / "digits" / module).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top == "digits":
+                    assert name in bundled, f"{module} imports {name}, which the ONNX model does not carry"
+                else:
+                    assert top in sys.stdlib_module_names or top in allowed or top == "__future__", f"{module} imports {name}"
+
+
+@pytest.mark.unit
+def test_the_onnx_model_answers_what_the_torch_model_answers_and_refuses_what_it_refuses(logged):
+    torch_model, onnx_model = mlflow.pyfunc.load_model(logged["torch"]), mlflow.pyfunc.load_model(logged["onnx"])
+    for name, request in requests_to_compare().items():
+        want, got = torch_model.predict(request), onnx_model.predict(request)
+        assert list(got.columns) == ["digit", "confidence", "probabilities"], name
+        assert got["digit"].tolist() == want["digit"].tolist(), name
+        np.testing.assert_allclose(np.stack(got["probabilities"]), np.stack(want["probabilities"]), atol=export.PARITY_ATOL)
+    for name, request in bad_requests().items():
+        messages = []
+        for model in (torch_model, onnx_model):
+            with pytest.raises(MlflowException) as info:
+                model.predict(request)
+            assert info.value.get_http_status_code() == 400, name
+            messages.append(info.value.message.rsplit("Error: ", 1)[-1])
+        assert messages[0] == messages[1], name
+
+
+@pytest.mark.data
+def test_the_onnx_model_runs_where_torch_is_not_installed(logged, tmp_path):
+    # A serving image for the ONNX model: its requirements, its bundled code, and no torch (an import of it fails).
+    script = f"""
+import sys
+sys.modules["torch"] = None
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", type(f).__module__)]
+sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({logged['onnx']!r})
+import digits.onnx_model
+assert "/code/digits/" in digits.onnx_model.__file__.replace("\\\\", "/"), digits.onnx_model.__file__
+example = pd.read_json({str(tmp_path / 'example.json')!r}, orient="split")
+print(model.predict(example)["digit"].tolist())
+"""
+    registry.input_example().to_json(tmp_path / "example.json", orient="split")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"], "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = mlflow.pyfunc.load_model(logged["torch"]).predict(registry.input_example())["digit"].tolist()
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    downloaded = Path(mlflow.artifacts.download_artifacts(logged["onnx"], dst_path=str(tmp_path / "model")))
+    requirements = (downloaded / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} == set(registry.ONNX_SERVING_REQUIREMENTS)
