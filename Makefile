@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EPOCHS ?= 10
 
-.PHONY: setup run test test-fast
+.PHONY: setup run test test-fast stack
 
 setup: $(VENV)/.installed
 
@@ -24,3 +24,8 @@ test: setup
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m unit
+
+# PostgreSQL (databases optuna, mlflow) and an MLflow tracking server for parallel workers; `digits stack status`
+# prints what to export, `digits stack down` stops both.
+stack: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/digits stack up

@@ -126,7 +126,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
     from digits import pipeline
 
-    pipeline.run_tune(config, search)
+    pipeline.run_tune(config, search, parent_run_id=args.parent_run_id)
     return 0
 
 
@@ -167,6 +167,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for row in predict_files(args.images, args.model_uri).itertuples():
         print(f"{row.path}: {row.digit} (confidence {row.confidence:.3f})")
     return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from digits import stack
+
+    where = stack.open_stack(args.dir or None, args.pg_port, args.mlflow_port)
+    if args.action == "up":
+        stack.up(where, mlflow_workers=args.mlflow_workers)
+    elif args.action == "down":
+        stopped = stack.down(where)
+        if args.purge:
+            stack.purge(where)
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return 0
+    print(stack.describe(where))
+    return 0 if all(stack.running(where).values()) else 3  # like pg_ctl status: 3 = not running
+
+
+def _add_stack_parser(sub: Any) -> None:
+    p = sub.add_parser("stack", help="a PostgreSQL server (databases optuna, mlflow) and an MLflow tracking server on this machine, for parallel workers: up, down, status")
+    p.add_argument("action", choices=("up", "down", "status"), help="up: start what is not running (idempotent); down: stop both by pid, keep the data; status: state and the lines to export (exit code 3 when not running)")
+    p.add_argument("--dir", default="", help="the stack's folder: data, artifacts, password file, logs, pids (default: ~/.cache/digits/stack)")
+    p.add_argument("--pg_port", "--pg-port", type=_int, default=0, help="PostgreSQL's port on 127.0.0.1 (default: 0, the last up's, else 5432)")
+    p.add_argument("--mlflow_port", "--mlflow-port", type=_int, default=0, help="the tracking server's port on 127.0.0.1 (default: 0, the last up's, else 5000)")
+    p.add_argument("--mlflow_workers", "--mlflow-workers", type=_int, default=2, help="worker processes of the tracking server (default: 2)")
+    p.add_argument("--purge", action="store_true", help="with down: also delete the folder and the data directory, every study, run and artifact in them (default: off, keep them)")
+    p.set_defaults(handler=cmd_stack)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -228,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
+    p.add_argument("--parent_run_id", "--parent-run-id", default="", help="nest this worker's search run under that MLflow run instead of a new tune run, as main --workers starts its workers (default: empty)")
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("export", help="export a registered CNN to ONNX (raw 0-255 pixels in, ten probabilities out), checked against PyTorch")
@@ -244,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="also publish a temporary public *.gradio.live link through Gradio's servers (default: off)")
     p.set_defaults(handler=cmd_app)
+
+    _add_stack_parser(sub)
     return parser
 
 

@@ -119,6 +119,7 @@ class SearchConfig:
     trial_epochs: int = field(default=2, metadata={"help": "epochs of each trial (the final model trains for epochs)"})
     storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"})
     study_name: str = field(default="digits-cnn", metadata={"help": "name of the Optuna study in storage"})
+    workers: int = field(default=1, metadata={"help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"})
 
     def validate(self) -> None:
         _check(0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}")
@@ -126,6 +127,7 @@ class SearchConfig:
         _check(1 <= self.trial_epochs <= 100, f"trial_epochs must be an integer from 1 to 100, got {self.trial_epochs}")
         _check(bool(self.storage.strip()), "storage must be an Optuna storage URL such as sqlite:///optuna.db")
         _check(bool(self.study_name.strip()), "study_name must not be empty")
+        _check(1 <= self.workers <= 256, f"workers must be an integer from 1 to 256, got {self.workers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,7 @@ import numpy as np
 
 from digits import baseline, registry, report, tracking
 from digits.config import DataConfig, SearchConfig, TrainConfig
+from digits.errors import DigitsError
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_eda_once, log_test_evaluation
 from digits.model import predict_proba, save_checkpoint
@@ -123,7 +124,8 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
     """The ``main`` entry point: baseline, Optuna search, the best config retrained on train+validation, test.
 
     Every step is a child of the pipeline's run (the one ``mlflow run`` created, or a new ``main`` run).
-    ``search.n_trials == 0`` skips the search and retrains ``config`` itself.
+    ``search.n_trials == 0`` skips the search and retrains ``config`` itself; ``search.workers > 1`` runs it in
+    that many local processes (``search_in_workers``).
     """
     from tuning import search as tuning_search  # the top layer is the only one that knows the search
 
@@ -133,10 +135,15 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
     study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
-        tracking.log_new_params({**search.to_dict(), "model_name": model_name})
+        tracking.log_new_params({**search.to_dict(), "storage": tuning_search.redact(search.storage), "model_name": model_name})
         log_eda_once(mnist)  # once per data digest: a later pipeline run on the same data points to these figures
         base = run_baseline(config, mnist, split, nested=True)
-        best = tuning_search.run_search(study, config, search, mnist, split) if study is not None else config
+        if study is None:
+            best = config
+        elif search.workers > 1:
+            best = search_in_workers(study, config, search)
+        else:
+            best = tuning_search.run_search(study, config, search, mnist, split)
         cnn = run_cnn(best, mnist, split, nested=True, final=True)
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
         # The card goes into the CNN run and this one; it is also the registered version's description.
@@ -157,15 +164,42 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
 
 
-def run_tune(config: TrainConfig, search: SearchConfig) -> None:
+def search_in_workers(study, config: TrainConfig, search: SearchConfig) -> TrainConfig:
+    """The search in ``search.workers`` local processes under the active run; the study's best config.
+
+    Each worker is a ``digits tune`` process with its share of the trials and of the cores, its ``search`` run a
+    child of this run. This run gets the figures of the whole study and its best ``val_accuracy``.
+    """
+    from tuning import search as tuning_search
+    from tuning import workers
+
+    t0 = time.perf_counter()
+    failed = workers.run_workers(config, search, mlflow.active_run().info.run_id)
+    mlflow.log_metrics({"search_seconds": time.perf_counter() - t0, "search_workers_failed": float(failed)})
+    best = tuning_search.best_config(study, config)
+    if best is config and failed:
+        raise DigitsError(f"no trial of study {search.study_name!r} completed ({failed} of {search.workers} workers failed): see their search runs")
+    tuning_search.log_figures(study, "search_figures")
+    return best
+
+
+def run_tune(config: TrainConfig, search: SearchConfig, parent_run_id: str = "") -> None:
     """The ``tune`` entry point: add ``search.n_trials`` trials to the study, nothing else.
 
     The same layout as ``main``'s: the entry point's run (under ``mlflow run``, the run it made) > search > trials.
+    ``parent_run_id`` (a worker started by ``search_in_workers``): no ``tune`` run, the search run is that run's
+    child. ``search.workers > 1``: the trials in that many local processes, under the ``tune`` run.
     """
     from tuning import search as tuning_search
 
     storage = tuning_search.connect(search)  # a bad storage URL: before the data is loaded
     mnist, split = load_data(config)
     study = tuning_search.open_search(config, search, mnist, storage)  # a mismatched study: before any run
+    if parent_run_id:
+        tuning_search.run_search(study, config, search, mnist, split, parent_run_id=parent_run_id)
+        return
     with tracking.run("tune", tags={"pipeline_step": "tune"}):
-        tuning_search.run_search(study, config, search, mnist, split)
+        if search.workers > 1:
+            search_in_workers(study, config, search)
+        else:
+            tuning_search.run_search(study, config, search, mnist, split)

@@ -32,15 +32,16 @@ def use_default_experiment() -> None:
 
 
 @contextlib.contextmanager
-def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, KILLED on Ctrl-C/SIGTERM, else FAILED.
 
     A top-level run resumes ``MLFLOW_RUN_ID`` when ``mlflow run`` set it, so that run becomes the parent.
+    ``parent_run_id``: a child of that run, made in another process (a search worker under its pipeline's run).
     """
     if not nested:
         use_default_experiment()
     resuming = not nested and bool(os.environ.get("MLFLOW_RUN_ID"))
-    active = mlflow.start_run(run_name=None if resuming else name, nested=nested, tags=tags)
+    active = mlflow.start_run(run_name=None if resuming else name, nested=nested, tags=tags, parent_run_id=parent_run_id)
     if resuming and name:
         mlflow.set_tag("mlflow.runName", name)  # mlflow run names its run at random; the UI should say what it is
     try:
@@ -55,9 +56,9 @@ def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] |
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def model_run(name: str, *, nested: bool, model_family: str, pipeline_step: str, **tags: str):
+def model_run(name: str, *, nested: bool, model_family: str, pipeline_step: str, parent_run_id: str | None = None, **tags: str):
     """A model's run (a child of the pipeline's run when ``nested``), with the tags the MLflow UI compares by."""
-    return run(name, nested=nested, tags={"model_family": model_family, "pipeline_step": pipeline_step, **tags})
+    return run(name, nested=nested, tags={"model_family": model_family, "pipeline_step": pipeline_step, **tags}, parent_run_id=parent_run_id)
 
 
 def log_config(config: TrainConfig) -> None:

@@ -36,7 +36,7 @@ def test_training_loop_runs_with_torch_and_numpy_alone():
 
 
 def test_library_modules_never_import_optuna_or_tuning():
-    modules = ["config", "data", "model", "train", "baseline", "metrics", "plots", "tracking", "evaluation", "pipeline", "cli"]
+    modules = ["config", "data", "model", "train", "baseline", "metrics", "plots", "tracking", "evaluation", "pipeline", "cli", "stack"]
     result = _python(
         f"""
         import importlib, sys

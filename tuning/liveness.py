@@ -30,10 +30,12 @@ from mlflow.entities import RunStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from digits.errors import first_line
-from tuning.storage import GRACE_PERIOD
+from tuning.storage import grace_period
 
 log = logging.getLogger(__name__)
 
+# Set by tuning.workers on the run of a pipeline that started worker processes (tuning.workers imports this module).
+ORCHESTRATOR_TAG = "search_workers"
 WORKER_TAG = "optuna_worker"  # the search run's worker, as JSON: the same host/pid/started as a trial's "worker"
 # A trial is retried once when its worker dies; a trial that kills its worker twice is not tried a third time.
 MAX_RETRY = 1
@@ -97,7 +99,7 @@ def fail_zombies(study: optuna.Study, storage: optuna.storages.BaseStorage) -> l
         if worker is None:
             # A trial gets its worker within milliseconds of starting; one without, older than the grace period,
             # was left by a worker killed between asking for the trial and starting it.
-            dead = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > GRACE_PERIOD
+            dead = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > grace_period()
             reason = "its worker died before the trial started"
         elif worker["host"] == host:
             dead, reason = died_here(worker), f"its worker (pid {worker['pid']}) died"
@@ -173,6 +175,8 @@ def _end_killed(client: mlflow.MlflowClient, run_id: str | None) -> None:
         if not run_id:
             break
         run = client.get_run(run_id)
+        if ORCHESTRATOR_TAG in run.data.tags:  # a pipeline that started workers: alive, it ends its own run
+            break
         if run.info.status == "RUNNING":
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         run_id = run.data.tags.get("mlflow.parentRunId")

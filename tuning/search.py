@@ -61,17 +61,18 @@ def open_search(base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: 
 # --- the search ---------------------------------------------------------------------------------------------------
 
 
-def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Split) -> TrainConfig:
+def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Split, parent_run_id: str | None = None) -> TrainConfig:
     """Add ``search.n_trials`` trials to ``study`` and return the study's best config, with ``epochs=base.epochs``.
 
     Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_accuracy`` on
     ``split.val`` (the test set is never looked at). The search's MLflow run ``search`` is a child of the active
     run (the pipeline's), the trials' runs its children. Ctrl-C/SIGTERM mark the running trial FAIL and end the
-    runs KILLED; rerunning continues the study.
+    runs KILLED; rerunning continues the study. ``parent_run_id``: the search run's parent when it is not the
+    active run (a worker process started by ``tuning.workers`` under its pipeline's run).
     """
     before = len([t for t in study.trials if t.state != TrialState.WAITING])  # an enqueued trial is not run yet
     trial_base = base.replace(epochs=search.trial_epochs)
-    with tracking.model_run("search", nested=True, model_family="cnn", pipeline_step="search") as active:
+    with tracking.model_run("search", nested=True, model_family="cnn", pipeline_step="search", parent_run_id=parent_run_id) as active:
         run_id = active.info.run_id
         mlflow.set_tags({
             "optuna_study_name": search.study_name, "optuna_storage": redact(search.storage),
@@ -99,12 +100,18 @@ def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mni
             fail_own_trials(study)  # so that no RUNNING trial outlives this process
             raise
         mlflow.log_metric("search_seconds", time.perf_counter() - t0)
-        best = _log_summary(study, run_id)
+        _log_summary(study, run_id)
         log_figures(study)
-    if best is None:
-        log.warning("search: no trial of study %s completed; keeping the given config", search.study_name)
+    return best_config(study, base)
+
+
+def best_config(study: optuna.Study, base: TrainConfig) -> TrainConfig:
+    """The best complete trial's config of the whole study (``base`` with its params), or ``base`` if none completed."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        log.warning("search: no trial of study %s completed; keeping the given config", study.study_name)
         return base
-    return suggest_config(optuna.trial.FixedTrial(best.params), base)
+    return suggest_config(optuna.trial.FixedTrial(max(complete, key=lambda t: t.value).params), base)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ file systems.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Any, Callable
@@ -22,14 +23,31 @@ from digits.errors import DigitsError, first_line
 
 # A live worker's heartbeat thread writes every HEARTBEAT_INTERVAL seconds; a RUNNING trial silent for
 # GRACE_PERIOD seconds is a dead worker's. Generous, because 2 busy CPU cores can starve the thread for a while.
+# $DIGITS_GRACE_PERIOD (seconds) overrides it: for the tests, or for machines whose workers are never starved.
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
+GRACE_PERIOD_ENV = "DIGITS_GRACE_PERIOD"
 # SQLite lets one writer in at a time; the others wait up to this many seconds instead of failing at once.
 SQLITE_LOCK_TIMEOUT = 60.0
 
 
 class StorageError(DigitsError):
     """The Optuna storage URL cannot be opened."""
+
+
+def grace_period() -> int:
+    """``GRACE_PERIOD``, or the whole seconds in $DIGITS_GRACE_PERIOD (``StorageError`` when it is not one, or < 3)."""
+    text = os.environ.get(GRACE_PERIOD_ENV, "")
+    if not text:
+        return GRACE_PERIOD
+    if not text.isdigit() or int(text) < 3:
+        raise StorageError(f"{GRACE_PERIOD_ENV} must be a whole number of seconds, at least 3, got {text!r}")
+    return int(text)
+
+
+def heartbeat_interval() -> int:
+    """``HEARTBEAT_INTERVAL``, or a third of a shorter grace period: a live worker beats several times per period."""
+    return min(HEARTBEAT_INTERVAL, max(1, grace_period() // 3))
 
 
 def redact(url: str) -> str:
@@ -65,8 +83,8 @@ def open_storage(
                 return optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    grace_period=GRACE_PERIOD,
+                    heartbeat_interval=heartbeat_interval(),
+                    grace_period=grace_period(),
                     heartbeat_stale_trial_callback=on_stale_trial,
                 )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
