@@ -143,17 +143,23 @@ def quick_model(data_dir: str, root: Path) -> str:
     return uri
 
 
-def start_server(model_uri: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model_uri: str, log_path: Path, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+    """``mlflow models serve -m MODEL_URI --env-manager local`` on a free port, in its own session; (process, url) once /ping answers.
+
+    ``env``: variables to set for the server (``MLFLOW_TRACKING_URI``, ...). Raises ``RuntimeError`` with the end of
+    its log when it does not answer within ``timeout`` seconds (the tests use it too).
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn comes from PATH
+    # The scoring server starts `uvicorn` from PATH: this venv's bin must come first.
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
@@ -162,7 +168,7 @@ def start_server(model_uri: str, log_path: Path) -> tuple[subprocess.Popen, str]
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             stop_server(process)
-            raise SystemExit(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"the scoring server did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
 
 
@@ -195,7 +201,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick_model:
                 quick_model(args.data_dir, Path(tmp))
                 model_uri = "models:/digits-cnn-onnx@champion" if args.backend == "onnx" else "models:/digits-cnn@champion"
-            process, url = start_server(model_uri, Path(tmp) / "server.log")
+            try:
+                process, url = start_server(model_uri, Path(tmp) / "server.log")
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from None
         try:
             session = requests.Session()
             results = {

@@ -14,7 +14,6 @@ server's peak RSS (VmHWM of its processes, at rest and after the soak). The last
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os
@@ -164,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick_model:
                 quick_model(args.data_dir, Path(tmp))
                 model_uri = "models:/digits-cnn@champion"
-            process, url = start_server(model_uri, Path(tmp) / "server.log")
+            try:
+                process, url = start_server(model_uri, Path(tmp) / "server.log")
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from None
         try:
             session = requests.Session()
             reference = {}

@@ -182,6 +182,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def scoring_server(model_uri: str, log_path: Path, **env: str):
+    """The real ``mlflow models serve`` of ``model_uri`` on a free port (``env``: its variables); yields (url, process).
+
+    Started in its own session and stopped by its process group afterwards: nothing is left running.
+    """
+    from benchmarks.serving import start_server, stop_server
+
+    try:
+        process, url = start_server(model_uri, log_path, env, timeout=180)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url, process
+    finally:
+        stop_server(process)
+
+
+def module_imports(modules, package: Path = ROOT / "digits") -> dict[str, set[str]]:
+    """Top-level modules imported by each of ``modules`` (file names in ``package``; absolute imports only)."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for module in modules:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse((package / module).read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[module] = names
+    return found
+
+
 def digits_command(*args: str) -> list[str]:
     """``python -m digits ARGS`` with this interpreter."""
     return [sys.executable, "-m", "digits", *args]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from digits import export, registry
 from digits.config import TrainConfig
 from digits.model import build_model, save_checkpoint
-from tests.conftest import ROOT, isolated_store, zero_size_png
+from tests.conftest import ROOT, isolated_store, module_imports, zero_size_png
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +78,13 @@ def test_the_onnx_bundle_imports_no_torch():
     allowed = {"numpy", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette", "onnxruntime"}
     bundled = {"digits." + m.removesuffix(".py") for m in registry.ONNX_SERVING_MODULES} - {"digits.__init__"}
     assert "onnxruntime" in registry.ONNX_SERVING_REQUIREMENTS and "torch" not in registry.ONNX_SERVING_REQUIREMENTS
-    for module in registry.ONNX_SERVING_MODULES:
-        for node in ast.walk(ast.parse((ROOT / "digits" / module).read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            for name in names:
-                top = name.split(".")[0]
-                if top == "digits":
-                    assert name in bundled, f"{module} imports {name}, which the ONNX model does not carry"
-                else:
-                    assert top in sys.stdlib_module_names or top in allowed or top == "__future__", f"{module} imports {name}"
+    for module, imports in module_imports(registry.ONNX_SERVING_MODULES).items():
+        for name in imports:
+            top = name.split(".")[0]
+            if top == "digits":
+                assert name in bundled, f"{module} imports {name}, which the ONNX model does not carry"
+            else:
+                assert top in sys.stdlib_module_names or top in allowed or top == "__future__", f"{module} imports {name}"
 
 
 @pytest.mark.unit

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import copy
 import json
@@ -23,7 +22,7 @@ from digits import registry, serving
 from digits.config import TrainConfig
 from digits.model import build_model, predict_proba, save_checkpoint
 from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_model, set_alias
-from tests.conftest import ROOT, isolated_store
+from tests.conftest import isolated_store, module_imports
 
 
 @pytest.fixture(scope="module")
@@ -89,27 +88,11 @@ def test_inference_model_gives_the_networks_probabilities():
     np.testing.assert_allclose(predict_proba(fast, images), expected, atol=1e-5)
 
 
-def serving_imports() -> dict[str, set[str]]:
-    """Top-level modules imported by each bundled serving module (absolute imports; the bundle has no others)."""
-    package = ROOT / "digits"
-    found: dict[str, set[str]] = {}
-    for module in registry.SERVING_MODULES:
-        tree = ast.parse((package / module).read_text())
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        found[module] = names
-    return found
-
-
 @pytest.mark.unit
 def test_serving_code_imports_nothing_from_training():
     allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette"}  # starlette: the scoring server's own web framework
     allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
-    for module, imports in serving_imports().items():
+    for module, imports in module_imports(registry.SERVING_MODULES).items():
         for name in imports:
             top = name.split(".")[0]
             if top == "digits":

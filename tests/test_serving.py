@@ -7,10 +7,8 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -29,7 +27,7 @@ from digits.export import export_onnx
 from digits.names import ONNX_SUFFIX
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
 from digits.train import fit
-from tests.conftest import ROOT, digits_command, free_port, isolated_store, zero_size_png
+from tests.conftest import ROOT, digits_command, isolated_store, scoring_server, zero_size_png
 
 pytestmark = pytest.mark.e2e
 
@@ -94,33 +92,10 @@ def server(registered, request):
 
     Every test that uses it runs twice: against digits-cnn (PyTorch) and digits-cnn-onnx (ONNX Runtime).
     """
-    port = free_port()
     name = MODEL + (ONNX_SUFFIX if request.param == "onnx" else "")
-    log_path = registered["root"] / f"server-{request.param}.log"
-    log = open(log_path, "w")
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
-    process = subprocess.Popen(command, env=venv_env(registered["uri"]), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the scoring server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    log = registered["root"] / f"server-{request.param}.log"
+    with scoring_server(f"models:/{name}@{CHAMPION}", log, MLFLOW_TRACKING_URI=registered["uri"]) as (url, _):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: mlflow and the uvicorn it started
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def invoke(url: str, payload: dict | str, content_type: str | None = "application/json") -> requests.Response:

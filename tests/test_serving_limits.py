@@ -10,11 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from digits import guard, registry
 from digits.config import TrainConfig
 from digits.decode import MAX_PIXELS
 from digits.model import build_model, save_checkpoint
-from tests.conftest import free_port, isolated_store
+from tests.conftest import isolated_store, scoring_server
 
 pytestmark = pytest.mark.e2e
 
@@ -76,33 +73,9 @@ def server(tmp_path_factory):
         config = TrainConfig(width=4, blocks=2)
         with mlflow.start_run(experiment_id=experiment):
             info = registry.log_cnn_model(save_checkpoint(build_model(config), config, root / "ckpt"))
-        port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "6",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         log = root / "server.log"
-        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", info.model_uri, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
-        with open(log, "w") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the scoring server did not start: {log.read_text()[-3000:]}")
-                time.sleep(0.5)
+        with scoring_server(info.model_uri, log, MLFLOW_TRACKING_URI=uri, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT="6") as (url, process):
             yield Server(url, process, log)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)  # its own session: mlflow and the uvicorn it started
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def small_json_refusal(response: requests.Response, status: int) -> str:
