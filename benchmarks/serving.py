@@ -41,13 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from digits.data import load_mnist  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which server to measure: shared by this script and soak.py."""
     parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--quick_model", action="store_true", help="train and register a throw-away model with the default architecture")
     source.add_argument("--url", default="", help="measure a server that is already running at this URL")
     parser.add_argument("--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    server_arguments(parser)
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="with --quick_model: serve digits-cnn (torch) or digits-cnn-onnx (ONNX Runtime) (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=300, help="requests per latency measurement (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each throughput measurement (default: %(default)s)")
@@ -172,6 +177,21 @@ def start_server(model_uri: str, log_path: Path, env: dict[str, str] | None = No
         time.sleep(0.5)
 
 
+def server_from_arguments(args: argparse.Namespace, tmp: Path, backend: str = "torch") -> tuple[subprocess.Popen | None, str, str]:
+    """(process, url, model uri) for ``server_arguments``: the running ``--url``, or a server this script starts."""
+    if args.url:
+        return None, args.url.rstrip("/"), args.url
+    model_uri = args.model_uri
+    if args.quick_model:
+        quick_model(args.data_dir, tmp)
+        model_uri = "models:/digits-cnn-onnx@champion" if backend == "onnx" else "models:/digits-cnn@champion"
+    try:
+        process, url = start_server(model_uri, tmp / "server.log")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    return process, url, model_uri
+
+
 def stop_server(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)  # its own session: mlflow and the uvicorn it started
@@ -194,17 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     bodies = payloads(mnist.test_images)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
-        process = None
-        url = args.url.rstrip("/")
-        model_uri = args.model_uri
-        if not url:
-            if args.quick_model:
-                quick_model(args.data_dir, Path(tmp))
-                model_uri = "models:/digits-cnn-onnx@champion" if args.backend == "onnx" else "models:/digits-cnn@champion"
-            try:
-                process, url = start_server(model_uri, Path(tmp) / "server.log")
-            except RuntimeError as exc:
-                raise SystemExit(str(exc)) from None
+        process, url, model_uri = server_from_arguments(args, Path(tmp), args.backend)
         try:
             session = requests.Session()
             results = {
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         machine=machine(),
         load_average_before=round(load_before, 2),
         load_average_after=round(os.getloadavg()[0], 2),
-        model_uri=url if args.url else model_uri,
+        model_uri=model_uri,
         command="python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     print(f"{'latency, one image per request':40s} {'p50 ms':>8s} {'p99 ms':>8s}")

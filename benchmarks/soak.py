@@ -30,7 +30,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.serving import drawing_png, machine, quick_model, start_server, stop_server  # noqa: E402
+from benchmarks.serving import drawing_png, machine, server_arguments, server_from_arguments, stop_server  # noqa: E402
 from digits.data import load_mnist  # noqa: E402
 
 JSON = "application/json"
@@ -38,11 +38,7 @@ JSON = "application/json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--quick_model", action="store_true", help="train and register a throw-away model with the default architecture")
-    source.add_argument("--url", default="", help="soak a server that is already running at this URL (no RSS figures)")
-    parser.add_argument("--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)")
+    server_arguments(parser)  # --url: a running server, then no RSS figures
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of the soak (default: %(default)s)")
     parser.add_argument("--bad_share", type=float, default=0.2, help="share of bad requests (default: %(default)s)")
@@ -158,15 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     good, bad = good_requests(mnist.test_images), bad_requests(mnist.test_images[0])
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="digits-soak-") as tmp:
-        process, url, model_uri = None, args.url.rstrip("/"), args.model_uri
-        if not url:
-            if args.quick_model:
-                quick_model(args.data_dir, Path(tmp))
-                model_uri = "models:/digits-cnn@champion"
-            try:
-                process, url = start_server(model_uri, Path(tmp) / "server.log")
-            except RuntimeError as exc:
-                raise SystemExit(str(exc)) from None
+        process, url, _ = server_from_arguments(args, Path(tmp))
         try:
             session = requests.Session()
             reference = {}

@@ -200,20 +200,25 @@ def scoring_server(model_uri: str, log_path: Path, **env: str):
         stop_server(process)
 
 
-def module_imports(modules, package: Path = ROOT / "digits") -> dict[str, set[str]]:
-    """Top-level modules imported by each of ``modules`` (file names in ``package``; absolute imports only)."""
+def bundle_problems(modules, allowed_third_party: set[str], package: Path = ROOT / "digits") -> list[str]:
+    """The imports of ``modules`` (files of ``package`` bundled with a served model) that its environment lacks.
+
+    A ``digits`` module not among ``modules`` is missing from the bundle; any other top-level module must be in
+    the standard library or ``allowed_third_party`` (the model's pip requirements).
+    """
     import ast
 
-    found: dict[str, set[str]] = {}
+    bundled = {"digits." + m.removesuffix(".py") for m in modules} - {"digits.__init__"}
+    problems = []
     for module in modules:
-        names: set[str] = set()
         for node in ast.walk(ast.parse((package / module).read_text())):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        found[module] = names
-    return found
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                ok = name in bundled if top == "digits" else top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__"
+                if not ok:
+                    problems.append(f"{module} imports {name}")
+    return problems
 
 
 def digits_command(*args: str) -> list[str]:

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from digits import export, registry
 from digits.config import TrainConfig
 from digits.model import build_model, save_checkpoint
-from tests.conftest import ROOT, isolated_store, module_imports, zero_size_png
+from tests.conftest import ROOT, bundle_problems, isolated_store, zero_size_png
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +76,10 @@ def bad_requests() -> dict[str, pd.DataFrame]:
 @pytest.mark.unit
 def test_the_onnx_bundle_imports_no_torch():
     allowed = {"numpy", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette", "onnxruntime"}
-    bundled = {"digits." + m.removesuffix(".py") for m in registry.ONNX_SERVING_MODULES} - {"digits.__init__"}
     assert "onnxruntime" in registry.ONNX_SERVING_REQUIREMENTS and "torch" not in registry.ONNX_SERVING_REQUIREMENTS
-    for module, imports in module_imports(registry.ONNX_SERVING_MODULES).items():
-        for name in imports:
-            top = name.split(".")[0]
-            if top == "digits":
-                assert name in bundled, f"{module} imports {name}, which the ONNX model does not carry"
-            else:
-                assert top in sys.stdlib_module_names or top in allowed or top == "__future__", f"{module} imports {name}"
+    assert bundle_problems(registry.ONNX_SERVING_MODULES, allowed) == []
+    # And the check can fail: the torch model's own module, bundled alone, imports torch.
+    assert "serving.py imports torch" in bundle_problems(("serving.py",), allowed)
 
 
 @pytest.mark.unit

@@ -22,7 +22,7 @@ from digits import registry, serving
 from digits.config import TrainConfig
 from digits.model import build_model, predict_proba, save_checkpoint
 from digits.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_model, set_alias
-from tests.conftest import isolated_store, module_imports
+from tests.conftest import bundle_problems, isolated_store
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +91,7 @@ def test_inference_model_gives_the_networks_probabilities():
 @pytest.mark.unit
 def test_serving_code_imports_nothing_from_training():
     allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette"}  # starlette: the scoring server's own web framework
-    allowed_digits = {"digits." + m.removesuffix(".py") for m in registry.SERVING_MODULES} - {"digits.__init__"}
-    for module, imports in module_imports(registry.SERVING_MODULES).items():
-        for name in imports:
-            top = name.split(".")[0]
-            if top == "digits":
-                assert name in allowed_digits, f"{module} imports {name}, which is not bundled with the served model"
-            else:
-                assert top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__", f"{module} imports {name}"
+    assert bundle_problems(registry.SERVING_MODULES, allowed_third_party) == []
 
 
 @pytest.mark.unit
