@@ -278,15 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    from digits.tracking import RunInterrupted
+    from digits.tracking import RunInterrupted, interrupt
 
     _ignore_interrupts()
-    raise RunInterrupted(f"received signal {signum}")
+    interrupt(RunInterrupted(f"received signal {signum}"))  # at once, or after Optuna's bookkeeping
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    from digits.tracking import interrupt
+
     _ignore_interrupts()
-    raise KeyboardInterrupt
+    interrupt(KeyboardInterrupt())
 
 
 def _ignore_interrupts() -> None:

@@ -41,7 +41,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", this_worker(trial.number))  # first: how a dead worker's trial is recognised
         config = suggest_config(trial, self.base)
-        with trial_run(trial, self.study_name, self.search_run_id) as outcome:
+        # A Ctrl-C or SIGTERM raises inside the body only (the one that arrived between trials, first), so the
+        # trial and its run end as interrupted; elsewhere it waits (tracking.interrupts_held in search.py).
+        with trial_run(trial, self.study_name, self.search_run_id) as outcome, tracking.interrupts_released():
             tracking.log_config(config)
             reference = bool(trial.user_attrs.get("base"))
             try:

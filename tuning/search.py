@@ -94,7 +94,7 @@ def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mni
         )
         t0 = time.perf_counter()
         try:
-            with _quiet_optuna():
+            with _quiet_optuna(), tracking.interrupts_held():  # a signal waits for a trial's body (objective.py)
                 study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
         except BaseException:
             fail_own_trials(study)  # so that no RUNNING trial outlives this process
