@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 import warnings
 from typing import Iterator
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.entities import RunStatus
 
 from digits.config import TrainConfig
@@ -155,4 +157,13 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
         dataset = mlflow.data.from_numpy(
             images, targets=labels, source=mnist.source, name=f"{DATASET_NAME}-{context}", digest=digest.hexdigest()[:16]
         )
-    mlflow.log_input(dataset, context=context)
+    for attempt in range(4):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            # Workers starting together on one tracking server log the same dataset at once; MLflow's store checks
+            # for it, then inserts it, so all but one fail on the dataset's primary key. Again, it is found.
+            if attempt == 3 or not any(k in str(exc) for k in ("dataset_pk", "UniqueViolation", "UNIQUE constraint")):
+                raise
+            time.sleep(0.2 * (attempt + 1))

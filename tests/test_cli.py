@@ -168,3 +168,27 @@ def test_an_interrupt_waits_out_the_held_block_and_raises_in_the_next_released_o
         tracking.interrupt(KeyboardInterrupt())  # outside: at once
     with tracking.interrupts_held():
         pass  # nothing left waiting from the cases above
+
+
+@pytest.mark.unit
+def test_a_dataset_logged_by_several_workers_at_once_is_retried_and_other_errors_are_not(monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from digits import tracking
+    from tests.conftest import fake_mnist
+
+    calls = []
+
+    def log_input(dataset, context=None):
+        calls.append(context)
+        if len(calls) <= 2:
+            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"')
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    tracking.log_dataset(fake_mnist(), "test", None, "testing")
+    assert calls == ["testing"] * 3
+    monkeypatch.setattr(mlflow, "log_input", lambda dataset, context=None: (_ for _ in ()).throw(MlflowException("no such run")))
+    with pytest.raises(MlflowException, match="no such run"):
+        tracking.log_dataset(fake_mnist(), "test", None, "testing")
