@@ -1,6 +1,11 @@
-"""The one base class of errors that reach the user as a single line, and the helper that makes that line."""
+"""The one base class of errors that reach the user as a single line, the helper that makes that line, and the
+one that keeps libraries' chatter out of the user's log."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
 
 
 class DigitsError(Exception):
@@ -24,3 +29,17 @@ def first_line(error: BaseException | str | None, default: str = "") -> str:
         text = str(error or "").strip()
         fallback = default or "unknown error"
     return text.splitlines()[0].strip() if text else fallback
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the named loggers to WARNING inside the block (libraries that log INFO lines nobody needs)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

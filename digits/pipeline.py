@@ -94,22 +94,23 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
-        onnx_uri = log_onnx(result.model, config, mnist) if final else None
+        onnx_uri = log_onnx(result.model, config, mnist, proba) if final else None
         log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
         return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri)
 
 
-def log_onnx(network, config: TrainConfig, mnist: MNIST) -> str | None:
+def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray) -> str | None:
     """Export ``network`` to ONNX, check it on the test set, and log it as the ONNX-backed pyfunc in the active run.
 
-    Logs ``onnx_max_abs_diff`` and ``onnx_same_digits`` (the share of test digits ONNX Runtime reads as PyTorch
+    ``test_proba``: PyTorch's probabilities on the test images (already computed for the evaluation). Logs
+    ``onnx_max_abs_diff`` and ``onnx_same_digits`` (the share of test digits ONNX Runtime reads as PyTorch
     does). A graph that does not match is not logged (tag ``onnx_export``): the torch model is registered alone.
     """
     from digits import export
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_onnx(network, config, f"{tmp}/{export.ONNX_FILE}")
-        check = export.parity(network, export.session(path), mnist.test_images)
+        check = export.parity(network, export.session(path), mnist.test_images, test_proba)
         mlflow.log_metrics({"onnx_max_abs_diff": check.max_abs_diff, "onnx_same_digits": float(check.same_digits)})
         if not check.ok:
             mlflow.set_tag("onnx_export", f"not logged: max |dp| {check.max_abs_diff:.2e} over {export.PARITY_ATOL:g}")

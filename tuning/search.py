@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from digits import tracking
 from digits.config import SearchConfig, TrainConfig
 from digits.data import MNIST, Split
-from digits.errors import first_line
+from digits.errors import first_line, quiet_loggers
 from tuning.liveness import WORKER_TAG, fail_own_trials, fail_zombies, kill_dead_search_runs, on_stale_trial, this_worker
 from tuning.objective import Objective
 from tuning.space import SEARCHED, suggest_config
@@ -107,11 +107,16 @@ def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mni
 
 def best_config(study: optuna.Study, base: TrainConfig) -> TrainConfig:
     """The best complete trial's config of the whole study (``base`` with its params), or ``base`` if none completed."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not complete:
+    best = _best_trial(study)
+    if best is None:
         log.warning("search: no trial of study %s completed; keeping the given config", study.study_name)
         return base
-    return suggest_config(optuna.trial.FixedTrial(max(complete, key=lambda t: t.value).params), base)
+    return suggest_config(optuna.trial.FixedTrial(best.params), base)
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
 
 
 @contextlib.contextmanager
@@ -120,18 +125,6 @@ def _quiet_optuna() -> Iterator[None]:
         # Enqueued values outside the space (a base config the user chose) are intended, not worth a warning.
         warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
         yield
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    # matplotlib.category logs an INFO line per categorical axis of numbers-as-strings (the batch sizes).
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -143,7 +136,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def _log_summary(study: optuna.Study, search_run_id: str) -> FrozenTrial | None:
+def _log_summary(study: optuna.Study, search_run_id: str) -> None:
     counts = trial_counts(study)
     metrics = {f"n_{k}": v for k, v in counts.items() if k in ("complete", "pruned", "failed")}
     # Trials this search run ran (a parallel worker's trials are in n_trials but not here).
@@ -152,8 +145,7 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> FrozenTrial | None:
     reference = next((t for t in study.trials if t.user_attrs.get("base") and t.state == TrialState.COMPLETE), None)
     if reference is not None:
         metrics["default_" + OBJECTIVE] = reference.value  # the untuned config, scored like every trial
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = _best_trial(study)
     if best is not None:
         metrics["best_" + OBJECTIVE] = best.value
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
@@ -166,7 +158,6 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> FrozenTrial | None:
         best.number if best else "-", OBJECTIVE, f"{best.value:.4f}" if best else "-",
         f" (default config {reference.value:.4f})" if reference is not None else "",
     )
-    return best
 
 
 def log_figures(study: optuna.Study, artifact_dir: str = "figures") -> list[str]:
@@ -190,7 +181,7 @@ def log_figures(study: optuna.Study, artifact_dir: str = "figures") -> list[str]
         if not applies:
             continue
         # Optuna's plots switch the global style to ggplot: keep that inside this block.
-        with matplotlib.rc_context(), warnings.catch_warnings(), _quiet_logger("matplotlib.category"):
+        with matplotlib.rc_context(), warnings.catch_warnings(), quiet_loggers("matplotlib.category"):
             warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend, fANOVA's chatter
             try:
                 axes = plot(study)
