@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from digits import metrics, plots
+from digits import metrics, plots, robustness
 from digits.data import MNIST
 from digits.errors import DigitsError, first_line
 
@@ -52,6 +52,7 @@ EDA_RUN_TAG = "eda_run_id"
 TSNE_SAMPLE = 2000  # t-SNE costs ~O(n log n) with a large constant: 2,000 points take ~10 s on 2 CPU cores
 PCA_SAMPLE = 5000
 # The metric keys of the epoch curves, shared by the CNN's epoch logger and the baseline's blocks.
+_MODEL_LABELS = {"cnn": "CNN", "logreg": "logistic regression"}
 CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
@@ -67,12 +68,16 @@ def log_test_evaluation(
     images: np.ndarray | None = None,
     history: list[dict] | None = None,
     family: str = "cnn",
+    predict: Callable[[np.ndarray], np.ndarray] | None = None,
+    reference: tuple[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Log the test metrics, tables and figures of ``proba`` into the active run; return the metrics, prefixed.
 
     ``images`` (the test images) are needed for the grid of misclassified digits, ``history`` (one dict per
     epoch, as ``train.fit`` returns) for the training curves; without them those figures are left out.
     ``family`` (``cnn`` or ``logreg``) says how to read the curves: epochs, or blocks of lbfgs iterations.
+    ``predict`` (uint8 images -> probabilities) adds the robustness evaluation (``digits.robustness``; needs
+    ``images``), drawn beside ``reference`` (a name and its metrics) when given; its metrics are returned unprefixed.
     """
     y_true, proba = np.asarray(y_true), np.asarray(proba)
     values = {prefix + k: float(v) for k, v in metrics.classification_metrics(y_true, proba).items()}
@@ -103,6 +108,8 @@ def log_test_evaluation(
         for name, build in figures.items():
             (Path(tmp) / name).write_bytes(plots.figure_to_png(build()))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)
+    if predict is not None and images is not None:
+        values.update(robustness.log_robustness(predict, images, y_true, label=_MODEL_LABELS.get(family, family), reference=reference))
     return values
 
 
@@ -245,7 +252,7 @@ def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = 
             mlflow.set_tag("mlflow.runName", name)
         tracking.log_dataset(mnist, "test", None, "testing")
         history = history_from_run(source.info.run_id) if source else []  # the curves of the run that trained it
-        values = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family=family)
+        values = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family=family, predict=model.predict_proba)
         if log_eda:
             log_eda_once(mnist)
         reported = source.data.metrics.get("test_accuracy") if source else None

@@ -60,7 +60,10 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
         # Once, from the fitted model (MLflow refuses a parameter logged again with another value).
         mlflow.log_params({**baseline.params(model), **DataConfig.to_dict(config)})
         proba = baseline.predict_proba(model, mnist.test_images)
-        metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg")
+        metrics = log_test_evaluation(
+            mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg",
+            predict=lambda images: baseline.predict_proba(model, images),
+        )
         mlflow.log_metric("fit_seconds", fit_seconds)
         example = baseline.features(mnist.test_images[:2])
         info = mlflow.sklearn.log_model(
@@ -71,11 +74,14 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
         return ModelOutcome(active.info.run_id, metrics, info.model_uri)
 
 
-def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, final: bool = False) -> ModelOutcome:
+def run_cnn(
+    config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, final: bool = False, reference: ModelOutcome | None = None,
+) -> ModelOutcome:
     """Train the CNN, evaluate it once on the test set and log config, epochs, metrics and checkpoint.
 
     ``final``: train on the training and validation images together (the configuration was already chosen
-    on validation), so no validation metrics are logged.
+    on validation), so no validation metrics are logged. ``reference``: the baseline, drawn beside the CNN in
+    the robustness figure.
     """
     name, step = ("cnn-final", "final") if final else ("cnn", "train")
     with tracking.model_run(name, nested=nested, model_family="cnn", pipeline_step=step) as active:
@@ -89,7 +95,11 @@ def run_cnn(config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, fi
         result = fit(config, (mnist.train_images[train_idx], mnist.train_labels[train_idx]), val, callbacks=[tracking.epoch_logger()])
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
         proba = predict_proba(result.model, mnist.test_images)
-        metrics = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=result.history)
+        metrics = log_test_evaluation(
+            mnist.test_labels, proba, images=mnist.test_images, history=result.history,
+            predict=lambda images: predict_proba(result.model, images),
+            reference=("logistic regression", reference.metrics) if reference else None,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
@@ -145,7 +155,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
             best = search_in_workers(study, config, search)
         else:
             best = tuning_search.run_search(study, config, search, mnist, split)
-        cnn = run_cnn(best, mnist, split, nested=True, final=True)
+        cnn = run_cnn(best, mnist, split, nested=True, final=True, reference=base)
         mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
         # The card goes into the CNN run and this one; it is also the registered version's description.
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import pandas as pd
 
+from digits import robustness
 from digits.config import TrainConfig
 from digits.data import MNIST, Split
 
@@ -136,6 +137,7 @@ def card_fields(
         "config_table": _table(["parameter", "value"], [[k, f"`{v}`"] for k, v in config.to_dict().items() if k != "data_dir"]),
         "metrics_table": _table(["metric", "better", "baseline (logistic regression)", "CNN"], metric_rows),
         "confusions": _confusions_text(confusions, test_support, cnn.get("test_errors", float("nan")), baseline_confusions),
+        "robustness": robustness.card_section(dict(baseline), dict(cnn)),
         "runs_table": _table(["what", "MLflow run id"], [[k, f"`{v}`"] for k, v in runs.items()]),
     }
 

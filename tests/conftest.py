@@ -26,6 +26,12 @@ TIERS = ("unit", "data", "e2e")
 # --- tiers -------------------------------------------------------------------------------------------------------
 
 
+def pytest_configure(config):
+    # The robustness evaluation of every evaluated model corrupts 2,000 test digits by default (~40 s of picture
+    # corruptions per process): the tests' pipelines, `mlflow run`s included (they inherit it), take 300.
+    os.environ.setdefault("DIGITS_ROBUST_SIZE", "300")
+
+
 def tier_problems(items) -> list[str]:
     """One line per collected test that carries no tier marker or more than one (``-m data`` must not pick e2e)."""
     problems = []

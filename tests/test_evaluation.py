@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from digits import baseline, evaluation, report
+from digits import baseline, corruptions, evaluation, report, robustness
 from digits.config import TrainConfig
 from digits.metrics import METRIC_NAMES
 from tests.conftest import ROOT, digits_command, fake_mnist
@@ -51,6 +51,16 @@ def assert_png_readable(run_id: str, path: str) -> None:
     pixels = np.asarray(image.convert("L"), dtype=np.float64)
     assert pixels.shape[0] >= 250 and pixels.shape[1] >= 500, (path, pixels.shape)
     assert pixels.std() > PIXEL_STD_FLOOR, f"{path} looks blank (pixel std {pixels.std():.1f})"
+
+
+def assert_robustness(run) -> None:
+    """``run`` holds issue 12's robustness evaluation: a metric per corruption, their mean, the table, the figure."""
+    expected = {f"robust_{name}_accuracy" for name in corruptions.names()} | {"robust_mean_accuracy"}
+    assert expected <= set(run.data.metrics), f"{run.info.run_name}: missing {sorted(expected - set(run.data.metrics))}"
+    table = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}")))
+    assert table["corruption"].tolist() == corruptions.names()
+    assert run.data.metrics["robust_mean_accuracy"] == pytest.approx(table["accuracy"].mean())
+    assert_png_readable(run.info.run_id, f"evaluation/{robustness.FIGURE}")
 
 
 def assert_full_evaluation(run) -> None:
@@ -237,7 +247,8 @@ def test_model_card_holds_every_fact_it_is_given():
         data=report.DataSummary(source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
         test_support={}, runs={}, selection="x",
     )
-    assert "## Main confusions of the CNN\n\nNo misclassified test images.\n\n## Intended use" in empty
+    assert "## Main confusions of the CNN\n\nNo misclassified test images.\n\n## Robustness" in empty
+    assert "Not measured for this model." in empty
     assert "training split: 55,000 images.\n" in empty and "against n/a for the logistic-regression baseline" in empty
 
 
@@ -360,6 +371,7 @@ def test_main_logs_every_metric_and_figure_for_baseline_and_cnn(main_run):
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
     for run in (base, cnn):
         assert_full_evaluation(run)
+        assert_robustness(run)
         assert run.data.tags["pipeline_step"] in ("baseline", "final")
         assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"mnist-training", "mnist-testing"}
     assert (base.data.tags["model_family"], cnn.data.tags["model_family"]) == ("logreg", "cnn")
@@ -408,6 +420,11 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
         assert run.data.metrics["test_accuracy"] == source.data.metrics["test_accuracy"]
         assert run.data.tags["source_run_id"] == source.info.run_id
         assert_full_evaluation(run)
+        assert_robustness(run)
+        # The same corrupted digits for every evaluation: the served model reads them as its training run did
+        # (to within an image or two: the served network's fused convolutions round differently).
+        n = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}")))["n"].iloc[0]
+        assert run.data.metrics["robust_mean_accuracy"] == pytest.approx(source.data.metrics["robust_mean_accuracy"], abs=2 / n)
     assert by_family["cnn"].data.tags["model_loaded_as"] == "pyfunc" and by_family["logreg"].data.tags["model_loaded_as"] == "sklearn"
     version = client.get_model_version_by_alias("digits-cnn", "champion")
     assert version.description == card and version.run_id == cnn.info.run_id

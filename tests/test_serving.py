@@ -18,11 +18,13 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
 
+from digits import render
 from digits.config import TrainConfig
 from digits.data import split_train_val
 from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
 from digits.guard import install as guard_scoring_server
 from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
+from digits.preprocess import to_mnist
 from digits.export import export_onnx
 from digits.names import ONNX_SUFFIX
 from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
@@ -151,6 +153,19 @@ def test_drawings_as_png_and_jpeg_in_split_and_records(server, mnist):
     records = predictions(invoke(server, {"dataframe_records": [{"image": p} for p in pictures[half:]]}))
     digits = np.array([p["digit"] for p in split + records])
     assert (digits == labels).mean() > 0.85  # about 0.94 with this small model; pixel values give about 0.95
+
+
+def test_canvas_drawings_and_photos_are_read_through_the_server(server, registered, mnist):
+    # Issue 12: a thin-pen canvas drawing and a photo on grey paper, made from MNIST test digits, as a client sends them.
+    rng = np.random.default_rng(1)
+    images, labels = mnist.test_images[:40], mnist.test_labels[:40]
+    for kind, fmt in (("canvas", "PNG"), ("photo", "JPEG")):
+        pictures = [getattr(render, kind)(image, rng) for image in images]
+        served = np.array([p["digit"] for p in predictions(invoke(server, {"inputs": [encode(Image.fromarray(p), fmt) for p in pictures]}))])
+        # The server's path is preprocess.to_mnist and the network: the same answers as taking that path here.
+        direct = predict_proba(registered["model"], np.stack([to_mnist(encode(Image.fromarray(p), fmt)) for p in pictures])).argmax(1)
+        np.testing.assert_array_equal(served, direct)
+        assert (served == labels).mean() > 0.85, kind  # the small test model reads the originals at about 95%
 
 
 def test_response_shape_for_one_image(server, mnist):
