@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_BATCH = 1000
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
+AUGMENT_POLICIES = ("robust", "affine")  # digits.augment.POLICIES; config imports no torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -69,7 +70,8 @@ class TrainConfig(DataConfig):
     blocks: int = field(default=3, metadata={"help": "convolutional blocks, 1 to 4: the first is one 3x3 convolution at 28x28, each later one two 3x3 convolutions at half the resolution of the one before"})
     dropout: float = field(default=0.1, metadata={"help": "dropout before the classifier, in [0, 0.9]"})
     batch_norm: bool = field(default=True, metadata={"help": "batch normalisation after each convolution"})
-    augment: float = field(default=0.5, metadata={"help": "augmentation strength in [0, 1]: random shifts (up to 3 px), rotations (up to 15 degrees) and scaling (up to 15%) times this; 0 = off"})
+    augment: float = field(default=0.5, metadata={"help": "augmentation strength in [0, 1] (the ranges of augment_policy times this); 0 = off"})
+    augment_policy: str = field(default="robust", metadata={"help": "robust (rotation, shear, scale, shift, elastic distortion, stroke width, low contrast, noise, blur) or affine (shifts up to 3 px, rotations up to 15 degrees, scaling up to 15%: the recipe before robustness was measured)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda > mps > cpu), cpu, cuda or mps"})
     precision: str = field(default="auto", metadata={"help": "autocast of the training step: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32; evaluation is always fp32"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = one per available core"})
@@ -90,6 +92,7 @@ class TrainConfig(DataConfig):
         _check(1 <= self.blocks <= 4, f"blocks must be an integer from 1 to 4, got {self.blocks}")
         _check(0 <= self.dropout <= 0.9, f"dropout must be in [0, 0.9], got {self.dropout}")
         _check(0 <= self.augment <= 1, f"augment must be in [0, 1], got {self.augment}")
+        _check(self.augment_policy in AUGMENT_POLICIES, f"augment_policy must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.threads >= 0, f"threads must be 0 (auto) or a positive integer, got {self.threads}")

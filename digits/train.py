@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from digits.config import ConfigError, TrainConfig
-from digits.data import augment_batch, to_device
+from digits.augment import augment
+from digits.data import to_device
 from digits.errors import DigitsError
 from digits.model import batched_logits, build_model, to_channels_last, to_input
 
@@ -209,7 +210,7 @@ def _train_epoch(
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for step in range(steps):
         idx = perm[step * batch_size : (step + 1) * batch_size]
-        xb = augment_batch(to_input(x[idx]), config.augment, generator)
+        xb = augment(to_input(x[idx]), config.augment, config.augment_policy, generator)
         yb = y[idx]
         with torch.autocast(**autocast):
             logits = net(to_channels_last(xb))
