@@ -157,6 +157,18 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
         dataset = mlflow.data.from_numpy(
             images, targets=labels, source=mnist.source, name=f"{DATASET_NAME}-{context}", digest=digest.hexdigest()[:16]
         )
+    _log_input(dataset, context)
+
+
+def log_array_dataset(images: np.ndarray, labels: np.ndarray, *, source: str, name: str, digest: str, context: str) -> None:
+    """Log images and labels that are not MNIST's (a feedback export's part) as a run input named ``name``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=name, digest=digest[:16])
+    _log_input(dataset, context)
+
+
+def _log_input(dataset, context: str) -> None:
     for attempt in range(4):
         try:
             mlflow.log_input(dataset, context=context)
