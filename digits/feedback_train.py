@@ -38,6 +38,7 @@ def with_extra_data(mnist: MNIST, split: Split, path: str, seed: int) -> tuple[M
     digest = hashlib.sha256(f"{mnist.digest}+{feedback.content_version(images, labels)}".encode()).hexdigest()[:16]
     merged = dataclasses.replace(
         mnist, train_images=np.concatenate([mnist.train_images, images]), train_labels=np.concatenate([mnist.train_labels, labels]), digest=digest,
+        base_digest=mnist.base_digest or mnist.digest, extra_start=len(mnist.train_labels),
     )
     added = np.arange(len(mnist.train_labels), len(merged.train_labels))
     log.info("extra data %s (version %s): %d images join the training split, %d held out for feedback_accuracy",

@@ -273,3 +273,98 @@ def test_app_feedback_flags():
     assert (args.feedback_dir, args.no_feedback) == ("", False)
     assert _feedback_store(build_parser().parse_args(["app", "--no-feedback"])) is None
     assert _feedback_store(build_parser().parse_args(["app", "--feedback_dir", "/tmp/x"])).root == Path("/tmp/x")
+
+
+# --- data: a real training run on an export --------------------------------------------------------------------------
+
+
+def _inputs(run) -> dict[str, tuple[str, int]]:
+    """context -> (digest, rows) of each dataset input of ``run``."""
+    out = {}
+    for item in run.inputs.dataset_inputs:
+        context = next(t.value for t in item.tags if t.key == "mlflow.data.context")
+        rows = json.loads(item.dataset.profile)["targets_shape"][0]  # the count of images, as the MLflow UI shows it
+        out[f"{item.dataset.name}:{context}"] = (item.dataset.digest, rows)
+    return out
+
+
+@pytest.mark.data
+def test_extra_data_changes_the_logged_training_set_and_adds_feedback_accuracy(tmp_path, fake_mnist_dir, tracking_uri):
+    import mlflow
+
+    from digits.cli import main
+
+    path = _export(tmp_path, n=20)
+    common = ["train", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
+              "--batch_size", "64", "--augment", "0", "--device", "cpu", "--threads", "1"]
+    assert main(common) == 0
+    assert main([*common, "--extra_data", str(path)]) == 0
+    plain, extra = sorted(mlflow.search_runs(experiment_names=["digits"], output_format="list"), key=lambda r: r.info.start_time)
+    before, after = _inputs(plain), _inputs(extra)
+    assert before["mnist-training:training"][0] != after["mnist-training:training"][0]
+    assert after["mnist-training:training"][1] == before["mnist-training:training"][1] + 16  # 4 of 20 held out
+    assert before["mnist-validation:validation"] == after["mnist-validation:validation"]
+    assert before["mnist-testing:testing"] == after["mnist-testing:testing"]  # never the test set
+    version = feedback.load_export(path).manifest["version"]
+    assert after[f"feedback-{version}:feedback-training"][1] == 16 and after[f"feedback-{version}:feedback-evaluation"][1] == 4
+    assert 0 <= extra.data.metrics["feedback_accuracy"] <= 1 and extra.data.metrics["feedback_heldout_images"] == 4
+    assert "feedback_accuracy" not in plain.data.metrics
+    assert extra.data.params["extra_data"] == str(path) and extra.data.tags["feedback_version"] == version
+
+
+# --- e2e: correcting an answer in a real browser ---------------------------------------------------------------------
+
+from tests.test_app import browser, store  # noqa: E402,F401 - the real-browser fixtures, shared
+
+
+@pytest.fixture
+def fake_endpoint():
+    """A scoring server stand-in (tests.test_app's): the digit it answers is the picture's length modulo 10."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_app import _FakeEndpoint
+
+    class WithPing(_FakeEndpoint):
+        def do_GET(self):  # noqa: N802 - /ping, as the scoring server answers it
+            self._answer(200, {})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WithPing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.e2e
+def test_correct_and_confirm_answers_in_a_real_browser(browser, store, fake_endpoint, tmp_path):  # noqa: F811
+    from tests.test_app import STROKES, answer, draw, open_app, press_read, start_app
+
+    server = start_app("feedback-app", store["root"], store["uri"], "--endpoint", fake_endpoint, "--feedback_dir", str(tmp_path / "fb"))
+    try:
+        page = open_app(browser, server.url)
+        page.click("#fb_wrong")  # nothing read yet
+        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="Read a drawing")
+        draw(page, STROKES["7"])
+        press_read(page, "The model reads")
+        digit, _ = answer(page)
+        wrong = (int(digit) + 1) % 10  # "that's wrong, it was a ..."
+        page.locator("#fb_label label").filter(has_text=str(wrong)).first.click()
+        page.click("#fb_wrong")
+        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg=f"saved as a {wrong}")
+        draw(page, STROKES["1"])  # a second answer, confirmed
+        press_read(page, "The model reads")
+        second, _ = answer(page)
+        page.click("#fb_right")
+        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="as the model read it")
+    finally:
+        server.stop()
+    entries, skipped = Store(tmp_path / "fb").entries()
+    assert skipped == 0 and [(e["label"], e["prediction"]) for e in entries] == [(wrong, int(digit)), (int(second), int(second))]
+    for entry in entries:
+        assert entry["model"] == f"endpoint {fake_endpoint}" and entry["source"] == "app"
+        picture = (tmp_path / "fb" / entry["picture"]).read_bytes()
+        assert picture[:8] == b"\x89PNG\r\n\x1a\n"
+        from digits.preprocess import to_mnist
+
+        assert np.array_equal(feedback.entry_image(entry), to_mnist(picture))
