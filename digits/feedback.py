@@ -158,6 +158,8 @@ class Store:
                 line = b"\n" + line  # end a fragment a killed writer left, so it stays one bad line
             os.write(fd, line)
             os.fsync(fd)
+            if not size:
+                _fsync_dir(self.root)  # a new table: its name must survive a crash too
         finally:
             os.close(fd)
 

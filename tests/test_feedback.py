@@ -368,3 +368,46 @@ def test_correct_and_confirm_answers_in_a_real_browser(browser, store, fake_endp
         from digits.preprocess import to_mnist
 
         assert np.array_equal(feedback.entry_image(entry), to_mnist(picture))
+
+
+@pytest.mark.unit
+def test_the_model_card_says_what_feedback_the_model_trained_on():
+    from digits.config import TrainConfig
+    from digits.report import feedback_text
+
+    assert feedback_text(TrainConfig(), {}) == "None: trained on MNIST alone (`extra_data` empty)."
+    text = feedback_text(TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 80, "feedback_heldout_images": 20, "feedback_accuracy": 0.85})
+    assert text.startswith("From the export `fb.npz`: 80 images joined the training split and 20 ")
+    assert "(`feedback_accuracy`): **85.00%**" in text and "MNIST test set alone" in text
+    assert "no feedback image was held out" in feedback_text(TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 1, "feedback_heldout_images": 0})
+
+
+@pytest.mark.data
+def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_the_promotion_rule(tmp_path, fake_mnist_dir, tracking_uri):
+    import mlflow
+
+    from digits.cli import main
+
+    path = _export(tmp_path, n=20)
+    assert main(["main", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
+                 "--batch_size", "64", "--augment", "0", "--device", "cpu", "--threads", "1", "--n_trials", "0",
+                 "--extra_data", str(path)]) == 0
+    [final] = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.pipeline_step = 'final'", output_format="list")
+    assert final.data.metrics["feedback_heldout_images"] == 4 and "feedback_accuracy" in final.data.metrics
+    card = mlflow.artifacts.load_text(f"runs:/{final.info.run_id}/model_card.md")
+    assert "## Feedback data\n\nFrom the export `" in card and "16 images joined the training split and 4" in card
+    assert "`feedback_accuracy`): **" in card
+    version = mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion")  # the first model: champion by the MNIST test rule
+    assert version.run_id == final.info.run_id
+
+
+@pytest.mark.data  # importing Gradio takes seconds
+def test_the_page_has_the_buttons_unless_feedback_is_off(tmp_path):
+    from digits import app
+    from tests.test_app import FakePredictor
+
+    def ids(demo) -> set:
+        return {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+    assert {"fb_right", "fb_wrong", "fb_label", "fb_message", "read", "seen"} <= ids(app.build_app(FakePredictor(), Store(tmp_path)))
+    assert not {"fb_right", "fb_wrong", "fb_label", "fb_message"} & ids(app.build_app(FakePredictor()))
