@@ -27,14 +27,15 @@ NOTHING = "Read a drawing or upload a picture first: there is no answer to give 
 CHOOSE = "Choose the digit it was (0-9), then press **Wrong: it was this digit**."
 
 
-def model_label(predictor: Any, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a per-process cache on purpose
-    """Which model answered: ``NAME/VERSION`` for a registry model (an alias resolved once it is loaded), the
-    model URI when it cannot be resolved, ``endpoint URL`` for an endpoint (it does not say its version)."""
+def model_label(predictor: Any) -> str:
+    """Which model answered: ``NAME/VERSION`` for a registry model (an alias resolved once, at the first answer,
+    and checked against the loaded model's run), the model URI when it cannot be resolved, ``endpoint URL`` for an
+    endpoint (it does not say its version)."""
     if isinstance(predictor, app.EndpointModel):
         return f"endpoint {predictor.base}"
     uri = getattr(predictor, "model_uri", None) or getattr(predictor, "source", "?")
-    if id(predictor) in _cache:
-        return _cache[id(predictor)]
+    if getattr(predictor, "_feedback_label", None):
+        return predictor._feedback_label
     if getattr(predictor, "_model", None) is None or not str(uri).startswith("models:/"):
         return str(uri)
     name, _, alias = uri[len("models:/"):].partition("@")
@@ -43,11 +44,14 @@ def model_label(predictor: Any, _cache: dict[int, str] = {}) -> str:  # noqa: B0
     try:
         import mlflow
 
-        label = f"{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        loaded = getattr(getattr(predictor._model, "metadata", None), "run_id", None)  # the run of the model in memory
+        label = f"{name}/{version.version}" if loaded in (None, version.run_id) else f"{uri} (run {loaded}: the alias moved since it was loaded)"
     except Exception as exc:  # the registry unreachable: the URI still says what was asked for
         log.warning("feedback: cannot resolve %s to a version (%s)", uri, first_line(exc))
         label = str(uri)
-    _cache[id(predictor)] = label
+        return label  # not remembered: the registry may answer next time
+    predictor._feedback_label = label
     return label
 
 

@@ -411,3 +411,29 @@ def test_the_page_has_the_buttons_unless_feedback_is_off(tmp_path):
 
     assert {"fb_right", "fb_wrong", "fb_label", "fb_message", "read", "seen"} <= ids(app.build_app(FakePredictor(), Store(tmp_path)))
     assert not {"fb_right", "fb_wrong", "fb_label", "fb_message"} & ids(app.build_app(FakePredictor()))
+
+
+@pytest.mark.unit
+def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tmp_path):
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from digits.app import EndpointModel
+    from digits.app_feedback import model_label
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("digits-cnn")
+    with mlflow.start_run(experiment_id=client.get_experiment_by_name("digits").experiment_id) as run:
+        pass
+    version = client.create_model_version("digits-cnn", str(tmp_path), run_id=run.info.run_id)
+    client.set_registered_model_alias("digits-cnn", "champion", version.version)
+
+    def loaded(run_id):
+        return SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=SimpleNamespace(metadata=SimpleNamespace(run_id=run_id)))
+
+    assert model_label(loaded(run.info.run_id)) == f"digits-cnn/{version.version}"
+    assert model_label(loaded("other")) == "models:/digits-cnn@champion (run other: the alias moved since it was loaded)"
+    assert model_label(SimpleNamespace(model_uri="models:/digits-cnn/7", _model=object())) == "digits-cnn/7"
+    assert model_label(SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=None)) == "models:/digits-cnn@champion"
+    assert model_label(EndpointModel("http://127.0.0.1:5001/invocations")) == "endpoint http://127.0.0.1:5001"
