@@ -129,17 +129,10 @@ class Store:
     def record(self, *, mnist: np.ndarray, label: int, model: str, prediction: int | None = None,
                confidence: float | None = None, picture: bytes | None = None, source: str = "app") -> dict[str, Any]:
         """Append one answer: the picture first (atomically), then its table line; return the entry."""
-        image = _check_image(mnist)
-        entry: dict[str, Any] = {
-            "id": uuid.uuid4().hex, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "image_digest": image_digest(image), "mnist": base64.b64encode(image.tobytes()).decode("ascii"),
-            "label": _check_label(label), "model": str(model), "source": source,
-            "prediction": None if prediction is None else int(prediction),
-            "confidence": None if confidence is None else float(confidence), "picture": None,
-        }
+        entry = _new_entry(mnist, label, model, source, prediction, confidence)
         try:
-            (self.root / PICTURES).mkdir(parents=True, exist_ok=True)
             if picture:
+                (self.root / PICTURES).mkdir(parents=True, exist_ok=True)
                 entry["picture"] = f"{PICTURES}/{_picture_name(picture)}"
                 target = self.root / entry["picture"]
                 if not target.exists():
@@ -149,7 +142,18 @@ class Store:
             raise FeedbackError(f"cannot write to the feedback store {self.root}: {exc.strerror or exc}") from None
         return entry
 
+    def record_many(self, items: Iterable[tuple[np.ndarray, int]], *, model: str, source: str) -> int:
+        """Append entries without pictures (an import) in one locked, fsync'd write; return how many."""
+        lines = [_line(_new_entry(image, label, model, source)) for image, label in items]
+        if lines:
+            try:
+                self._append(b"".join(lines))
+            except OSError as exc:
+                raise FeedbackError(f"cannot write to the feedback store {self.root}: {exc.strerror or exc}") from None
+        return len(lines)
+
     def _append(self, line: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.table, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time: lines never interleave
@@ -176,6 +180,18 @@ class Store:
         good = [e for e in map(_parse, complete) if e is not None]
         skipped = sum(1 for line in complete if line.strip()) - len(good) + (1 if tail.strip() else 0)
         return good, skipped
+
+
+def _new_entry(mnist: np.ndarray, label: int, model: str, source: str, prediction: int | None = None,
+               confidence: float | None = None) -> dict[str, Any]:
+    image = _check_image(mnist)
+    return {
+        "id": uuid.uuid4().hex, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "image_digest": image_digest(image), "mnist": base64.b64encode(image.tobytes()).decode("ascii"),
+        "label": _check_label(label), "model": str(model), "source": source,
+        "prediction": None if prediction is None else int(prediction),
+        "confidence": None if confidence is None else float(confidence), "picture": None,
+    }
 
 
 def entry_image(entry: dict[str, Any]) -> np.ndarray:
@@ -322,14 +338,12 @@ def import_export(store: Store, export_: Export) -> tuple[int, int]:
 
     Returns (added, skipped)."""
     known = {(e["image_digest"], int(e["label"])) for e in store.entries()[0]}
-    added = 0
-    model = f"import {export_.manifest.get('version', '?')}"
+    new = []
     for image, label in zip(export_.images, export_.labels):
-        if (image_digest(image), int(label)) in known:
-            continue
-        store.record(mnist=image, label=int(label), model=model, source="import")
-        known.add((image_digest(image), int(label)))
-        added += 1
+        if (image_digest(image), int(label)) not in known:
+            known.add((image_digest(image), int(label)))
+            new.append((image, int(label)))
+    added = store.record_many(new, model=f"import {export_.manifest.get('version', '?')}", source="import")
     return added, len(export_.labels) - added
 
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -437,3 +438,20 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
     assert model_label(SimpleNamespace(model_uri="models:/digits-cnn/7", _model=object())) == "digits-cnn/7"
     assert model_label(SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=None)) == "models:/digits-cnn@champion"
     assert model_label(EndpointModel("http://127.0.0.1:5001/invocations")) == "endpoint http://127.0.0.1:5001"
+
+
+@pytest.mark.unit
+def test_two_writers_at_once_never_interleave_their_lines(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from digits import feedback
+        store = feedback.Store({str(tmp_path / 'fb')!r})
+        rng = np.random.default_rng(int(sys.argv[1]))
+        for i in range(60):
+            store.record(mnist=rng.integers(0, 256, (28, 28), dtype=np.uint8), label=i % 10, model=sys.argv[1], picture=rng.bytes(3000))
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(seed)], cwd=ROOT) for seed in (1, 2)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    entries, skipped = Store(tmp_path / "fb").entries()
+    assert skipped == 0 and sorted(Counter(e["model"] for e in entries).items()) == [("1", 60), ("2", 60)]
+    assert all((tmp_path / "fb" / e["picture"]).is_file() for e in entries)
