@@ -114,4 +114,10 @@ def add_feedback(store: Store, predictor: Any, sketch: Any, upload: Any, read: A
     read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=both)
     upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=both)
     right.click(lambda p: save(store, p, None if p is None else p["prediction"]), inputs=pending, outputs=[pending, said])
-    wrong.click(lambda p, d: save(store, p, d), inputs=[pending, digit], outputs=[pending, said])
+    wrong.click(lambda p, d: _save_wrong(store, p, d), inputs=[pending, digit], outputs=[pending, said, digit])
+
+
+def _save_wrong(store: Store, pending: dict | None, digit: Any) -> tuple[dict | None, str, Any]:
+    """**Wrong**: store the digit chosen; once saved, the choice is cleared for the next answer."""
+    state, said = save(store, pending, digit)
+    return state, said, digit if state is not None else None

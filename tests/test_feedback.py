@@ -353,6 +353,7 @@ def test_correct_and_confirm_answers_in_a_real_browser(browser, store, fake_endp
         page.locator("#fb_label label").filter(has_text=str(wrong)).first.click()
         page.click("#fb_wrong")
         page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg=f"saved as a {wrong}")
+        page.wait_for_function("() => !document.querySelector('#fb_label input:checked')")  # cleared for the next answer
         draw(page, STROKES["1"])  # a second answer, confirmed
         press_read(page, "The model reads")
         second, _ = answer(page)
