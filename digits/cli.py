@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_app)
 
     _add_stack_parser(sub)
-    _add_feedback_parsers(sub, app_parser=p)
+    _add_feedback_parsers(sub, app_parser=p)  # p: the app parser, made just above
     return parser
 
 
