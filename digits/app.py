@@ -273,8 +273,11 @@ def make_predictor(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = No
     return EndpointModel(endpoint) if endpoint else RegistryModel(model_uri)
 
 
-def build_app(predictor: Predictor) -> gr.Blocks:
-    """The Gradio page: canvas and upload on the left; message, top three and 28x28 preview on the right."""
+def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
+    """The Gradio page: canvas and upload on the left; message, top three and 28x28 preview on the right.
+
+    ``feedback``: a ``feedback.Store`` for the Right/Wrong buttons under the answer (None: no buttons).
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home: before gradio reads it
     import gradio as gr
 
@@ -309,22 +312,27 @@ def build_app(predictor: Predictor) -> gr.Blocks:
                 message = gr.Markdown(elem_id="message")
                 top = gr.Label(label="Top 3", num_top_classes=TOP_K, elem_id="top")
                 seen = gr.Image(label="What the model saw (28x28)", type="pil", interactive=False, height=PREVIEW_SIDE + 40, buttons=[], elem_id="seen")
+                if feedback is not None:  # the buttons under the answer; they take over the read handlers
+                    from digits.app_feedback import add_feedback
+
+                    add_feedback(feedback, predictor, sketch, upload, read, [top, seen, message])
 
         outputs = [top, seen, message]
-        read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=outputs)
-        upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=outputs)
+        if feedback is None:
+            read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=outputs)
+            upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=outputs)
         demo.load(predictor.status, outputs=status)
         demo.load(None, js=SELECT_BRUSH_JS)
     return demo
 
 
-def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False) -> None:
-    """Start the app and block until it is stopped (Ctrl-C)."""
+def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, feedback: Any = None) -> None:
+    """Start the app and block until it is stopped (Ctrl-C); ``feedback``: the store of the feedback buttons, or None."""
     predictor = make_predictor(model_uri, endpoint)
     error = getattr(predictor, "error", None)
     if error:
         print(f"digits app: {error}", flush=True)  # the page says it too; the console user sees it first
-    demo = build_app(predictor)
+    demo = build_app(predictor, feedback)
     import gradio as gr
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio polls itself at start-up; one INFO line per request

@@ -137,8 +137,51 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise DigitsError("the app needs Gradio: pip install 'digits[app]'")
-    app.serve(model_uri=args.model_uri, endpoint=args.endpoint, host=args.host, port=args.port, share=args.share)
+    app.serve(model_uri=args.model_uri, endpoint=args.endpoint, host=args.host, port=args.port, share=args.share, feedback=_feedback_store(args))
     return 0
+
+
+def _feedback_store(args: argparse.Namespace):
+    """The app's feedback store (``--feedback_dir``, else beside the tracking store), or None with ``--no_feedback``."""
+    if getattr(args, "no_feedback", False):
+        return None
+    from digits.feedback import Store, default_dir
+
+    return Store(args.feedback_dir or default_dir())
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from digits import feedback
+
+    store = _feedback_store(args)
+    if args.action == "import":
+        if not args.path:
+            raise ConfigError("feedback import needs the export to read: digits feedback import NAME.npz")
+        added, known = feedback.import_export(store, feedback.load_export(args.path))
+        print(f"imported {added} entries into {store.root} ({known} already there with the same label)")
+        return 0
+    curated = feedback.curate(*store.entries())
+    if args.action == "list":
+        print(f"{store.root}:\n{feedback.describe(curated)}")
+        return 0
+    if not curated.digests:
+        raise DigitsError(f"nothing to export: the feedback store {store.root} holds no image without a conflict")
+    manifest = feedback.export(curated, args.path or "feedback.npz")
+    print(f"{args.path or 'feedback.npz'}: {manifest['count']} images, version {manifest['version']}, sha256 {manifest['sha256']} "
+          f"(manifest {feedback.manifest_path(args.path or 'feedback.npz')}; {manifest['conflicts_excluded']} conflicting images left out)")
+    return 0
+
+
+def _add_feedback_parsers(sub: Any, app_parser: argparse.ArgumentParser) -> None:
+    """``digits feedback list|export|import`` and the app's feedback flags."""
+    where = "folder of the feedback store (default: empty, a feedback/ folder beside the sqlite file of MLFLOW_TRACKING_URI, else ~/.cache/digits/feedback)"
+    app_parser.add_argument("--feedback_dir", "--feedback-dir", default="", help=where)
+    app_parser.add_argument("--no_feedback", "--no-feedback", action="store_true", help="no Right/Wrong buttons: nothing is stored (default: off, the buttons are shown)")
+    p = sub.add_parser("feedback", help="the app's feedback: list counts, export a versioned dataset (.npz + manifest .json), import someone else's export")
+    p.add_argument("action", choices=("list", "export", "import"), help="list: counts per label and per model, conflicts; export: write PATH (.npz) and its manifest; import: add the export PATH to the store")
+    p.add_argument("path", nargs="?", default="", help="export: the .npz to write (default: feedback.npz); import: the .npz to read, its manifest beside it (default: empty)")
+    p.add_argument("--feedback_dir", "--feedback-dir", default="", help=where)
+    p.set_defaults(handler=cmd_feedback)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -219,8 +262,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``digits`` parser with every subcommand."""
     parser = _Parser(prog=PROG, description="MNIST digit recognition tracked in MLflow: baseline, CNN, Optuna search, registry, serving.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
     p = sub.add_parser("main", help="the whole pipeline: baseline, Optuna search, final CNN, test evaluation, registry (the MLproject's main entry point)")
     add_config_flags(p, TrainConfig)
@@ -274,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_app)
 
     _add_stack_parser(sub)
+    _add_feedback_parsers(sub, app_parser=p)  # p: the app parser, made just above
     return parser
 
 

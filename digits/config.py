@@ -76,6 +76,7 @@ class TrainConfig(DataConfig):
     precision: str = field(default="auto", metadata={"help": "autocast of the training step: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32; evaluation is always fp32"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = one per available core"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the network (CUDA only: it costs more than it saves on a short CPU run)"})
+    extra_data: str = field(default="", metadata={"help": "a feedback export (NAME.npz beside its manifest NAME.json, from `digits feedback export`) whose images join the training split, a seeded 20% of them (by image digest) held out for feedback_accuracy; empty: MNIST alone"})
 
     def validate(self) -> None:
         super().validate()
@@ -96,6 +97,7 @@ class TrainConfig(DataConfig):
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.threads >= 0, f"threads must be 0 (auto) or a positive integer, got {self.threads}")
+        _check(not self.extra_data or self.extra_data.endswith(".npz"), f"extra_data must be a feedback export NAME.npz (or empty), got {self.extra_data!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,6 +47,10 @@ class MNIST:
     test_labels: np.ndarray
     source: str
     digest: str
+    # With feedback images appended to the training images (``feedback_train.with_extra_data``): MNIST's own digest, and the index of
+    # the first appended image. ``digest`` is then the digest of both, which the training set and a study go by.
+    base_digest: str = ""
+    extra_start: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from digits.config import DataConfig, SearchConfig, TrainConfig
 from digits.errors import DigitsError
 from digits.data import MNIST, Split, load_mnist, split_train_val
 from digits.evaluation import log_eda_once, log_test_evaluation
+from digits.feedback_train import log_feedback_evaluation, with_extra_data
 from digits.model import predict_proba, save_checkpoint
 from digits.names import CNN_MODEL_NAME, ONNX_SUFFIX
 from digits.train import fit
@@ -40,6 +41,7 @@ def load_data(config: DataConfig) -> tuple[MNIST, Split]:
     t0 = time.perf_counter()
     mnist = load_mnist(config.data_dir or None)
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+    mnist, split = with_extra_data(mnist, split, getattr(config, "extra_data", ""), config.seed)  # feedback joins training
     log.info(
         "MNIST from %s (digest %s): %d train, %d validation, %d test images (%.1fs)",
         mnist.source, mnist.digest, len(split.train), len(split.val), len(mnist.test_labels), time.perf_counter() - t0,
@@ -100,6 +102,7 @@ def run_cnn(
             predict=lambda images: predict_proba(result.model, images),
             reference=("logistic regression", reference.metrics) if reference else None,
         )
+        metrics.update(log_feedback_evaluation(config, lambda images: predict_proba(result.model, images)))
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint

@@ -139,7 +139,20 @@ def card_fields(
         "confusions": _confusions_text(confusions, test_support, cnn.get("test_errors", float("nan")), baseline_confusions),
         "robustness": robustness.card_section(dict(baseline), dict(cnn)),
         "runs_table": _table(["what", "MLflow run id"], [[k, f"`{v}`"] for k, v in runs.items()]),
+        "feedback": feedback_text(config, cnn),
     }
+
+
+def feedback_text(config: TrainConfig, cnn: Mapping[str, float]) -> str:
+    """The card's feedback section: the export trained on and the accuracy on its held-out images, or none."""
+    if not getattr(config, "extra_data", ""):
+        return "None: trained on MNIST alone (`extra_data` empty)."
+    trained, held = int(cnn.get("feedback_train_images", 0)), int(cnn.get("feedback_heldout_images", 0))
+    score = (f"accuracy on those {held:,} held-out feedback images (`feedback_accuracy`): **{_fmt(cnn['feedback_accuracy'], 'pct')}**"
+             if "feedback_accuracy" in cnn else "no feedback image was held out, so there is no `feedback_accuracy`")
+    return (f"From the export `{config.extra_data}`: {trained:,} images joined the training split and {held:,} "
+            f"(a seeded 20% by image digest) were never trained on; {score}. The promotion rule still compares "
+            "models on the MNIST test set alone.")
 
 
 def _confusions_text(

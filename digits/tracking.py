@@ -148,7 +148,10 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
     labels = getattr(mnist, f"{part}_labels")
     if indices is not None:
         images, labels = images[indices], labels[indices]
-    digest = hashlib.sha256(mnist.digest.encode() + part.encode())
+    source_digest = mnist.digest  # MNIST's own, unless these rows include appended feedback images
+    if mnist.base_digest and (part == "test" or (indices is not None and not (np.asarray(indices) >= mnist.extra_start).any())):
+        source_digest = mnist.base_digest
+    digest = hashlib.sha256(source_digest.encode() + part.encode())
     if indices is not None:
         digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     with warnings.catch_warnings():
@@ -157,6 +160,18 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
         dataset = mlflow.data.from_numpy(
             images, targets=labels, source=mnist.source, name=f"{DATASET_NAME}-{context}", digest=digest.hexdigest()[:16]
         )
+    _log_input(dataset, context)
+
+
+def log_array_dataset(images: np.ndarray, labels: np.ndarray, *, source: str, name: str, digest: str, context: str) -> None:
+    """Log images and labels that are not MNIST's (a feedback export's part) as a run input named ``name``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=name, digest=digest[:16])
+    _log_input(dataset, context)
+
+
+def _log_input(dataset, context: str) -> None:
     for attempt in range(4):
         try:
             mlflow.log_input(dataset, context=context)

@@ -25,7 +25,7 @@ OBJECTIVE = "val_accuracy"
 TPE_STARTUP_TRIALS = 5
 # TrainConfig fields that neither define the trials' results nor are searched: they may differ between runs
 # of one study (data_dir is replaced by the data's digest).
-MACHINE_FIELDS = ("data_dir", "epochs", "device", "threads", "compile")
+MACHINE_FIELDS = ("data_dir", "epochs", "device", "threads", "compile", "extra_data")  # extra data: in data_digest
 
 
 class StudyMismatchError(DigitsError):
