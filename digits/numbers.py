@@ -1,0 +1,302 @@
+"""A picture of a handwritten number (1 to 12 digits on one line, left to right) to its digits, boxes and confidences.
+
+The ink is found the way ``preprocess.to_mnist`` finds it (``preprocess.ink_map``), cut into digits, and every
+digit goes through the rest of ``to_mnist`` (``preprocess.ink_to_mnist``) and the same network. Cutting:
+
+- connected components of the ink (8-neighbours); specks far smaller than the digits are dropped;
+- components that overlap horizontally by half the narrower one's width are one digit (the parts of a broken 5
+  or 4, a flag written apart from its body);
+- a group wider than one digit (MNIST's digits are 0.75 of their height wide, median; 0.3 for a 1, 1.05 at the
+  95th percentile) is split into k digits, k from its width against the line's height; each cut is looked for
+  near its share of the width, at the minima of the vertical ink profile, and the classifier decides: of the
+  candidate cuts (and the candidate k), the one whose digits read most confidently is kept, with a mild prior on
+  the digits' widths.
+
+The classifier is any callable ``proba(uint8 (N, 28, 28)) -> (N, 10)`` probabilities: the torch model, the ONNX
+graph, or a pyfunc. The number's confidence is the product of its digits'. Needs numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from digits.decode import decode_image
+from digits.preprocess import MAX_BATCH_PIXELS, InputError, ink_map, ink_to_mnist
+
+__all__ = ["MAX_DIGITS", "DigitReading", "NumberReading", "read_number", "read_numbers"]
+
+MAX_DIGITS = 12
+Proba = Callable[[np.ndarray], np.ndarray]
+
+_ASPECT = 0.75  # MNIST's median digit width / height (test set bounding boxes)
+_SINGLE_MAX = 1.4  # a group at most this many heights wide may be one digit (a wide 0 is 1.05, 95th percentile)
+_RUN_MAX = 1.5  # neighbouring groups this wide together may be one digit drawn in pieces (a 4's two strokes)
+_SPLIT_MIN = 0.8  # a group this many heights wide may also be two touching digits (a 1 against a 4)
+_PIECE_MIN, _PIECE_MAX = 0.2, 1.3  # a cut digit's width, in line heights
+_MERGE_OVERLAP = 0.5  # of the narrower component's width: parts of one digit
+_SPECK = 0.03  # of the largest component's area (or under a third of the tallest's height): a fragment or noise
+_WIDTH_PRIOR = 0.3  # weight of the width prior against the log-confidence of a cut's digits
+_CUTS_PER_WINDOW = 3
+_JOIN_GAP = 0.15  # of the line's height: groups closer than this may be parts of one digit
+_DIGIT_BONUS = 0.0  # per digit read, so that two confident digits beat one doubtful digit over both
+_Piece = tuple[np.ndarray, tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class DigitReading:
+    """One digit of a number: the digit, its probability and its box (x0, y0, x1, y1) in the picture's pixels."""
+
+    digit: int
+    confidence: float
+    box: tuple[int, int, int, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"digit": self.digit, "confidence": self.confidence, "box": list(self.box)}
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    """A number read from a picture: its text, confidence (the product of its digits') and digits left to right."""
+
+    text: str
+    confidence: float
+    digits: tuple[DigitReading, ...]
+
+    def digits_json(self) -> str:
+        return json.dumps([d.as_dict() for d in self.digits])
+
+
+@dataclass
+class _Group:
+    x0: int
+    x1: int  # exclusive
+    y0: int
+    y1: int
+    ids: list[int]
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def read_numbers(items: Sequence[Any], proba: Proba) -> list[NumberReading]:
+    """Read each item (a picture: base64 text, bytes, PIL image or array) as a number; one request's budget of pixels.
+
+    The message of an ``InputError`` names the first bad item by its position.
+    """
+    if len(items) == 0:
+        raise InputError("empty batch: send at least one image")
+    budget, out = MAX_BATCH_PIXELS, []
+    for i, item in enumerate(items):
+        try:
+            image = decode_image(item) if isinstance(item, (str, bytes, bytearray)) else np.asarray(item) if isinstance(item, (list, tuple)) else item
+            size = image.size if hasattr(image, "getpixel") else getattr(image, "shape", (0, 0))[:2]
+            budget -= int(size[0]) * int(size[1])
+            if budget < 0:
+                raise InputError(f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request")
+            out.append(read_number(image, proba))
+        except InputError as exc:
+            raise InputError(f"image {i}: {exc}") from None
+        except ValueError as exc:  # np.asarray of ragged lists
+            raise InputError(f"image {i}: not a picture or an array of pixel values ({str(exc)[:100]})") from None
+    return out
+
+
+def read_number(image: Any, proba: Proba) -> NumberReading:
+    """Read the number in ``image`` (what ``preprocess.to_mnist`` takes) with the classifier ``proba``."""
+    ink, scale = ink_map(image)
+    labels, n = ndimage.label(ink > 0, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        raise InputError("no number found: the image is blank")
+    groups, height = _groups(labels, n)
+    if len(groups) > MAX_DIGITS:
+        raise InputError(f"found {len(groups)} separate marks, more than the {MAX_DIGITS} digits a number may have")
+    pieces = _read_line(ink, labels, groups, height, proba)
+    if not pieces:
+        raise InputError("no number found: the ink is too small to be digits")
+    if len(pieces) > MAX_DIGITS:
+        raise InputError(f"read {len(pieces)} digits, more than the {MAX_DIGITS} a number may have")
+    p = np.asarray(proba(np.stack([frame for frame, _ in pieces])), dtype=np.float64)
+    digits = tuple(
+        DigitReading(int(row.argmax()), float(row.max()), tuple(int(round(v * scale)) for v in box))  # type: ignore[arg-type]
+        for row, (_, box) in zip(p, pieces)
+    )
+    return NumberReading("".join(str(d.digit) for d in digits), float(np.prod([d.confidence for d in digits])), digits)
+
+
+def _groups(labels: np.ndarray, n: int) -> tuple[list[_Group], float]:
+    """The digits' groups of components, left to right, and the line's height (the median group's).
+
+    Small components (under ``_SPECK`` of the largest's area, or a third of the tallest's height) join a group
+    they overlap horizontally (a flag drawn apart); elsewhere, and when tiny, they are noise and dropped."""
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    parts = [_Group(w[1].start, w[1].stop, w[0].start, w[0].stop, [i]) for i, w in enumerate(ndimage.find_objects(labels), start=1) if w is not None]
+    tallest = max(g.height for g in parts)
+    small = [(areas[g.ids[0] - 1] < _SPECK * areas.max() or g.height < tallest / 3) for g in parts]
+    groups = _merge([g for g, s in zip(parts, small) if not s])
+    for g, s in zip(parts, small):
+        if not s or areas[g.ids[0] - 1] < _SPECK * areas.max() / 3 or not groups:
+            continue
+        host = max(groups, key=lambda h: min(h.x1, g.x1) - max(h.x0, g.x0))
+        if min(host.x1, g.x1) - max(host.x0, g.x0) >= _MERGE_OVERLAP * g.width:
+            host.x0, host.x1, host.y0, host.y1 = min(host.x0, g.x0), max(host.x1, g.x1), min(host.y0, g.y0), max(host.y1, g.y1)
+            host.ids.append(g.ids[0])
+    return groups, float(np.median([g.height for g in groups]))
+
+
+def _merge(groups: list[_Group]) -> list[_Group]:
+    """Join components that overlap horizontally by half the narrower one's width, until none do; left to right."""
+    groups = sorted(groups, key=lambda g: g.x0)
+    merged = True
+    while merged:
+        merged = False
+        for a, b in itertools.combinations(range(len(groups)), 2):
+            ga, gb = groups[a], groups[b]
+            overlap = min(ga.x1, gb.x1) - max(ga.x0, gb.x0)
+            if overlap >= _MERGE_OVERLAP * min(ga.width, gb.width):
+                groups[a] = _joined(ga, gb)
+                del groups[b]
+                merged = True
+                break
+    return sorted(groups, key=lambda g: g.x0)
+
+
+def _joined(a: _Group, b: _Group) -> _Group:
+    return _Group(min(a.x0, b.x0), max(a.x1, b.x1), min(a.y0, b.y0), max(a.y1, b.y1), a.ids + b.ids)
+
+
+def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height: float, proba: Proba) -> list[_Piece]:
+    """The digits of the line: each run of neighbouring groups read as one digit (a stroke drawn in pieces) or a wide
+    group cut into several, whichever chain of readings scores highest (log-confidence minus the width prior)."""
+    n = len(groups)
+    runs: dict[tuple[int, int], _Group] = {}
+    for i in range(n):
+        run = groups[i]
+        for j in range(i + 1, n + 1):
+            if j > i + 1:
+                if groups[j - 1].x0 - run.x1 > _JOIN_GAP * height:
+                    break
+                run = _joined(run, groups[j - 1])
+            if run.width > _RUN_MAX * height and j > i + 1:
+                break
+            runs[(i, j)] = run
+    options: dict[tuple[int, int], tuple[list[_Piece], float]] = {}
+    singles = {span: _piece(_group_ink(ink, labels, g), 0, g.width, g) for span, g in runs.items() if g.width <= (_SINGLE_MAX if span[1] == span[0] + 1 else _RUN_MAX) * height}
+    singles = {span: piece for span, piece in singles.items() if piece is not None}
+    if singles:
+        p = np.asarray(proba(np.stack([piece[0] for piece in singles.values()])), dtype=np.float64)
+        for (span, piece), row in zip(singles.items(), p):
+            options[span] = ([piece], _score(row, runs[span].width / height, runs[span].height / height))
+    for span, g in runs.items():
+        if span[1] == span[0] + 1 and g.width > _SPLIT_MIN * height:
+            cut = _split(ink, labels, g, height, proba)
+            if cut is not None:
+                options[span] = max(cut, options.get(span, cut), key=lambda option: option[1])
+    best: dict[int, tuple[float, list[_Piece]]] = {0: (0.0, [])}
+    for j in range(1, n + 1):
+        chains = [(best[i][0] + options[(i, j)][1], best[i][1] + options[(i, j)][0]) for i in range(j) if i in best and (i, j) in options]
+        # a group nothing reads (too little ink) is skipped
+        best[j] = max(chains, key=lambda c: c[0]) if chains else best[j - 1]
+    return best[n][1]
+
+
+def _score(row: np.ndarray, relative_width: float, relative_height: float = 1.0) -> float:
+    """Log-confidence of a digit minus the prior on its shape: MNIST's widths, and most of the line's height."""
+    shape = _width_penalty(relative_width) + max(0.0, 0.7 - relative_height) / 0.1
+    return float(np.log(max(float(row.max()), 1e-9))) - _WIDTH_PRIOR * shape + _DIGIT_BONUS
+
+
+def _group_ink(ink: np.ndarray, labels: np.ndarray, group: _Group) -> np.ndarray:
+    window = labels[group.y0 : group.y1, group.x0 : group.x1]
+    return np.where(np.isin(window, group.ids), ink[group.y0 : group.y1, group.x0 : group.x1], 0).astype(np.float32)
+
+
+def _piece(ink: np.ndarray, a: int, b: int, group: _Group) -> _Piece | None:
+    """The MNIST frame and box (in map pixels) of columns a:b of a group's ink; None when they hold too little ink."""
+    part = ink[:, a:b]
+    rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+    if rows.size == 0 or max(rows[-1] - rows[0], cols[-1] - cols[0]) < 2:
+        return None
+    crop = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    box = (group.x0 + a + int(cols[0]), group.y0 + int(rows[0]), group.x0 + a + int(cols[-1]) + 1, group.y0 + int(rows[-1]) + 1)
+    return ink_to_mnist(crop), box
+
+
+def _split(ink: np.ndarray, labels: np.ndarray, group: _Group, height: float, proba: Proba) -> tuple[list[_Piece], float] | None:
+    """A group wider than one digit cut into the k digits whose reading is most confident (see the module's doc)."""
+    own = _group_ink(ink, labels, group)
+    w = group.width
+    k0 = max(2, round(w / (_ASPECT * height)))
+    ks = [k for k in (k0 - 1, k0, k0 + 1) if k >= 2 and _PIECE_MIN * height <= w / k <= _PIECE_MAX * height] or [k0]
+    profile = ndimage.uniform_filter1d(own.sum(axis=0), size=max(1, int(height / 12)))
+    options = {k: _cut_options(profile, k, height) for k in ks}
+    spans = sorted({(a, b) for cuts in options.values() for a, b in _spans(cuts)})
+    pieces = {span: _piece(own, span[0], span[1], group) for span in spans}
+    good = [span for span in spans if pieces[span] is not None]
+    if not good:
+        return None
+    p = np.asarray(proba(np.stack([pieces[s][0] for s in good])), dtype=np.float64)  # type: ignore[index]
+    score = {span: _score(row, (span[1] - span[0]) / height, (pieces[span][1][3] - pieces[span][1][1]) / height) for span, row in zip(good, p)}  # type: ignore[index]
+    best, best_value = None, -np.inf
+    for k, cuts in options.items():
+        path, value = _best_path(cuts, score)
+        if path is not None and value > best_value:
+            best, best_value = path, value
+    if best is None:
+        return None
+    return [pieces[span] for span in best], best_value  # type: ignore[misc]
+
+
+def _width_penalty(relative_width: float) -> float:
+    """0 for a digit of MNIST's usual widths (0.3 to 1.05 of its height), growing outside them."""
+    return max(0.0, 0.3 - relative_width) / 0.1 + max(0.0, relative_width - 1.05) / 0.1
+
+
+def _cut_options(profile: np.ndarray, k: int, height: float) -> list[list[int]]:
+    """For each of the k - 1 cuts of a group, a few candidate columns: the lowest points of the ink profile within
+    a third of a digit of the cut's even share, and the even share itself. First and last: the group's edges."""
+    w = len(profile)
+    window = max(1, int(w / k / 3))
+    options = [[0]]
+    for i in range(1, k):
+        centre = round(i * w / k)
+        lo, hi = max(1, centre - window), min(w - 1, centre + window)
+        span = np.arange(lo, hi + 1)
+        lowest = span[np.argsort(profile[lo : hi + 1], kind="stable")[:_CUTS_PER_WINDOW]]
+        options.append(sorted({centre, *map(int, lowest)}))
+    options.append([w])
+    return options
+
+
+def _spans(options: list[list[int]]):
+    for left, right in zip(options, options[1:]):
+        for a in left:
+            for b in right:
+                if b > a:
+                    yield (a, b)
+
+
+def _best_path(options: list[list[int]], score: dict[tuple[int, int], float]) -> tuple[list[tuple[int, int]] | None, float]:
+    """The chain of spans, one cut from each option list, with the highest total score (dynamic programming)."""
+    best: dict[int, tuple[float, list[tuple[int, int]]]] = {options[0][0]: (0.0, [])}
+    for right in options[1:]:
+        step: dict[int, tuple[float, list[tuple[int, int]]]] = {}
+        for b in right:
+            for a, (value, path) in best.items():
+                if (a, b) in score and (b not in step or value + score[(a, b)] > step[b][0]):
+                    step[b] = (value + score[(a, b)], path + [(a, b)])
+        best = step
+    if not best:
+        return None, -np.inf
+    value, path = next(iter(best.values()))
+    return path, value
