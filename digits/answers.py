@@ -1,5 +1,9 @@
 """What both served models share: the ``image`` column read and validated, the answer table, the server set-up.
 
+The optional column ``mode`` says what each picture holds: ``digit`` (the default) or ``number`` (a handwritten
+number, read by ``digits.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
+``{"digit", "confidence", "box"}``). All rows of one request have the same mode.
+
 Torch-free, so the ONNX-backed model (``digits.onnx_model``) serves without PyTorch installed.
 """
 
@@ -7,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +20,43 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from digits.config import MAX_BATCH
 from digits.guard import INPUT_COLUMN, install as install_guard
+from digits.numbers import read_numbers
 from digits.preprocess import InputError, to_mnist_batch
+
+MODE_COLUMN = "mode"
+MODES = ("digit", "number")
+
+
+def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+    """The served answer to a request in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10))."""
+    try:
+        mode = request_mode(model_input)
+        if mode == "number":
+            items = image_column(model_input)
+            if len(items) > MAX_BATCH:
+                raise InputError(f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it")
+            return numbers_frame(read_numbers(items, proba))
+    except InputError as exc:
+        raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
+    return predictions_frame(proba(request_images(model_input)))
+
+
+def request_mode(model_input: Any) -> str:
+    """The request's mode: ``digit`` without a ``mode`` column (or where it is empty), else its one value."""
+    if not isinstance(model_input, pd.DataFrame) or MODE_COLUMN not in model_input.columns:
+        return "digit"
+    values = {"digit" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in model_input[MODE_COLUMN].tolist()}
+    if len(values) > 1:
+        raise InputError(f"all rows of one request must have the same {MODE_COLUMN!r}, got {sorted(map(str, values))[:5]}: send one request per mode")
+    mode = values.pop() if values else "digit"
+    if mode not in MODES:
+        raise InputError(f"{MODE_COLUMN!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
+    return mode
+
+
+def numbers_frame(readings: Sequence[Any]) -> pd.DataFrame:
+    """The endpoint's output for numbers: columns text, confidence, digits (JSON: digit, confidence, box per digit)."""
+    return pd.DataFrame({"text": [r.text for r in readings], "confidence": [r.confidence for r in readings], "digits": [r.digits_json() for r in readings]})
 
 
 def request_images(model_input: Any) -> np.ndarray:

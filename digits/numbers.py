@@ -44,7 +44,7 @@ _SPECK = 0.03  # of the largest component's area (or under a third of the talles
 _WIDTH_PRIOR = 0.3  # weight of the width prior against the log-confidence of a cut's digits
 _CUTS_PER_WINDOW = 3
 _JOIN_GAP = 0.15  # of the line's height: groups closer than this may be parts of one digit
-_DIGIT_BONUS = 0.0  # per digit read, so that two confident digits beat one doubtful digit over both
+_DIGIT_BONUS = 0.2  # per digit read, so that two confident digits beat one doubtful digit over both
 _Piece = tuple[np.ndarray, tuple[int, int, int, int]]
 
 

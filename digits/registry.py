@@ -40,10 +40,10 @@ PROMOTION_TAG = "promotion"
 
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "serving.py")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "scipy", "orjson")
 # The ONNX-backed model (digits-cnn-onnx): the same input handling, ONNX Runtime instead of torch.
-ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "onnx_model.py")
+ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "onnx_model.py")
 ONNX_SERVING_REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "scipy", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
@@ -76,10 +76,12 @@ def signature() -> ModelSignature:
 
     ``image`` is typed Any because a row is either base64 PNG/JPEG text or 28x28 / 784 pixel values: MLflow
     cannot type such a column, and one column lets ``{"inputs": array}`` and ``dataframe_split`` with pictures
-    reach the same model. ``preprocess`` validates every value instead.
+    reach the same model. ``preprocess`` validates every value instead. The optional ``mode`` column (``digit``,
+    the default, or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``.
     """
-    inputs = Schema([ColSpec(AnyType(), "image")])
-    outputs = Schema([ColSpec(DataType.long, "digit"), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities")])
+    inputs = Schema([ColSpec(AnyType(), "image"), ColSpec(DataType.string, "mode", required=False)])
+    outputs = Schema([ColSpec(DataType.long, "digit", required=False), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities", required=False),
+                      ColSpec(DataType.string, "text", required=False), ColSpec(DataType.string, "digits", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
