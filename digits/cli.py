@@ -179,9 +179,9 @@ def _add_number_flags(p: argparse.ArgumentParser, handler: Callable[[argparse.Na
     """Set ``handler`` and add ``--number`` to predict (read each file as a number) or evaluate (the numbers evaluation)."""
     p.set_defaults(handler=handler)
     if handler is cmd_predict:
-        p.add_argument("--number", action="store_true", help="read each file as a handwritten number of 1 to 12 digits on one line (default: off, one digit)")
+        p.add_argument("--number", action="store_true", help="read each file as a handwritten number of 1 to 12 digits on one line (default: off, one digit per file)")
         return
-    p.add_argument("--number", action="store_true", help="evaluate on handwritten numbers composed from MNIST test digits instead (run evaluate-numbers; default: off)")
+    p.add_argument("--number", action="store_true", help="evaluate on handwritten numbers composed from MNIST test digits instead, in a run evaluate-numbers (default: off)")
     p.add_argument("--number_size", "--number-size", type=_int, default=20, help="with --number: numbers per length (3-8), spacing and renderer (default: 20, 480 numbers)")
     p.add_argument("--number_seed", "--number-seed", type=_int, default=0, help="with --number: seed of the composed numbers (default: 0)")
 
