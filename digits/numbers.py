@@ -45,7 +45,8 @@ _WIDTH_PRIOR = 0.3  # weight of the width prior against the log-confidence of a 
 _CUTS_PER_WINDOW = 3
 _JOIN_GAP = 0.15  # of the line's height: groups closer than this may be parts of one digit
 _DIGIT_BONUS = 0.2  # per digit read, so that two confident digits beat one doubtful digit over both
-_Piece = tuple[np.ndarray, tuple[int, int, int, int]]
+_Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a candidate digit: its MNIST frame and box (map pixels)
+_Read = tuple[tuple[int, int, int, int], np.ndarray]  # a digit read: its box and its ten probabilities
 
 
 @dataclass(frozen=True)
@@ -121,16 +122,12 @@ def read_number(image: Any, proba: Proba) -> NumberReading:
     groups, height = _groups(labels, n)
     if len(groups) > MAX_DIGITS:
         raise InputError(f"found {len(groups)} separate marks, more than the {MAX_DIGITS} digits a number may have")
-    pieces = _read_line(ink, labels, groups, height, proba)
-    if not pieces:
+    read = _read_line(ink, labels, groups, height, proba)
+    if not read:
         raise InputError("no number found: the ink is too small to be digits")
-    if len(pieces) > MAX_DIGITS:
-        raise InputError(f"read {len(pieces)} digits, more than the {MAX_DIGITS} a number may have")
-    p = np.asarray(proba(np.stack([frame for frame, _ in pieces])), dtype=np.float64)
-    digits = tuple(
-        DigitReading(int(row.argmax()), float(row.max()), tuple(int(round(v * scale)) for v in box))  # type: ignore[arg-type]
-        for row, (_, box) in zip(p, pieces)
-    )
+    if len(read) > MAX_DIGITS:
+        raise InputError(f"read {len(read)} digits, more than the {MAX_DIGITS} a number may have")
+    digits = tuple(DigitReading(int(row.argmax()), float(row.max()), tuple(int(round(v * scale)) for v in box)) for box, row in read)  # type: ignore[misc]
     return NumberReading("".join(str(d.digit) for d in digits), float(np.prod([d.confidence for d in digits])), digits)
 
 
@@ -175,39 +172,51 @@ def _joined(a: _Group, b: _Group) -> _Group:
     return _Group(min(a.x0, b.x0), max(a.x1, b.x1), min(a.y0, b.y0), max(a.y1, b.y1), a.ids + b.ids)
 
 
-def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height: float, proba: Proba) -> list[_Piece]:
+def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height: float, proba: Proba) -> list[_Read]:
     """The digits of the line: each run of neighbouring groups read as one digit (a stroke drawn in pieces) or a wide
-    group cut into several, whichever chain of readings scores highest (log-confidence minus the width prior)."""
-    n = len(groups)
-    runs: dict[tuple[int, int], _Group] = {}
-    for i in range(n):
-        run = groups[i]
-        for j in range(i + 1, n + 1):
-            if j > i + 1:
-                if groups[j - 1].x0 - run.x1 > _JOIN_GAP * height:
-                    break
-                run = _joined(run, groups[j - 1])
-            if run.width > _RUN_MAX * height and j > i + 1:
-                break
-            runs[(i, j)] = run
-    options: dict[tuple[int, int], tuple[list[_Piece], float]] = {}
+    group cut into several, whichever chain of readings scores highest (log-confidence minus the shape prior).
+
+    Every candidate digit of the line goes to the classifier in one batch."""
+    runs = _runs(groups, height)
     singles = {span: _piece(_group_ink(ink, labels, g), 0, g.width, g) for span, g in runs.items() if g.width <= (_SINGLE_MAX if span[1] == span[0] + 1 else _RUN_MAX) * height}
     singles = {span: piece for span, piece in singles.items() if piece is not None}
-    if singles:
-        p = np.asarray(proba(np.stack([piece[0] for piece in singles.values()])), dtype=np.float64)
-        for (span, piece), row in zip(singles.items(), p):
-            options[span] = ([piece], _score(row, runs[span].width / height, runs[span].height / height))
-    for span, g in runs.items():
-        if span[1] == span[0] + 1 and g.width > _SPLIT_MIN * height:
-            cut = _split(ink, labels, g, height, proba)
-            if cut is not None:
-                options[span] = max(cut, options.get(span, cut), key=lambda option: option[1])
-    best: dict[int, tuple[float, list[_Piece]]] = {0: (0.0, [])}
-    for j in range(1, n + 1):
-        chains = [(best[i][0] + options[(i, j)][1], best[i][1] + options[(i, j)][0]) for i in range(j) if i in best and (i, j) in options]
-        # a group nothing reads (too little ink) is skipped
-        best[j] = max(chains, key=lambda c: c[0]) if chains else best[j - 1]
-    return best[n][1]
+    cuts = {span: _split_candidates(ink, labels, g, height) for span, g in runs.items() if span[1] == span[0] + 1 and g.width > _SPLIT_MIN * height}
+    frames = [piece[0] for piece in singles.values()] + [piece[0] for _, pieces in cuts.values() for piece in pieces.values()]
+    if not frames:
+        return []
+    rows = iter(np.asarray(proba(np.stack(frames)), dtype=np.float64))
+    options: dict[tuple[int, int], tuple[list[_Read], float]] = {}
+    for span, (frame, box) in singles.items():
+        row = next(rows)
+        options[span] = ([(box, row)], _score(row, runs[span].width / height, runs[span].height / height))
+    for span, (paths, pieces) in cuts.items():
+        read = {cut: (box, next(rows)) for cut, (_, box) in pieces.items()}
+        score = {cut: _score(row, (cut[1] - cut[0]) / height, (box[3] - box[1]) / height) for cut, (box, row) in read.items()}
+        for path in paths:
+            chain, value = _best_path(path, score)
+            if chain is not None and (span not in options or value > options[span][1]):
+                options[span] = ([read[cut] for cut in chain], value)
+    best: dict[int, tuple[float, list[_Read]]] = {0: (0.0, [])}
+    for j in range(1, len(groups) + 1):
+        chains = [(best[i][0] + options[(i, j)][1], best[i][1] + options[(i, j)][0]) for i in range(j) if (i, j) in options]
+        best[j] = max(chains, key=lambda c: c[0]) if chains else best[j - 1]  # a group nothing reads is skipped
+    return best[len(groups)][1]
+
+
+def _runs(groups: list[_Group], height: float) -> dict[tuple[int, int], _Group]:
+    """Each group alone, and each run of neighbours closer than ``_JOIN_GAP`` and together at most ``_RUN_MAX`` wide."""
+    runs: dict[tuple[int, int], _Group] = {}
+    for i in range(len(groups)):
+        run = groups[i]
+        runs[(i, i + 1)] = run
+        for j in range(i + 2, len(groups) + 1):
+            if groups[j - 1].x0 - run.x1 > _JOIN_GAP * height:
+                break
+            run = _joined(run, groups[j - 1])
+            if run.width > _RUN_MAX * height:
+                break
+            runs[(i, j)] = run
+    return runs
 
 
 def _score(row: np.ndarray, relative_width: float, relative_height: float = 1.0) -> float:
@@ -232,29 +241,17 @@ def _piece(ink: np.ndarray, a: int, b: int, group: _Group) -> _Piece | None:
     return ink_to_mnist(crop), box
 
 
-def _split(ink: np.ndarray, labels: np.ndarray, group: _Group, height: float, proba: Proba) -> tuple[list[_Piece], float] | None:
-    """A group wider than one digit cut into the k digits whose reading is most confident (see the module's doc)."""
+def _split_candidates(ink: np.ndarray, labels: np.ndarray, group: _Group, height: float) -> tuple[list[list[list[int]]], dict[tuple[int, int], _Piece]]:
+    """A wide group's ways to be k digits (for k near its width / the usual digit width): the candidate cut columns
+    of each k, and the piece between every two consecutive candidate cuts."""
     own = _group_ink(ink, labels, group)
     w = group.width
     k0 = max(2, round(w / (_ASPECT * height)))
     ks = [k for k in (k0 - 1, k0, k0 + 1) if k >= 2 and _PIECE_MIN * height <= w / k <= _PIECE_MAX * height] or [k0]
     profile = ndimage.uniform_filter1d(own.sum(axis=0), size=max(1, int(height / 12)))
-    options = {k: _cut_options(profile, k, height) for k in ks}
-    spans = sorted({(a, b) for cuts in options.values() for a, b in _spans(cuts)})
-    pieces = {span: _piece(own, span[0], span[1], group) for span in spans}
-    good = [span for span in spans if pieces[span] is not None]
-    if not good:
-        return None
-    p = np.asarray(proba(np.stack([pieces[s][0] for s in good])), dtype=np.float64)  # type: ignore[index]
-    score = {span: _score(row, (span[1] - span[0]) / height, (pieces[span][1][3] - pieces[span][1][1]) / height) for span, row in zip(good, p)}  # type: ignore[index]
-    best, best_value = None, -np.inf
-    for k, cuts in options.items():
-        path, value = _best_path(cuts, score)
-        if path is not None and value > best_value:
-            best, best_value = path, value
-    if best is None:
-        return None
-    return [pieces[span] for span in best], best_value  # type: ignore[misc]
+    paths = [_cut_options(profile, k, height) for k in ks]
+    pieces = {span: _piece(own, span[0], span[1], group) for span in sorted({span for cuts in paths for span in _spans(cuts)})}
+    return paths, {span: piece for span, piece in pieces.items() if piece is not None}
 
 
 def _width_penalty(relative_width: float) -> float:
