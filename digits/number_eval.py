@@ -36,6 +36,7 @@ RENDERERS = ("canvas", "photo")
 NUMBERS_DIR = "numbers"
 _HEIGHT = 40  # the strip's height in MNIST pixels (a digit's ink is about 20)
 _MARGIN = 6
+RENDER_SCALE = 5  # a 20-pixel MNIST digit becomes about 100 pixels high, a number 300-900 pixels wide
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class NumberSample:
     text: str
     spacing: str
     renderer: str
+    indices: tuple[int, ...] = ()  # the test digits it is made of
 
 
 def _digit_ink(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -57,8 +59,9 @@ def _digit_ink(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
 
 
-def compose(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int, spacing: str) -> tuple[np.ndarray, str]:
-    """A strip of MNIST ink (uint8, light on black) holding ``length`` random digits of ``images``, and its text."""
+def compose(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int, spacing: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
+    """A strip of MNIST ink (uint8, light on black) holding ``length`` random digits of ``images``, its text and the
+    digits' indices."""
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     picks = rng.integers(0, len(images), length)
@@ -77,7 +80,7 @@ def compose(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, le
         h, w = ink.shape
         top = int(np.clip(round((_HEIGHT - h) / 2 + rng.uniform(-0.08, 0.08) * h), 0, _HEIGHT - h))
         np.maximum(strip[top : top + h, x : x + w], ink, out=strip[top : top + h, x : x + w])
-    return strip, "".join(str(int(labels[i])) for i in picks)
+    return strip, "".join(str(int(labels[i])) for i in picks), tuple(int(i) for i in picks)
 
 
 def number_set(images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0, lengths: Sequence[int] = LENGTHS,
@@ -89,9 +92,9 @@ def number_set(images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0,
         for spacing in spacings:
             for renderer in renderers:
                 for _ in range(size):
-                    strip, text = compose(images, labels, rng, length, spacing)
+                    strip, text, picks = compose(images, labels, rng, length, spacing)
                     draw = render.canvas if renderer == "canvas" else render.photo
-                    out.append(NumberSample(draw(strip, rng, scale=5), text, spacing, renderer))
+                    out.append(NumberSample(draw(strip, rng, scale=RENDER_SCALE), text, spacing, renderer, picks))
     return out
 
 

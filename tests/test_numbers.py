@@ -147,9 +147,9 @@ def test_composed_numbers_are_seeded_and_touch_or_leave_gaps():
     images = np.zeros((10, 28, 28), np.uint8)
     images[:, 4:24, 10:18] = 255  # a block of 8x20: every digit the same width
     labels = np.arange(10)
-    gap, text = number_eval.compose(images, labels, rng, 5, "gap")
-    assert len(text) == 5 and ndimage.label(gap > 0)[1] == 5
-    touching, _ = number_eval.compose(images, labels, np.random.default_rng(1), 5, "touching")
+    gap, text, picks = number_eval.compose(images, labels, rng, 5, "gap")
+    assert len(text) == 5 and len(picks) == 5 and ndimage.label(gap > 0)[1] == 5
+    touching, _, _ = number_eval.compose(images, labels, np.random.default_rng(1), 5, "touching")
     assert ndimage.label(touching > 0)[1] < 5
     a = number_eval.number_set(images, labels, 1, seed=3, lengths=(3,))
     b = number_eval.number_set(images, labels, 1, seed=3, lengths=(3,))
