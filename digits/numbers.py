@@ -6,11 +6,13 @@ digit goes through the rest of ``to_mnist`` (``preprocess.ink_to_mnist``) and th
 - connected components of the ink (8-neighbours); specks far smaller than the digits are dropped;
 - components that overlap horizontally by half the narrower one's width are one digit (the parts of a broken 5
   or 4, a flag written apart from its body);
-- a group wider than one digit (MNIST's digits are 0.75 of their height wide, median; 0.3 for a 1, 1.05 at the
-  95th percentile) is split into k digits, k from its width against the line's height; each cut is looked for
-  near its share of the width, at the minima of the vertical ink profile, and the classifier decides: of the
-  candidate cuts (and the candidate k), the one whose digits read most confidently is kept, with a mild prior on
-  the digits' widths.
+- neighbouring groups closer than 0.15 of the line's height may be one digit drawn in pieces, and a group wider
+  than one digit (MNIST's digits are 0.75 of their height wide, median; 0.3 for a 1, 1.05 at the 95th percentile)
+  may be touching digits: the candidate cuts are the minima of its vertical ink profile and the even shares of
+  its width for k near width / (0.75 x height);
+- the classifier decides: of all the ways to read the line (groups alone, joined, cut), the chain whose digits
+  read most confidently is kept (sum of log-confidences, a small bonus per digit, a prior against digits wider
+  than MNIST's or much shorter than the line), by dynamic programming.
 
 The classifier is any callable ``proba(uint8 (N, 28, 28)) -> (N, 10)`` probabilities: the torch model, the ONNX
 graph, or a pyfunc. The number's confidence is the product of its digits'. Needs numpy and scipy.
@@ -37,14 +39,14 @@ Proba = Callable[[np.ndarray], np.ndarray]
 _ASPECT = 0.75  # MNIST's median digit width / height (test set bounding boxes)
 _SINGLE_MAX = 1.4  # a group at most this many heights wide may be one digit (a wide 0 is 1.05, 95th percentile)
 _RUN_MAX = 1.5  # neighbouring groups this wide together may be one digit drawn in pieces (a 4's two strokes)
-_SPLIT_MIN = 0.8  # a group this many heights wide may also be two touching digits (a 1 against a 4)
-_PIECE_MIN, _PIECE_MAX = 0.2, 1.3  # a cut digit's width, in line heights
+_SPLIT_MIN = 1.0  # a group this many heights wide may also be two touching digits (a 1 against a 4)
+_PIECE_MIN, _PIECE_MAX = 0.15, 1.3  # a cut digit's width, in line heights
 _MERGE_OVERLAP = 0.5  # of the narrower component's width: parts of one digit
 _SPECK = 0.03  # of the largest component's area (or under a third of the tallest's height): a fragment or noise
 _WIDTH_PRIOR = 0.3  # weight of the width prior against the log-confidence of a cut's digits
-_CUTS_PER_WINDOW = 3
+_MAX_MINIMA = 12  # profile minima tried as cuts in one group, the deepest first
 _JOIN_GAP = 0.15  # of the line's height: groups closer than this may be parts of one digit
-_DIGIT_BONUS = 0.2  # per digit read, so that two confident digits beat one doubtful digit over both
+_DIGIT_BONUS = 0.1  # per digit read, so that two confident digits beat one doubtful digit over both
 _Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a candidate digit: its MNIST frame and box (map pixels)
 _Read = tuple[tuple[int, int, int, int], np.ndarray]  # a digit read: its box and its ten probabilities
 
@@ -242,58 +244,35 @@ def _piece(ink: np.ndarray, a: int, b: int, group: _Group) -> _Piece | None:
 
 
 def _split_candidates(ink: np.ndarray, labels: np.ndarray, group: _Group, height: float) -> tuple[list[list[list[int]]], dict[tuple[int, int], _Piece]]:
-    """A wide group's ways to be k digits (for k near its width / the usual digit width): the candidate cut columns
-    of each k, and the piece between every two consecutive candidate cuts."""
+    """A wide group's candidate cut columns (the minima of its vertical ink profile, and the even shares of the
+    width for k near width / the usual digit width) and the piece between every two of them that could be a digit."""
     own = _group_ink(ink, labels, group)
     w = group.width
     k0 = max(2, round(w / (_ASPECT * height)))
-    ks = [k for k in (k0 - 1, k0, k0 + 1) if k >= 2 and _PIECE_MIN * height <= w / k <= _PIECE_MAX * height] or [k0]
     profile = ndimage.uniform_filter1d(own.sum(axis=0), size=max(1, int(height / 12)))
-    paths = [_cut_options(profile, k, height) for k in ks]
-    pieces = {span: _piece(own, span[0], span[1], group) for span in sorted({span for cuts in paths for span in _spans(cuts)})}
-    return paths, {span: piece for span, piece in pieces.items() if piece is not None}
+    minima = np.flatnonzero((profile[1:-1] <= profile[:-2]) & (profile[1:-1] < profile[2:])) + 1
+    shares = {round(i * w / k) for k in range(max(2, k0 - 1), k0 + 3) for i in range(1, k)}
+    cuts = sorted({0, w, *shares, *(int(c) for c in minima[np.argsort(profile[minima])][: _MAX_MINIMA])})
+    spans = [(a, b) for a in cuts for b in cuts if _PIECE_MIN * height <= b - a <= _PIECE_MAX * height]
+    pieces = {span: _piece(own, span[0], span[1], group) for span in spans}
+    return [[[c] for c in cuts]], {span: piece for span, piece in pieces.items() if piece is not None}
 
 
 def _width_penalty(relative_width: float) -> float:
-    """0 for a digit of MNIST's usual widths (0.3 to 1.05 of its height), growing outside them."""
-    return max(0.0, 0.3 - relative_width) / 0.1 + max(0.0, relative_width - 1.05) / 0.1
-
-
-def _cut_options(profile: np.ndarray, k: int, height: float) -> list[list[int]]:
-    """For each of the k - 1 cuts of a group, a few candidate columns: the lowest points of the ink profile within
-    a third of a digit of the cut's even share, and the even share itself. First and last: the group's edges."""
-    w = len(profile)
-    window = max(1, int(w / k / 3))
-    options = [[0]]
-    for i in range(1, k):
-        centre = round(i * w / k)
-        lo, hi = max(1, centre - window), min(w - 1, centre + window)
-        span = np.arange(lo, hi + 1)
-        lowest = span[np.argsort(profile[lo : hi + 1], kind="stable")[:_CUTS_PER_WINDOW]]
-        options.append(sorted({centre, *map(int, lowest)}))
-    options.append([w])
-    return options
-
-
-def _spans(options: list[list[int]]):
-    for left, right in zip(options, options[1:]):
-        for a in left:
-            for b in right:
-                if b > a:
-                    yield (a, b)
+    """0 up to MNIST's widest digits (1.05 of their height), growing beyond: a 1 may be as narrow as the pen."""
+    return max(0.0, relative_width - 1.05) / 0.1
 
 
 def _best_path(options: list[list[int]], score: dict[tuple[int, int], float]) -> tuple[list[tuple[int, int]] | None, float]:
-    """The chain of spans, one cut from each option list, with the highest total score (dynamic programming)."""
-    best: dict[int, tuple[float, list[tuple[int, int]]]] = {options[0][0]: (0.0, [])}
-    for right in options[1:]:
-        step: dict[int, tuple[float, list[tuple[int, int]]]] = {}
-        for b in right:
-            for a, (value, path) in best.items():
-                if (a, b) in score and (b not in step or value + score[(a, b)] > step[b][0]):
-                    step[b] = (value + score[(a, b)], path + [(a, b)])
-        best = step
-    if not best:
+    """The chain of spans from the first cut to the last, through any of the cuts between, with the highest total
+    score (dynamic programming over the cuts in order)."""
+    cuts = [c for option in options for c in option]
+    best: dict[int, tuple[float, list[tuple[int, int]]]] = {cuts[0]: (0.0, [])}
+    for b in cuts[1:]:
+        chains = [(best[a][0] + score[(a, b)], best[a][1] + [(a, b)]) for a in best if (a, b) in score]
+        if chains:
+            best[b] = max(chains, key=lambda c: c[0])
+    if cuts[-1] not in best:
         return None, -np.inf
-    value, path = next(iter(best.values()))
+    value, path = best[cuts[-1]]
     return path, value
