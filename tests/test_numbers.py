@@ -263,3 +263,19 @@ def test_cli_predict_number(registered_number_model, mnist, tmp_path):
     assert len(text) == 4 and sum(a == b for a, b in zip(text, "4711")) >= 3, done.stdout
     refused = subprocess.run(digits_command("predict", "--number", str(blank), "--model_uri", model["model_uri"]), env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and "blank.png: no digit found" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.e2e
+def test_cli_evaluate_number_logs_a_run(registered_number_model, mnist_dir):
+    model = registered_number_model
+    env = {**os.environ, "MLFLOW_TRACKING_URI": model["uri"], "MLFLOW_EXPERIMENT_NAME": "numbers-tests", "MPLBACKEND": "Agg"}
+    done = subprocess.run(digits_command("evaluate", "--number", "--number_size", "1", "--model_uri", model["model_uri"], "--data_dir", str(mnist_dir)),
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = mlflow.MlflowClient(model["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("numbers-tests").experiment_id], "tags.pipeline_step = 'evaluate'")
+    assert run.info.run_name == "evaluate-numbers" and run.data.params["number_set_size"] == "1"
+    metrics = run.data.metrics
+    for key in ("number_exact_match", "number_digit_accuracy", "number_length_accuracy", *(f"number_exact_match_len{n}" for n in range(3, 9)), "number_exact_match_touching"):
+        assert 0 <= metrics[key] <= 1, key
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "numbers")} == {"numbers/readings.csv", "numbers/worst_misreads.png"}
