@@ -279,3 +279,50 @@ def test_cli_evaluate_number_logs_a_run(registered_number_model, mnist_dir):
     for key in ("number_exact_match", "number_digit_accuracy", "number_length_accuracy", *(f"number_exact_match_len{n}" for n in range(3, 9)), "number_exact_match_touching"):
         assert 0 <= metrics[key] <= 1, key
     assert {f.path for f in client.list_artifacts(run.info.run_id, "numbers")} == {"numbers/readings.csv", "numbers/worst_misreads.png"}
+
+
+# --- the app's number mode ---------------------------------------------------------------------------------------
+
+
+class ShapesPredictor:
+    """The app's predictor interface over the served answer with the two-shape classifier."""
+
+    source = "shapes"
+
+    def __init__(self):
+        self.pictures = []
+
+    def predict_number(self, picture: str) -> dict:
+        self.pictures.append(picture)
+        return answer(pd.DataFrame({"image": [picture], "mode": ["number"]}), shapes_proba).iloc[0].to_dict()
+
+    def predict(self, picture: str):
+        return answer(pd.DataFrame({"image": [picture]}), shapes_proba)["probabilities"][0]
+
+    def status(self) -> str:
+        return "Reading with shapes."
+
+
+@pytest.mark.unit
+def test_app_number_mode_reads_the_drawing_and_boxes_each_digit():
+    from digits.app_numbers import NUMBER_EMPTY_MESSAGE, read_number_drawing
+
+    predictor = ShapesPredictor()
+    drawing = picture(420, [lambda d: bar(d, 40), lambda d: ring(d, 100), lambda d: bar(d, 220), lambda d: ring(d, 280)])
+    message, seen = read_number_drawing({"composite": drawing}, predictor)
+    assert message.startswith("**1010**") and seen.size == drawing.size
+    red = np.asarray(seen)[..., 0].astype(int) - np.asarray(seen)[..., 1]
+    assert (red > 100).sum() > 100  # the boxes are drawn in red over the drawing
+    assert base64.b64decode(predictor.pictures[0])[:4] == b"\x89PNG"
+    assert read_number_drawing({"composite": Image.new("L", (400, 100), 255)}, predictor) == (NUMBER_EMPTY_MESSAGE, None)
+    assert read_number_drawing(None, predictor) == (NUMBER_EMPTY_MESSAGE, None)
+
+
+@pytest.mark.unit
+def test_app_page_has_the_number_canvas():
+    pytest.importorskip("gradio")
+    from digits import app
+
+    demo = app.build_app(ShapesPredictor())
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"number-sketch", "read-number", "number-message", "number-boxes", "sketch"} <= ids
