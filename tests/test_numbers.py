@@ -326,3 +326,59 @@ def test_app_page_has_the_number_canvas():
     demo = app.build_app(ShapesPredictor())
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"number-sketch", "read-number", "number-message", "number-boxes", "sketch"} <= ids
+
+
+@pytest.mark.e2e
+def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
+    """The app's wide canvas in headless Chromium: 7010 written with real mouse strokes, read as 7010 with 4 boxes."""
+    from tests.test_app import CHROMIUM, CHROMIUM_ARGS, STEPS, STROKES, start_app
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"the browser tests need Debian's Chromium at {CHROMIUM}: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    from digits.config import TrainConfig
+    from digits.data import split_train_val
+    from digits.model import save_checkpoint
+    from digits.registry import log_cnn_model, register_model
+    from digits.train import fit
+
+    root = tmp_path_factory.mktemp("number-app")
+    with isolated_store(root, "app-tests") as (uri, experiment):
+        config = TrainConfig(epochs=2, subset=10000, seed=0, device="cpu")  # as tests/test_app.py: about 98%
+        split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+        model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_cnn_model(save_checkpoint(model, config, root / "ckpt"))
+        register_model(info.model_uri, test_accuracy=0.98, run_id=run.info.run_id, data_digest=mnist.digest)
+        server = start_app("number-app", root, uri)
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                page = browser.new_page(viewport={"width": 1400, "height": 1400})
+                page.set_default_timeout(60_000)
+                page.goto(server.url)
+                page.wait_for_selector("#number-sketch canvas")
+                page.click('#number-sketch button[aria-label="Brush"]')
+                box = page.locator("#number-sketch canvas").first.bounding_box()
+                side = 0.6 * box["height"]
+                left, top = box["x"] + 0.1 * box["width"], box["y"] + 0.2 * box["height"]
+                for i, digit in enumerate("7010"):
+                    for stroke in STROKES[digit]:
+                        (x, y), rest = stroke[0], stroke[1:]
+                        page.mouse.move(left + (1.1 * i + x) * side, top + y * side)
+                        page.mouse.down()
+                        for x, y in rest:
+                            page.mouse.move(left + (1.1 * i + x) * side, top + y * side, steps=STEPS)
+                        page.mouse.up()
+                page.click("#read-number")
+                page.wait_for_function("() => document.querySelector('#number-message')?.innerText.includes('confidence')")
+                page.wait_for_function("() => [...document.querySelectorAll('#number-boxes img')].some(i => i.complete && i.naturalWidth > 0)")
+                page.screenshot(path=str(root / "number-app.png"), full_page=True)
+                if os.environ.get("DIGITS_NUMBER_APP_SCREENSHOT"):  # the README's picture
+                    page.locator("#number-boxes").screenshot(path=os.environ["DIGITS_NUMBER_APP_SCREENSHOT"])
+                message = page.inner_text("#number-message").strip()
+                browser.close()
+        finally:
+            server.stop()
+    assert message.startswith("7010 "), f"{message}; see {root / 'number-app.png'}"
