@@ -1,8 +1,8 @@
 """What both served models share: the ``image`` column read and validated, the answer table, the server set-up.
 
-The optional column ``mode`` says what each picture holds: ``digit`` (the default) or ``number`` (a handwritten
+The param ``mode`` says what the request's pictures hold: ``digit`` (the default) or ``number`` (a handwritten
 number, read by ``digits.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
-``{"digit", "confidence", "box"}``). All rows of one request have the same mode.
+``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
 
 Torch-free, so the ONNX-backed model (``digits.onnx_model``) serves without PyTorch installed.
 """
@@ -23,14 +23,14 @@ from digits.guard import INPUT_COLUMN, install as install_guard
 from digits.numbers import read_numbers
 from digits.preprocess import InputError, to_mnist_batch
 
-MODE_COLUMN = "mode"
+MODE_PARAM = "mode"
 MODES = ("digit", "number")
 
 
-def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray], params: dict[str, Any] | None = None) -> pd.DataFrame:
     """The served answer to a request in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10))."""
     try:
-        mode = request_mode(model_input)
+        mode = request_mode(params)
         if mode == "number":
             items = image_column(model_input)
             if len(items) > MAX_BATCH:
@@ -41,16 +41,11 @@ def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray]) -> pd.Da
     return predictions_frame(proba(request_images(model_input)))
 
 
-def request_mode(model_input: Any) -> str:
-    """The request's mode: ``digit`` without a ``mode`` column (or where it is empty), else its one value."""
-    if not isinstance(model_input, pd.DataFrame) or MODE_COLUMN not in model_input.columns:
-        return "digit"
-    values = {"digit" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in model_input[MODE_COLUMN].tolist()}
-    if len(values) > 1:
-        raise InputError(f"all rows of one request must have the same {MODE_COLUMN!r}, got {sorted(map(str, values))[:5]}: send one request per mode")
-    mode = values.pop() if values else "digit"
+def request_mode(params: dict[str, Any] | None) -> str:
+    """The request's mode: the param ``mode``, ``digit`` when it is not given."""
+    mode = (params or {}).get(MODE_PARAM) or "digit"
     if mode not in MODES:
-        raise InputError(f"{MODE_COLUMN!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
+        raise InputError(f"the param {MODE_PARAM!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
     return mode
 
 

@@ -132,7 +132,7 @@ class RegistryModel:
             if self._model is None:
                 raise AppError(self._error or f"cannot load `{self.model_uri}`")
         try:
-            return self._model.predict(pd.DataFrame({"image": [picture], "mode": ["number"]})).iloc[0].to_dict()
+            return self._model.predict(pd.DataFrame({"image": [picture]}), params={"mode": "number"}).iloc[0].to_dict()
         except MlflowException as exc:
             raise InputError(first_line(str(exc.message))) from None
 
@@ -160,8 +160,8 @@ class EndpointModel:
 
     def predict(self, picture: str, mode: str = "digit") -> Any:
         """The ten probabilities the endpoint answers for one base64 PNG/JPEG picture (mode ``number``: its answer)."""
-        columns, row = (["image"], [picture]) if mode == "digit" else (["image", "mode"], [picture, mode])
-        body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
+        request_params = {} if mode == "digit" else {"params": {"mode": mode}}
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, **request_params}).encode()
         request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - a URL the user chose

@@ -48,4 +48,4 @@ class OnnxDigitClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
-        return answer(model_input, lambda images: onnx_probabilities(self.session, images))
+        return answer(model_input, lambda images: onnx_probabilities(self.session, images), params)

@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from digits.errors import DigitsError, first_line
 from digits.model import CONFIG_FILE, WEIGHTS_FILE
@@ -76,13 +76,14 @@ def signature() -> ModelSignature:
 
     ``image`` is typed Any because a row is either base64 PNG/JPEG text or 28x28 / 784 pixel values: MLflow
     cannot type such a column, and one column lets ``{"inputs": array}`` and ``dataframe_split`` with pictures
-    reach the same model. ``preprocess`` validates every value instead. The optional ``mode`` column (``digit``,
-    the default, or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``.
+    reach the same model. ``preprocess`` validates every value instead. The param ``mode`` (``digit``, the default,
+    or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``. A param, not a
+    second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column.
     """
-    inputs = Schema([ColSpec(AnyType(), "image"), ColSpec(DataType.string, "mode", required=False)])
+    inputs = Schema([ColSpec(AnyType(), "image")])
     outputs = Schema([ColSpec(DataType.long, "digit", required=False), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities", required=False),
                       ColSpec(DataType.string, "text", required=False), ColSpec(DataType.string, "digits", required=False)])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("mode", DataType.string, "digit")]))
 
 
 def input_example() -> Any:

@@ -9,6 +9,7 @@ Input: one column ``image``; each row is base64 PNG/JPEG text (a picture, any si
 ``preprocess.to_mnist`` makes MNIST-like) or 28x28 / 784 pixel values 0-255, light ink on dark (used as is).
 ``{"inputs": [[...], ...]}`` fills that one column with an (N, 28, 28) or (N, 784) array.
 Output: one row per image: ``digit`` (int), ``confidence`` (float), ``probabilities`` (ten floats).
+With the param ``mode`` ``number``: one row per picture of a number, ``text``, ``confidence``, ``digits`` (JSON).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
         # A request holds at most MAX_BATCH images: one forward pass.
-        return answer(model_input, lambda images: predict_proba(self.model, images))
+        return answer(model_input, lambda images: predict_proba(self.model, images), params)
 
 
 def inference_model(model: nn.Module) -> nn.Module:
@@ -98,7 +99,7 @@ def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_
     rows = []
     for path, text in zip(paths, encoded):  # one at a time, so the first unreadable picture is named by its path
         try:
-            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text], **({"mode": ["number"]} if number else {})}))
+            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}), params={"mode": "number"} if number else None)
         except MlflowException as exc:
             raise PredictError(f"{path}: {first_line(exc).removeprefix('image 0: ')}") from None
         rows.append({"path": str(path), **result.iloc[0].to_dict()})

@@ -120,21 +120,19 @@ def encoded(image: Image.Image) -> str:
 
 
 @pytest.mark.unit
-def test_mode_column_chooses_the_answer_and_must_be_one_per_request():
+def test_mode_param_chooses_the_answer():
     from mlflow.exceptions import MlflowException
 
     number = encoded(picture(300, [lambda d: bar(d, 40), lambda d: ring(d, 100)]))
-    out = answer(pd.DataFrame({"image": [number], "mode": ["number"]}), shapes_proba)
+    out = answer(pd.DataFrame({"image": [number]}), shapes_proba, {"mode": "number"})
     assert list(out.columns) == ["text", "confidence", "digits"] and out["text"].tolist() == ["10"]
     assert [d["digit"] for d in json.loads(out["digits"][0])] == [1, 0]
-    assert request_mode(pd.DataFrame({"image": [number]})) == "digit"
-    assert request_mode(pd.DataFrame({"image": [number], "mode": [None]})) == "digit"
+    assert request_mode(None) == request_mode({}) == request_mode({"mode": None}) == "digit"
     assert list(answer(pd.DataFrame({"image": [number]}), shapes_proba).columns) == ["digit", "confidence", "probabilities"]
-    for frame, message in ((pd.DataFrame({"image": [number, number], "mode": ["number", "digit"]}), "same 'mode'"),
-                           (pd.DataFrame({"image": [number], "mode": ["numbers"]}), "must be one of digit, number"),
-                           (pd.DataFrame({"image": [encoded(Image.new("L", (80, 80), 255))], "mode": ["number"]}), "image 0: no digit found")):
+    for frame, params, message in ((pd.DataFrame({"image": [number]}), {"mode": "numbers"}, "must be one of digit, number"),
+                                   (pd.DataFrame({"image": [encoded(Image.new("L", (80, 80), 255))]}), {"mode": "number"}, "image 0: no digit found")):
         with pytest.raises(MlflowException, match=message) as caught:
-            answer(frame, shapes_proba)
+            answer(frame, shapes_proba, params)
         assert caught.value.get_http_status_code() == 400
 
 
@@ -229,7 +227,7 @@ def test_served_number_mode_over_http(registered_number_model, mnist):
         def post(payload):
             return requests.post(f"{url}/invocations", data=json.dumps(payload), headers={"Content-Type": "application/json"}, timeout=60)
 
-        response = post({"dataframe_split": {"columns": ["image", "mode"], "data": [[picture, "number"]]}})
+        response = post({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, "params": {"mode": "number"}})
         assert response.status_code == 200, response.text[:500]
         (answer_,) = response.json()["predictions"]
         digits = json.loads(answer_["digits"])
@@ -237,16 +235,17 @@ def test_served_number_mode_over_http(registered_number_model, mnist):
         assert sum(a == b for a, b in zip(answer_["text"], "90210")) >= 4, answer_
         assert all(len(d["box"]) == 4 and 0 <= d["confidence"] <= 1 for d in digits)
         assert 0 < answer_["confidence"] <= 1
-        records = post({"dataframe_records": [{"image": picture, "mode": "number"}]})
+        records = post({"inputs": [picture], "params": {"mode": "number"}})
         assert records.status_code == 200 and records.json()["predictions"][0]["text"] == answer_["text"]
         # Old clients (no mode) still get digits.
         plain = post({"inputs": mnist.test_images[:2].tolist()})
         assert plain.status_code == 200 and {"digit", "probabilities"} <= set(plain.json()["predictions"][0])
-        for payload, message in (({"dataframe_split": {"columns": ["image", "mode"], "data": [[picture, "number"], [picture, "digit"]]}}, "same 'mode'"),
-                                 ({"dataframe_split": {"columns": ["image", "mode"], "data": [[encoded(Image.new("L", (90, 60), 255)), "number"]]}}, "no digit found")):
+        for payload, message in (({"inputs": [picture], "params": {"mode": "numbers"}}, "must be one of digit, number"),
+                                 ({"inputs": [picture], "params": {"mode": "number", "other": 1}}, "no params other than mode"),
+                                 ({"inputs": [encoded(Image.new("L", (90, 60), 255))], "params": {"mode": "number"}}, "no digit found")):
             refused = post(payload)
             assert refused.status_code == 400 and message in refused.json()["message"], refused.text[:300]
-        assert post({"dataframe_split": {"columns": ["image", "mode"], "data": [[picture, "number"]]}}).status_code == 200  # still answering
+        assert post({"inputs": [picture], "params": {"mode": "number"}}).status_code == 200  # still answering
 
 
 @pytest.mark.e2e
@@ -294,7 +293,7 @@ class ShapesPredictor:
 
     def predict_number(self, picture: str) -> dict:
         self.pictures.append(picture)
-        return answer(pd.DataFrame({"image": [picture], "mode": ["number"]}), shapes_proba).iloc[0].to_dict()
+        return answer(pd.DataFrame({"image": [picture]}), shapes_proba, {"mode": "number"}).iloc[0].to_dict()
 
     def predict(self, picture: str):
         return answer(pd.DataFrame({"image": [picture]}), shapes_proba)["probabilities"][0]
