@@ -1,5 +1,9 @@
 """What both served models share: the ``image`` column read and validated, the answer table, the server set-up.
 
+The param ``mode`` says what the request's pictures hold: ``digit`` (the default) or ``number`` (a handwritten
+number, read by ``digits.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
+``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
+
 Torch-free, so the ONNX-backed model (``digits.onnx_model``) serves without PyTorch installed.
 """
 
@@ -7,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +20,38 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from digits.config import MAX_BATCH
 from digits.guard import INPUT_COLUMN, install as install_guard
+from digits.numbers import read_numbers
 from digits.preprocess import InputError, to_mnist_batch
+
+MODE_PARAM = "mode"
+MODES = ("digit", "number")
+
+
+def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray], params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The served answer to a request in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10))."""
+    try:
+        mode = request_mode(params)
+        if mode == "number":
+            items = image_column(model_input)
+            if len(items) > MAX_BATCH:
+                raise InputError(f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it")
+            return numbers_frame(read_numbers(items, proba))
+    except InputError as exc:
+        raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
+    return predictions_frame(proba(request_images(model_input)))
+
+
+def request_mode(params: dict[str, Any] | None) -> str:
+    """The request's mode: the param ``mode``, ``digit`` when it is not given."""
+    mode = (params or {}).get(MODE_PARAM) or "digit"
+    if mode not in MODES:
+        raise InputError(f"the param {MODE_PARAM!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
+    return mode
+
+
+def numbers_frame(readings: Sequence[Any]) -> pd.DataFrame:
+    """The endpoint's output for numbers: columns text, confidence, digits (JSON: digit, confidence, box per digit)."""
+    return pd.DataFrame({"text": [r.text for r in readings], "confidence": [r.confidence for r in readings], "digits": [r.digits_json() for r in readings]})
 
 
 def request_images(model_input: Any) -> np.ndarray:

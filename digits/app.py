@@ -122,6 +122,20 @@ class RegistryModel:
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise AppError(f"`{self.model_uri}` did not answer ten probabilities: is it a digits-cnn model?") from None
 
+    def predict_number(self, picture: str) -> dict[str, Any]:
+        """The served model's answer in mode ``number`` (text, confidence, digits) for one base64 picture."""
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        if self._model is None:
+            self._load()
+            if self._model is None:
+                raise AppError(self._error or f"cannot load `{self.model_uri}`")
+        try:
+            return self._model.predict(pd.DataFrame({"image": [picture]}), params={"mode": "number"}).iloc[0].to_dict()
+        except MlflowException as exc:
+            raise InputError(first_line(str(exc.message))) from None
+
     def status(self) -> str:
         """One Markdown line: the model answering, or the reason it cannot."""
         if self._model is None:
@@ -144,9 +158,10 @@ class EndpointModel:
         self.timeout = timeout
         self.source = f"endpoint `{self.base}`"
 
-    def predict(self, picture: str) -> np.ndarray:
-        """The ten probabilities the endpoint answers for one base64 PNG/JPEG picture."""
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[picture]]}}).encode()
+    def predict(self, picture: str, mode: str = "digit") -> Any:
+        """The ten probabilities the endpoint answers for one base64 PNG/JPEG picture (mode ``number``: its answer)."""
+        request_params = {} if mode == "digit" else {"params": {"mode": mode}}
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, **request_params}).encode()
         request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - a URL the user chose
@@ -160,9 +175,13 @@ class EndpointModel:
             reason = getattr(exc, "reason", exc)
             raise AppError(f"cannot reach the endpoint {self.base} ({reason}): is `mlflow models serve` running there?") from None
         try:
-            return np.asarray(payload["predictions"][0]["probabilities"], dtype=np.float64)
+            return payload["predictions"][0] if mode != "digit" else np.asarray(payload["predictions"][0]["probabilities"], dtype=np.float64)
         except (KeyError, IndexError, TypeError, ValueError):
             raise AppError(f"the endpoint {self.base} answered something that is not a digits-cnn prediction") from None
+
+    def predict_number(self, picture: str) -> dict[str, Any]:
+        """The endpoint's answer in mode ``number`` (text, confidence, digits) for one base64 picture."""
+        return self.predict(picture, mode="number")
 
     def status(self) -> str:
         """One Markdown line: the endpoint answering, or that it does not answer its ping."""
@@ -321,6 +340,9 @@ def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
         if feedback is None:
             read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=outputs)
             upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=outputs)
+        from digits.app_numbers import number_section  # the number mode: a wide canvas, boxes over the drawing
+
+        number_section(predictor)
         demo.load(predictor.status, outputs=status)
         demo.load(None, js=SELECT_BRUSH_JS)
     return demo

@@ -188,6 +188,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digits.data import load_mnist
     from digits.evaluation import evaluate_model, load_model
 
+    if args.number:
+        from digits.number_eval import evaluate_numbers
+
+        mnist = load_mnist(args.data_dir or None)
+        evaluate_numbers(args.model_uri, mnist.test_images, mnist.test_labels, args.number_size, args.number_seed)
+        return 0
     model = load_model(args.model_uri)  # first: a wrong URI is reported without waiting for the data
     evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model)
     return 0
@@ -207,9 +213,20 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from digits.serving import predict_files
 
-    for row in predict_files(args.images, args.model_uri).itertuples():
-        print(f"{row.path}: {row.digit} (confidence {row.confidence:.3f})")
+    for row in predict_files(args.images, args.model_uri, number=args.number).itertuples():
+        print(f"{row.path}: {row.text if args.number else row.digit} (confidence {row.confidence:.3f})")
     return 0
+
+
+def _add_number_flags(p: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]) -> None:
+    """Set ``handler`` and add ``--number`` to predict (read each file as a number) or evaluate (the numbers evaluation)."""
+    p.set_defaults(handler=handler)
+    if handler is cmd_predict:
+        p.add_argument("--number", action="store_true", help="read each file as a handwritten number of 1 to 12 digits on one line (default: off, one digit per file)")
+        return
+    p.add_argument("--number", action="store_true", help="evaluate on handwritten numbers composed from MNIST test digits instead, in a run evaluate-numbers (default: off)")
+    p.add_argument("--number_size", "--number-size", type=_int, default=20, help="with --number: numbers per length (3-8), spacing and renderer (default: 20, 480 numbers)")
+    p.add_argument("--number_seed", "--number-seed", type=_int, default=0, help="with --number: seed of the composed numbers (default: 0)")
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -287,12 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark")
     p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})")
-    p.set_defaults(handler=cmd_predict)
+    _add_number_flags(p, cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model or a run's model on the test set and log an evaluation run with every metric and figure")
     p.add_argument("--model_uri", "--model-uri", default=CHAMPION_URI, help=f"model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: {CHAMPION_URI})")
     add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
-    p.set_defaults(handler=cmd_evaluate)
+    _add_number_flags(p, cmd_evaluate)
 
     p = sub.add_parser("tune", help="add trials to the Optuna study alone (resumable; optuna-dashboard can show it); the training flags are the fixed base of the trials")
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs

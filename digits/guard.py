@@ -11,7 +11,7 @@ functions, which the server looks up when it builds its app and at each request:
   answers a body that does not arrive in time (a stalled upload) with a JSON 408; logs a client that hangs up
   mid-upload in one line; and cuts any error answer to ``MAX_ERROR_CHARS`` with no stack trace.
 - ``invocations``: parses a JSON body once (orjson where installed), refuses one that is not valid JSON, not an
-  object, carries ``params`` (this model takes none), or holds more than ``MAX_BATCH`` rows, all before any
+  object, carries ``params`` other than ``mode``, or holds more than ``MAX_BATCH`` rows, all before any
   array or DataFrame is built; sends ``{"inputs": [...]}`` down the one-column ``dataframe_split`` path; and
   turns MLflow's exceptions into short ones.
 - ``predictions_to_json``: the same answer written with ``json.dumps`` (the C encoder) in one piece.
@@ -270,14 +270,14 @@ def parse_request(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _Refused(400, f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}")
     params = data.get("params")
-    if params not in (None, {}):
-        raise _Refused(400, f"this model takes no params, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}")
+    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode"}):  # mode: digit or number
+        raise _Refused(400, f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}")
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
         raise _Refused(400, f"batch of {len(rows):,} images is over the limit of {MAX_BATCH:,} per request: split it")
     inputs = data.get("inputs")
     if isinstance(inputs, list) and inputs and set(data) <= {"inputs", "params"} and not any(isinstance(i, dict) for i in inputs):
-        data = {"dataframe_split": {"columns": [INPUT_COLUMN], "data": [[item] for item in inputs]}}
+        data = {"dataframe_split": {"columns": [INPUT_COLUMN], "data": [[item] for item in inputs]}, **({"params": params} if params else {})}
     return data
 
 

@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.answers import predictions_frame, prepare_server, request_images
+from digits.answers import answer, prepare_server
 from digits.config import MAX_BATCH
 
 ONNX_FILE = "model.onnx"
@@ -47,5 +47,5 @@ class OnnxDigitClassifier(mlflow.pyfunc.PythonModel):
         prepare_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Digit, confidence and the ten probabilities for each row of ``model_input``."""
-        return predictions_frame(onnx_probabilities(self.session, request_images(model_input)))
+        """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
+        return answer(model_input, lambda images: onnx_probabilities(self.session, images), params)

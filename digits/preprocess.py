@@ -24,7 +24,7 @@ from scipy import ndimage
 from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
 from digits.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
-__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "stroke_width", "to_mnist", "to_mnist_batch"]
+__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "ink_map", "ink_to_mnist", "stroke_width", "to_mnist", "to_mnist_batch"]
 
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
 # All the pictures of one request together, decoded: one full-size phone photo or 16 pictures of 1024x1024. Caps
@@ -49,6 +49,15 @@ def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
     ``image``: a PIL image, an (H, W), (H, W, 3) or (H, W, 4) array of 0-255 values, PNG/JPEG bytes or their
     base64 text. Any size, either polarity, the digit anywhere in the frame, any stroke width.
     """
+    return _mnist_frame(ink_map(image)[0])
+
+
+def ink_map(image: Image.Image | np.ndarray | bytes | str) -> tuple[np.ndarray, float]:
+    """The ink of a picture as ``to_mnist`` finds it, before the MNIST frame: (float32 map in [0, 1], ink bright,
+    background 0; the picture's pixels per map pixel, >= 1 when the picture was reduced to ``WORK_SIDE``).
+
+    Takes what ``to_mnist`` takes; ``digits.numbers`` cuts a line of digits out of this map.
+    """
     if isinstance(image, (str, bytes, bytearray)):
         image = decode_image(image)
     elif isinstance(image, np.ndarray):
@@ -57,7 +66,12 @@ def to_mnist(image: Image.Image | np.ndarray | bytes | str) -> np.ndarray:
         raise InputError(f"expected an image (PIL image, array, PNG/JPEG bytes or base64 text), got {type(image).__name__}")
     check_size(*image.size)
     ink = _ink(_grey(image))
-    return _mnist_frame(ink)
+    return ink, max(image.size) / max(ink.shape)
+
+
+def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
+    """An ink map of one digit (``ink_map``'s, or a cut of it) to MNIST's 28x28 frame, the last step of ``to_mnist``."""
+    return _mnist_frame(np.ascontiguousarray(ink, dtype=np.float32))
 
 
 def to_mnist_batch(items: Sequence[Any], max_batch: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from digits.errors import DigitsError, first_line
 from digits.model import CONFIG_FILE, WEIGHTS_FILE
@@ -40,10 +40,10 @@ PROMOTION_TAG = "promotion"
 
 # The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
 # environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "serving.py")
+SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "serving.py")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "scipy", "orjson")
 # The ONNX-backed model (digits-cnn-onnx): the same input handling, ONNX Runtime instead of torch.
-ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "guard.py", "answers.py", "onnx_model.py")
+ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "onnx_model.py")
 ONNX_SERVING_REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "scipy", "orjson")
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
@@ -76,11 +76,14 @@ def signature() -> ModelSignature:
 
     ``image`` is typed Any because a row is either base64 PNG/JPEG text or 28x28 / 784 pixel values: MLflow
     cannot type such a column, and one column lets ``{"inputs": array}`` and ``dataframe_split`` with pictures
-    reach the same model. ``preprocess`` validates every value instead.
+    reach the same model. ``preprocess`` validates every value instead. The param ``mode`` (``digit``, the default,
+    or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``. A param, not a
+    second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column.
     """
     inputs = Schema([ColSpec(AnyType(), "image")])
-    outputs = Schema([ColSpec(DataType.long, "digit"), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    outputs = Schema([ColSpec(DataType.long, "digit", required=False), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities", required=False),
+                      ColSpec(DataType.string, "text", required=False), ColSpec(DataType.string, "digits", required=False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("mode", DataType.string, "digit")]))
 
 
 def input_example() -> Any:

@@ -9,6 +9,7 @@ Input: one column ``image``; each row is base64 PNG/JPEG text (a picture, any si
 ``preprocess.to_mnist`` makes MNIST-like) or 28x28 / 784 pixel values 0-255, light ink on dark (used as is).
 ``{"inputs": [[...], ...]}`` fills that one column with an (N, 28, 28) or (N, 784) array.
 Output: one row per image: ``digit`` (int), ``confidence`` (float), ``probabilities`` (ten floats).
+With the param ``mode`` ``number``: one row per picture of a number, ``text``, ``confidence``, ``digits`` (JSON).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from digits.answers import predictions_frame, prepare_server, request_images
+from digits.answers import answer, prepare_server
 from digits.errors import DigitsError, first_line
 from digits.guard import INPUT_COLUMN
 from digits.model import load_checkpoint, predict_proba
@@ -44,9 +45,9 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         prepare_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Digit, confidence and the ten probabilities for each row of ``model_input``."""
+        """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
         # A request holds at most MAX_BATCH images: one forward pass.
-        return predictions_frame(predict_proba(self.model, request_images(model_input)))
+        return answer(model_input, lambda images: predict_proba(self.model, images), params)
 
 
 def inference_model(model: nn.Module) -> nn.Module:
@@ -77,10 +78,11 @@ class PredictError(DigitsError):
     """``digits predict`` could not read an image file or load the model; one line for the user."""
 
 
-def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI) -> pd.DataFrame:
+def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI, number: bool = False) -> pd.DataFrame:
     """Predict image files (PNG/JPEG) with the model at ``model_uri``, through the served model's own preprocessing.
 
-    Returns one row per file: path, digit, confidence, probabilities.
+    Returns one row per file: path, digit, confidence, probabilities; with ``number`` (the served mode ``number``):
+    path, text, confidence, digits.
     """
     if not paths:
         raise PredictError("no image files given")
@@ -97,7 +99,7 @@ def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_
     rows = []
     for path, text in zip(paths, encoded):  # one at a time, so the first unreadable picture is named by its path
         try:
-            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}))
+            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}), params={"mode": "number"} if number else None)
         except MlflowException as exc:
             raise PredictError(f"{path}: {first_line(exc).removeprefix('image 0: ')}") from None
         rows.append({"path": str(path), **result.iloc[0].to_dict()})
