@@ -249,7 +249,7 @@ def _register(
         raise RegistryError(f"cannot register {model_uri} as {model_name}: {first_line(exc)}") from None
     version = int(registered.version)
     if description:
-        client.update_model_version(model_name, str(version), description=description)
+        client.update_model_version(model_name, str(version), description=fit_description(description, run_id))
 
     champion = _alias_version(client, model_name, CHAMPION)
     best = _accuracy(champion) if champion else None
@@ -324,3 +324,18 @@ def _versions_text(client: MlflowClient, model_name: str) -> str:
 
 def _not_found(exc: MlflowException) -> bool:
     return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+# MLflow's model_versions.description column is VARCHAR(5000): PostgreSQL refuses a longer text (SQLite does not).
+MAX_DESCRIPTION = 5000
+
+
+def fit_description(text: str, run_id: str, limit: int = MAX_DESCRIPTION) -> str:
+    """``text`` if it fits MLflow's description column, else its first whole sections and where the rest is."""
+    if len(text) <= limit:
+        return text
+    pointer = f"\n\n(The full model card, {len(text):,} characters, is `model_card.md` in run `{run_id}`.)"
+    head = text[: limit - len(pointer)]
+    cut = head.rfind("\n## ")  # end at a section's start, so no table is cut in half
+    return (head[:cut] if cut > 0 else head).rstrip() + pointer
+

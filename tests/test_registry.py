@@ -290,3 +290,18 @@ print(model.predict(example)["digit"].tolist())
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.fullmatch(r"\[\d, \d\]", result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.unit
+def test_a_long_model_card_is_cut_to_mlflows_description_column_at_a_section():
+    # PostgreSQL refuses a model version description over 5,000 characters (seen in CI once the card grew).
+    from digits.registry import MAX_DESCRIPTION, fit_description
+
+    card = "# Model card\n\nintro\n" + "".join(f"\n## Section {i}\n\n" + "| a | b |\n" * 60 for i in range(12))
+    assert len(card) > MAX_DESCRIPTION
+    short = fit_description(card, "abc123")
+    assert len(short) <= MAX_DESCRIPTION
+    assert short.startswith("# Model card") and "`model_card.md` in run `abc123`" in short
+    body = short.split("\n\n(The full model card")[0]
+    assert card.startswith(body) and card[len(body):].startswith("\n\n## Section")  # cut where a section starts
+    assert fit_description("small card", "r") == "small card"
