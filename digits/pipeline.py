@@ -5,6 +5,7 @@ This is the top layer: it may call into ``tuning`` (the library modules below it
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -97,12 +98,12 @@ def run_cnn(
         result = fit(config, (mnist.train_images[train_idx], mnist.train_labels[train_idx]), val, callbacks=[tracking.epoch_logger()])
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
         proba = predict_proba(result.model, mnist.test_images)
+        predict = functools.partial(predict_proba, result.model)  # the corrupted digits' and the feedback's readings
         metrics = log_test_evaluation(
-            mnist.test_labels, proba, images=mnist.test_images, history=result.history,
-            predict=lambda images: predict_proba(result.model, images),
+            mnist.test_labels, proba, images=mnist.test_images, history=result.history, predict=predict,
             reference=("logistic regression", reference.metrics) if reference else None,
         )
-        metrics.update(log_feedback_evaluation(config, lambda images: predict_proba(result.model, images)))
+        metrics.update(log_feedback_evaluation(config, predict))
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(result.model, config, tmp)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
