@@ -46,7 +46,9 @@ _SPECK = 0.03  # of the largest component's area (or under a third of the talles
 _WIDTH_PRIOR = 0.3  # weight of the width prior against the log-confidence of a cut's digits
 _MAX_MINIMA = 12  # profile minima tried as cuts in one group, the deepest first
 _JOIN_GAP = 0.15  # of the line's height: groups closer than this may be parts of one digit
-_DIGIT_BONUS = 0.1  # per digit read, so that two confident digits beat one doubtful digit over both
+_DIGIT_BONUS = 0.1
+_CUT_COST = 0.0
+_ASPECT_FLOOR = 0.6  # per digit read, so that two confident digits beat one doubtful digit over both
 _Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a candidate digit: its MNIST frame and box (map pixels)
 _Read = tuple[tuple[int, int, int, int], np.ndarray]  # a digit read: its box and its ten probabilities
 
@@ -190,12 +192,14 @@ def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height
     options: dict[tuple[int, int], tuple[list[_Read], float]] = {}
     for span, (frame, box) in singles.items():
         row = next(rows)
-        options[span] = ([(box, row)], _score(row, runs[span].width / height, runs[span].height / height))
+        options[span] = ([(box, row)], _score(row, box, height))
     for span, (paths, pieces) in cuts.items():
         read = {cut: (box, next(rows)) for cut, (_, box) in pieces.items()}
-        score = {cut: _score(row, (cut[1] - cut[0]) / height, (box[3] - box[1]) / height) for cut, (box, row) in read.items()}
+        # Each piece pays the cost of a cut, given back once: a chain of k pieces pays k - 1 cuts through the ink.
+        score = {cut: _score(row, box, height) - _CUT_COST for cut, (box, row) in read.items()}
         for path in paths:
             chain, value = _best_path(path, score)
+            value += _CUT_COST
             if chain is not None and (span not in options or value > options[span][1]):
                 options[span] = ([read[cut] for cut in chain], value)
     best: dict[int, tuple[float, list[_Read]]] = {0: (0.0, [])}
@@ -221,9 +225,11 @@ def _runs(groups: list[_Group], height: float) -> dict[tuple[int, int], _Group]:
     return runs
 
 
-def _score(row: np.ndarray, relative_width: float, relative_height: float = 1.0) -> float:
-    """Log-confidence of a digit minus the prior on its shape: MNIST's widths, and most of the line's height."""
-    shape = _width_penalty(relative_width) + max(0.0, 0.7 - relative_height) / 0.1
+def _score(row: np.ndarray, box: tuple[int, int, int, int], height: float) -> float:
+    """Log-confidence of a digit minus the prior on its shape: MNIST's aspect ratios (its width against its own
+    height, or the line's when it is much shorter: a dash-like piece), and most of the line's height."""
+    own = max(box[3] - box[1], _ASPECT_FLOOR * height)
+    shape = _width_penalty((box[2] - box[0]) / own) + max(0.0, 0.7 - (box[3] - box[1]) / height) / 0.1
     return float(np.log(max(float(row.max()), 1e-9))) - _WIDTH_PRIOR * shape + _DIGIT_BONUS
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CANVAS_SCALE", "PHOTO_SCALE", "canvas", "photo", "upscale"]
+__all__ = ["CANVAS_SCALE", "PHOTO_SCALE", "canvas", "photo", "thin", "upscale"]
 
 CANVAS_SCALE = 10  # a 28x28 digit becomes the app's 280x280 canvas
 PHOTO_SCALE = 8  # a phone crop of one digit: ~224 px
@@ -32,21 +32,47 @@ def upscale(ink: np.ndarray, scale: int) -> np.ndarray:
 def canvas(ink: np.ndarray, rng: np.random.Generator, scale: int = CANVAS_SCALE) -> np.ndarray:
     """A drawing of ``ink`` with a thin round pen: the stroke's centre line, redrawn 4-8 px wide, black on white.
 
-    The centre line is the ridge of the distance transform of the stroke (its medial axis), so the drawing keeps
-    the digit's shape and loses its width, the way a mouse or a finger draws it.
+    The centre line is the stroke's skeleton (``thin``), so the drawing keeps the digit's shape and its
+    connections and loses its width, the way a mouse or a finger draws it.
     """
     mask = upscale(ink, scale) > 0.5
     if not mask.any():
         return np.full(mask.shape, 255, np.uint8)
-    distance = ndimage.distance_transform_edt(mask)
-    # Within 1.5 px of the widest point of its neighbourhood: a connected 2-3 px core (a strict 3x3 maximum breaks
-    # into dots wherever the stroke is an even number of pixels wide).
-    ridge = mask & (distance >= ndimage.maximum_filter(distance, size=7) - 1.5)
+    ridge = thin(mask)
     radius = rng.uniform(*_PEN_RANGE)
     # The pen's disc: every pixel within ``radius`` of the centre line, anti-aliased over one pixel at the edge.
     to_line = ndimage.distance_transform_edt(~ridge) if ridge.any() else ndimage.distance_transform_edt(~mask)
     stroke = np.clip(radius + 0.5 - to_line, 0, 1)
     return np.rint(255 * (1 - stroke)).astype(np.uint8)
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel skeleton of a boolean mask, with the mask's connections kept (Zhang and Suen's thinning, 1984).
+
+    Both sub-steps of each pass are whole-array operations on the eight neighbour planes. The ridge of the
+    distance transform used before broke a stroke wherever its width changed: a 5-digit strip drew 8.8 pieces
+    instead of its mask's 5.3 at 10x, and a broken drawing is not what a pen makes."""
+    image = np.pad(mask, 1).astype(bool)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = image
+            n, ne, e, se = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:]
+            s, sw, w, nw = p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]
+            ring = (n, ne, e, se, s, sw, w, nw, n)
+            count = sum(q.astype(np.uint8) for q in ring[:8])
+            transitions = sum((~a & b).astype(np.uint8) for a, b in zip(ring[:8], ring[1:]))
+            if step == 0:
+                side = ~(n & e & s) & ~(e & s & w)
+            else:
+                side = ~(n & e & w) & ~(n & s & w)
+            remove = p[1:-1, 1:-1] & (count >= 2) & (count <= 6) & (transitions == 1) & side
+            if remove.any():
+                image = image.copy()
+                image[1:-1, 1:-1] &= ~remove
+                changed = True
+        if not changed:
+            return image[1:-1, 1:-1]
 
 
 def photo(ink: np.ndarray, rng: np.random.Generator, scale: int = PHOTO_SCALE, jpeg_quality: int = 85) -> np.ndarray:

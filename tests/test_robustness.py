@@ -136,3 +136,30 @@ def test_thin_drawing_and_grey_photo_preprocess_close_to_the_mnist_original(mnis
         # Mean absolute difference in grey levels of 255: about 17 for the digit itself, 18 drawn, 25 photographed.
         assert diffs.mean() < baseline.mean() + 12, (kind, diffs.mean(), baseline.mean())
         assert np.percentile(diffs, 90) < 45, (kind, np.percentile(diffs, 90))
+
+
+@pytest.mark.unit
+def test_thinning_keeps_a_stroke_s_connections_and_leaves_a_one_pixel_line():
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:60, 0:60]
+    ring = (np.hypot(yy - 30, xx - 30) < 20) & (np.hypot(yy - 30, xx - 30) > 11)  # a thick 0
+    bar = np.zeros((60, 60), bool)
+    bar[10:50, 25:34] = True  # a thick 1
+    for mask, holes in ((ring, 1), (bar, 0)):
+        line = render.thin(mask)
+        assert line.sum() < mask.sum() / 4 and (line <= mask).all()
+        assert ndimage.label(line, structure=np.ones((3, 3)))[1] == 1  # still one stroke
+        assert ndimage.label(~line)[1] - 1 == holes  # the 0 keeps its hole, the 1 gains none
+    # A row of thin horizontal 3-px-wide strokes: no pixel keeps more than two line neighbours along a bar.
+    assert render.thin(bar)[20:40, 25:34].sum(axis=1).max() == 1
+
+
+@pytest.mark.data
+def test_a_drawn_number_has_as_many_strokes_as_its_ink(mnist):
+    from scipy import ndimage
+
+    strip = np.concatenate([mnist.test_images[i] for i in range(5)], axis=1)
+    eight = np.ones((3, 3), bool)
+    drawn = render.canvas(strip, np.random.default_rng(0), scale=5)
+    assert ndimage.label(drawn < 128, structure=eight)[1] == ndimage.label(render.upscale(strip, 5) > 0.5, structure=eight)[1]
