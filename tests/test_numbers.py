@@ -81,6 +81,26 @@ def test_touching_digits_are_cut_where_they_read_best():
 
 
 @pytest.mark.unit
+def test_a_confident_digit_of_ordinary_width_is_not_cut():
+    # A wide ring (its width 1.1 of its height) read as a sure 0: one classifier call, the whole ring, and no cut
+    # candidates; the same ring read with doubt gets a second call with its cuts.
+    image = picture(260, [lambda d: ring(d, 40, 40, 110, 100)])
+    calls: list[int] = []
+
+    def counting(proba):
+        def wrapped(images):
+            calls.append(len(images))
+            return proba(images)
+        return wrapped
+
+    assert read_number(image, counting(shapes_proba)).text == "0" and calls == [1]
+    doubtful = lambda images: np.full((len(images), 10), 0.1)  # noqa: E731
+    calls.clear()
+    read_number(image, counting(doubtful))
+    assert len(calls) == 2 and calls[0] == 1 and calls[1] > 1
+
+
+@pytest.mark.unit
 def test_broken_strokes_are_one_digit():
     # A 1 drawn in two strokes with a gap, and a ring with a loose flag above it (a 5's): parts of one digit each.
     image = picture(300, [lambda d: bar(d, 40, 40, 85), lambda d: bar(d, 42, 95, 140), lambda d: ring(d, 120, 60, 60, 80), lambda d: d.line([(125, 45), (175, 45)], fill=0, width=8)])
