@@ -4,13 +4,15 @@
     python benchmarks/serving.py --data_dir ../shared/data/mnist --model_uri models:/digits-cnn@champion
     python benchmarks/serving.py --data_dir ../shared/data/mnist --url http://127.0.0.1:5001
 
-``--quick_model`` trains the default network (1 epoch on 3,000 images: speed does not depend on the weights)
-into a temporary sqlite store and serves it; ``--model_uri`` serves a registered model from
-$MLFLOW_TRACKING_URI; ``--url`` measures a server that is already running. One client, one connection
+``--quick_model`` trains the default network (1 epoch on 3,000 images: the speed of digits does not depend on
+the weights) into a temporary sqlite store and serves it, or registers ``--checkpoint`` there instead;
+``--model_uri`` serves a registered model from $MLFLOW_TRACKING_URI; ``--url`` measures a server that is already running. One client, one connection
 (keep-alive), requests one after another; payloads are encoded before the clock starts.
 
 Latency, one image per request: p50 and p99 over ``--requests`` requests, for 28x28 pixel values
-(``{"inputs": ...}``) and for a drawing (a 300x300 PNG, dark ink on white, ``dataframe_split``).
+(``{"inputs": ...}``), for a drawing (a 300x300 PNG, dark ink on white, ``dataframe_split``) and for a 5-digit
+number (a drawn or photographed PNG of about 200x600 with the param ``mode=number``; with ``--quick_model`` the
+weights are a 1-epoch network's, whose doubt makes the reader try more cuts than a trained one).
 Throughput: images per second for batches of 1, 32 and 1,000 pixel-value images (``{"inputs": ...}``), and
 for 1,000 as ``dataframe_split`` rows. The last line of output is one JSON object.
 """
@@ -48,6 +50,7 @@ def server_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--quick_model", action="store_true", help="train and register a throw-away model with the default architecture")
     source.add_argument("--url", default="", help="measure a server that is already running at this URL")
     parser.add_argument("--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)")
+    parser.add_argument("--checkpoint", default="", help="with --quick_model: register this checkpoint folder (weights.pt + config.json) instead of training a throw-away network (default: train one)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +75,21 @@ def drawing_png(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def payloads(images: np.ndarray) -> dict[str, list[bytes]]:
+def number_bodies(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """One 5-digit number per request (``digits.number_eval``: gaps and touching, drawn and photographed, seed 0)
+    as a PNG with the param ``mode=number``."""
+    from digits.number_eval import number_set
+
+    bodies = []
+    for sample in number_set(images, labels, 25, seed=0, lengths=(5,)):
+        buffer = io.BytesIO()
+        Image.fromarray(sample.picture).save(buffer, format="PNG")
+        split = {"columns": ["image"], "data": [[base64.b64encode(buffer.getvalue()).decode()]]}
+        bodies.append(json.dumps({"dataframe_split": split, "params": {"mode": "number"}}).encode())
+    return bodies
+
+
+def payloads(images: np.ndarray, labels: np.ndarray) -> dict[str, list[bytes]]:
     """Request bodies, encoded once: several different ones per kind, so no cache can help."""
     rng = np.random.default_rng(0)
     pick = lambda n: images[rng.choice(len(images), n, replace=False)]  # noqa: E731
@@ -84,6 +101,7 @@ def payloads(images: np.ndarray) -> dict[str, list[bytes]]:
         "array x32": [inputs(pick(32)) for _ in range(10)],
         "array x1000": [inputs(pick(1000)) for _ in range(3)],
         "array x1000 (dataframe_split)": [split(pick(1000).tolist()) for _ in range(3)],
+        "number x1": number_bodies(images, labels),
     }
 
 
@@ -121,13 +139,14 @@ def throughput(session: requests.Session, url: str, bodies: list[bytes], batch: 
 # --- the server ---------------------------------------------------------------------------------------------------
 
 
-def quick_model(data_dir: str, root: Path) -> str:
-    """Train the default network briefly, log and register it in a sqlite store under ``root``; return the store URI."""
+def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
+    """Train the default network briefly (or load ``checkpoint``), log and register it in a sqlite store under
+    ``root``; return the store URI."""
     import mlflow
 
     from digits.config import TrainConfig
     from digits.data import split_train_val
-    from digits.model import save_checkpoint
+    from digits.model import load_checkpoint, save_checkpoint
     from digits.export import export_onnx
     from digits.registry import log_cnn_model, log_onnx_model, register_model
     from digits.train import fit
@@ -136,9 +155,12 @@ def quick_model(data_dir: str, root: Path) -> str:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     mnist = load_mnist(data_dir or None)
-    config = TrainConfig(epochs=1, subset=3000, device="cpu")
-    split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
-    model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model
+    if checkpoint:
+        model, config = load_checkpoint(checkpoint)
+    else:
+        config = TrainConfig(epochs=1, subset=3000, device="cpu")
+        split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+        model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model
     experiment = mlflow.create_experiment("serving-benchmark", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"))
@@ -183,7 +205,7 @@ def server_from_arguments(args: argparse.Namespace, tmp: Path, backend: str = "t
         return None, args.url.rstrip("/"), args.url
     model_uri = args.model_uri
     if args.quick_model:
-        quick_model(args.data_dir, tmp)
+        quick_model(args.data_dir, tmp, args.checkpoint)
         model_uri = "models:/digits-cnn-onnx@champion" if backend == "onnx" else "models:/digits-cnn@champion"
     try:
         process, url = start_server(model_uri, tmp / "server.log")
@@ -211,7 +233,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     mnist = load_mnist(args.data_dir or None)
-    bodies = payloads(mnist.test_images)
+    bodies = payloads(mnist.test_images, mnist.test_labels)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
         process, url, model_uri = server_from_arguments(args, Path(tmp), args.backend)
@@ -221,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 "latency": {
                     "array x1": latency(session, url, bodies["array x1"], args.requests),
                     "picture x1": latency(session, url, bodies["picture x1"], args.requests),
+                    "number x1 (5 digits, mode=number)": latency(session, url, bodies["number x1"], args.requests),
                 },
                 "throughput": {
                     "array x1": throughput(session, url, bodies["array x1"], 1, args.seconds),
