@@ -115,6 +115,21 @@ def test_photo_of_ink_on_paper_with_uneven_light_and_jpeg_noise(reference):
     assert similarity(result, reference) > 0.9
 
 
+def test_a_bold_photographed_digit_keeps_its_filled_strokes():
+    # A marker-bold ring (strokes 110 px wide) on paper lit from one side: the lighting is fitted to the paper, so
+    # the ink the preprocessing finds is solid across every stroke (a grey-level opening took the inside of
+    # strokes this wide for background: its ink fell to 0 in their middle).
+    yy, xx = np.mgrid[0:400, 0:400]
+    r = np.hypot(yy - 200, xx - 200)
+    light = np.linspace(130, 230, 400)[None, :] + np.zeros((400, 1))
+    photo = np.where((r > 40) & (r < 150), 50.0, light) + np.random.default_rng(0).normal(0, 4, r.shape)
+    ink, scale = preprocess.ink_map(np.clip(photo, 0, 255).astype(np.uint8))
+    assert scale == 1 and ink.shape == r.shape
+    middle = ink[(r > 67) & (r < 123)]
+    assert np.percentile(middle, 10) > 0.4, np.percentile(middle, 10)  # the opening's was 0.0
+    assert ink[(r < 25) | (r > 175)].max() == 0  # the hole and the paper around stay paper
+
+
 def test_transparent_canvas_strokes(reference):
     # Canvas apps export strokes on a transparent background whose colour is black.
     for colour in ((0, 0, 0), (255, 255, 255)):
