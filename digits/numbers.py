@@ -249,8 +249,8 @@ def _runs(groups: list[_Group], height: float) -> dict[tuple[int, int], _Group]:
 
 
 def _score(row: np.ndarray, box: tuple[int, int, int, int], height: float) -> float:
-    """Log-confidence of a digit minus the prior on its shape: MNIST's aspect ratios (its width against its own
-    height, or the line's when it is shorter: a dash-like piece), and most of the line's height."""
+    """Log-confidence of a digit minus the prior on its shape: MNIST's aspect ratios (its width against the larger
+    of its own height and the line's, so a dash-like piece counts as wide), and most of the line's height."""
     own = max(box[3] - box[1], height)
     shape = _width_penalty((box[2] - box[0]) / own) + max(0.0, 0.7 - (box[3] - box[1]) / height) / 0.1
     return float(np.log(max(float(row.max()), 1e-9))) - _WIDTH_PRIOR * shape + _DIGIT_BONUS
