@@ -48,6 +48,13 @@ def _affine(images: np.ndarray, rng: np.random.Generator, matrix: Callable[[int,
     return np.clip(np.rint(out[:, 0].numpy()), 0, 255).astype(np.uint8)
 
 
+def _matrices(a, b, tx, c, d, ty) -> np.ndarray:
+    """(n, 2, 3) affine matrices [[a, b, tx], [c, d, ty]] from six per-image arrays (or scalars) of one length."""
+    n = max(np.size(v) for v in (a, b, tx, c, d, ty))
+    rows = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (a, b, tx, c, d, ty)]
+    return np.stack([np.stack(rows[:3], 1), np.stack(rows[3:], 1)], 1)
+
+
 def _signs(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(np.array([-1.0, 1.0]), size=n)
 
@@ -56,7 +63,7 @@ def rotate(degrees: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             a = np.radians(degrees) * _signs(n, rng)
-            return np.stack([np.stack([np.cos(a), -np.sin(a), 0 * a], 1), np.stack([np.sin(a), np.cos(a), 0 * a], 1)], 1)
+            return _matrices(np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0)
         return _affine(images, rng, matrix)
     return apply
 
@@ -64,9 +71,7 @@ def rotate(degrees: float) -> Callable:
 def shear(amount: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
-            s = amount * _signs(n, rng)
-            one, zero = np.ones(n), np.zeros(n)
-            return np.stack([np.stack([one, s, zero], 1), np.stack([zero, one, zero], 1)], 1)
+            return _matrices(np.ones(n), amount * _signs(n, rng), 0, 0, 1, 0)
         return _affine(images, rng, matrix)
     return apply
 
@@ -75,7 +80,7 @@ def scale(factor: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             # affine_grid maps output to input coordinates: a digit 0.6x as large samples 1/0.6 as far.
-            return np.tile(np.array([[1 / factor, 0, 0], [0, 1 / factor, 0]]), (n, 1, 1))
+            return _matrices(np.full(n, 1 / factor), 0, 0, 0, 1 / factor, 0)
         return _affine(images, rng, matrix)
     return apply
 
@@ -84,9 +89,7 @@ def shift(pixels: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             angle = rng.uniform(0, 2 * np.pi, n)  # off-centre by ``pixels`` in a random direction
-            dx, dy = pixels * np.cos(angle) * 2 / 28, pixels * np.sin(angle) * 2 / 28
-            one, zero = np.ones(n), np.zeros(n)
-            return np.stack([np.stack([one, zero, dx], 1), np.stack([zero, one, dy], 1)], 1)
+            return _matrices(1, 0, pixels * np.cos(angle) * 2 / 28, 0, 1, pixels * np.sin(angle) * 2 / 28)
         return _affine(images, rng, matrix)
     return apply
 

@@ -24,7 +24,7 @@ from scipy import ndimage
 from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
 from digits.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
-__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "ink_map", "ink_to_mnist", "stroke_width", "to_mnist", "to_mnist_batch"]
+__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "ink_map", "ink_to_mnist", "max_pool", "stroke_width", "to_mnist", "to_mnist_batch"]
 
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
 # All the pictures of one request together, decoded: one full-size phone photo or 16 pictures of 1024x1024. Caps
@@ -261,7 +261,11 @@ def _crop(ink: np.ndarray) -> np.ndarray:
 
 def _pool_to(ink: np.ndarray, side: int) -> np.ndarray:
     """Max-pool by an integer factor so the long side is at most ``side``: a hairline survives, unlike averaging."""
-    factor = math.ceil(max(ink.shape) / side)
+    return max_pool(ink, math.ceil(max(ink.shape) / side))
+
+
+def max_pool(ink: np.ndarray, factor: int) -> np.ndarray:
+    """``ink`` max-pooled by a whole ``factor`` (zero-padded to a multiple of it); ``ink`` itself for 1 or less."""
     if factor <= 1:
         return ink
     h, w = ink.shape
