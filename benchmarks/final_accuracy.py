@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.cli import parse_overrides  # noqa: E402
-from digits.config import ConfigError, TrainConfig  # noqa: E402
-from digits.data import load_mnist  # noqa: E402
-from digits.model import predict_proba  # noqa: E402
-from digits.train import fit, resolve_device  # noqa: E402
+from workflow.cli import parse_overrides  # noqa: E402
+from digits.core.config import ConfigError, TrainConfig  # noqa: E402
+from digits.learn.data import load_mnist  # noqa: E402
+from digits.serve.model import predict_proba  # noqa: E402
+from digits.learn.train import fit, resolve_device  # noqa: E402
 
 
 def main() -> None:

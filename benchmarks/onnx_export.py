@@ -59,11 +59,12 @@ def p50_one_image_ms(predict, images: np.ndarray, n: int = 300) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from digits import export, serving
-    from digits.config import TrainConfig
-    from digits.data import load_mnist, split_train_val
-    from digits.model import WEIGHTS_FILE, load_checkpoint, predict_proba, save_checkpoint
-    from digits.train import fit
+    from digits.mlops import export
+    from digits.serve import serving
+    from digits.core.config import TrainConfig
+    from digits.learn.data import load_mnist, split_train_val
+    from digits.serve.model import WEIGHTS_FILE, load_checkpoint, predict_proba, save_checkpoint
+    from digits.learn.train import fit
 
     mnist = load_mnist(args.data_dir or None)
     load_before = os.getloadavg()[0]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
         import pandas as pd
 
-        from digits.onnx_model import ONNX_ARTIFACT, OnnxDigitClassifier
+        from digits.serve.onnx_model import ONNX_ARTIFACT, OnnxDigitClassifier
 
         pyfuncs = {"pyfunc torch": serving.DigitClassifier(), "pyfunc onnx": OnnxDigitClassifier()}
         pyfuncs["pyfunc torch"].load_context(SimpleNamespace(artifacts={serving.CHECKPOINT_ARTIFACT: str(checkpoint)}))

@@ -3,8 +3,8 @@
     python benchmarks/read_numbers.py --data_dir ../shared/data/mnist                  # trains the default CNN for --epochs
     python benchmarks/read_numbers.py --data_dir ../shared/data/mnist --checkpoint DIR # a saved checkpoint instead
 
-Numbers of ``--length`` digits (default 5) composed from MNIST *test* digits (``digits.number_eval``: gap and
-touching spacing, canvas and photo renderings, seeded), read by ``digits.numbers`` with the served network
+Numbers of ``--length`` digits (default 5) composed from MNIST *test* digits (``digits.evaluate.number_eval``: gap and
+touching spacing, canvas and photo renderings, seeded), read by ``digits.serve.numbers`` with the served network
 (``serving.inference_model``). Figures: exact match per spacing kind, per-digit accuracy (1 - edit distance /
 length) against the single-digit accuracy of the same test digits (each rendered alone the same way and read
 through ``preprocess.to_mnist``, and raw), and the time per number of the served answer (``answers.answer`` with
@@ -50,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def network(args, mnist):
-    from digits.config import TrainConfig
-    from digits.data import split_train_val
-    from digits.model import load_checkpoint, save_checkpoint
-    from digits.train import fit
+    from digits.core.config import TrainConfig
+    from digits.learn.data import split_train_val
+    from digits.serve.model import load_checkpoint, save_checkpoint
+    from digits.learn.train import fit
 
     if args.checkpoint:
         net, config = load_checkpoint(args.checkpoint)
@@ -67,9 +67,9 @@ def network(args, mnist):
 
 def single_digit_accuracy(samples, mnist, proba, seed: int) -> dict[str, float]:
     """Accuracy on the numbers' own test digits: raw 28x28, and each rendered alone as its number was."""
-    from digits import render
-    from digits.number_eval import RENDER_SCALE
-    from digits.preprocess import to_mnist
+    from digits.evaluate import render
+    from digits.evaluate.number_eval import RENDER_SCALE
+    from digits.serve.preprocess import to_mnist
 
     rng = np.random.default_rng(seed + 1)
     idx = np.array([i for s in samples for i in s.indices])
@@ -82,7 +82,7 @@ def served_ms(samples, proba) -> dict[str, float]:
     import pandas as pd
     from PIL import Image
 
-    from digits.answers import answer
+    from digits.serve.answers import answer
 
     times = []
     for s in samples:
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from digits.data import load_mnist
-    from digits.model import predict_proba
-    from digits.number_eval import number_metrics, number_set, read_all
-    from digits.serving import inference_model
+    from digits.learn.data import load_mnist
+    from digits.serve.model import predict_proba
+    from digits.evaluate.number_eval import number_metrics, number_set, read_all
+    from digits.serve.serving import inference_model
 
     torch.set_num_threads(args.threads)
     mnist = load_mnist(args.data_dir or None)

@@ -5,7 +5,7 @@
 
 Each recipe is ``TrainConfig``'s defaults with its overrides, trained for ``epochs`` on the 60,000 training images
 (as ``main``'s final retrain) per seed, then measured on the clean test set and on every corruption of
-``digits.corruptions`` (the same ``--size`` test digits for all, made once). Prints one table (mean over the
+``digits.evaluate.corruptions`` (the same ``--size`` test digits for all, made once). Prints one table (mean over the
 seeds, ± std) with a column per recipe, the targets of issue 12 checked, and a last line of JSON.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits import corruptions, robustness  # noqa: E402
-from digits.cli import parse_overrides  # noqa: E402
-from digits.config import ConfigError, TrainConfig  # noqa: E402
-from digits.data import load_mnist  # noqa: E402
-from digits.model import predict_proba  # noqa: E402
-from digits.train import fit  # noqa: E402
+from digits.evaluate import corruptions  # noqa: E402
+from digits.evaluate import robustness
+from workflow.cli import parse_overrides  # noqa: E402
+from digits.core.config import ConfigError, TrainConfig  # noqa: E402
+from digits.learn.data import load_mnist  # noqa: E402
+from digits.serve.model import predict_proba  # noqa: E402
+from digits.learn.train import fit  # noqa: E402
 
 DEFAULT_RECIPES = ["affine:augment_policy=affine", "robust:augment_policy=robust"]
 

@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.data import load_mnist  # noqa: E402
+from digits.learn.data import load_mnist  # noqa: E402
 
 
 def server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,9 +76,9 @@ def drawing_png(image: np.ndarray) -> str:
 
 
 def number_bodies(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
-    """One 5-digit number per request (``digits.number_eval``: gaps and touching, drawn and photographed, seed 0)
+    """One 5-digit number per request (``digits.evaluate.number_eval``: gaps and touching, drawn and photographed, seed 0)
     as a PNG with the param ``mode=number``."""
-    from digits.number_eval import number_set
+    from digits.evaluate.number_eval import number_set
 
     bodies = []
     for sample in number_set(images, labels, 25, seed=0, lengths=(5,)):
@@ -144,12 +144,12 @@ def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
     ``root``; return the store URI."""
     import mlflow
 
-    from digits.config import TrainConfig
-    from digits.data import split_train_val
-    from digits.model import load_checkpoint, save_checkpoint
-    from digits.export import export_onnx
-    from digits.registry import log_cnn_model, log_onnx_model, register_model
-    from digits.train import fit
+    from digits.core.config import TrainConfig
+    from digits.learn.data import split_train_val
+    from digits.serve.model import load_checkpoint, save_checkpoint
+    from digits.mlops.export import export_onnx
+    from digits.mlops.registry import log_cnn_model, log_onnx_model, register_model
+    from digits.learn.train import fit
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -31,7 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.serving import drawing_png, machine, server_arguments, server_from_arguments, stop_server  # noqa: E402
-from digits.data import load_mnist  # noqa: E402
+from digits.learn.data import load_mnist  # noqa: E402
 
 JSON = "application/json"
 

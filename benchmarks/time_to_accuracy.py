@@ -4,7 +4,7 @@ Runs with torch and numpy alone (no MLflow, no Optuna), so it runs on a bare GPU
 
     python benchmarks/time_to_accuracy.py --data_dir ../shared/data/mnist [--device cuda] [--seeds 3]
 
-Our recipe: ``digits.train.fit`` with the config below, the 60,000 training images resident on the device,
+Our recipe: ``digits.learn.train.fit`` with the config below, the 60,000 training images resident on the device,
 the test set evaluated after every epoch (the evaluation time counts). Like a one-cycle schedule itself, the
 recipe comes in lengths (``--schedules``, epochs of each, default 1 and 4): each runs from scratch for every
 seed, and each threshold's figure is that of the shortest mean time over the schedules that reach it with
@@ -37,11 +37,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.cli import parse_overrides  # noqa: E402
-from digits.config import ConfigError, TrainConfig  # noqa: E402
-from digits.data import load_mnist, to_device  # noqa: E402
-from digits.model import build_model  # noqa: E402
-from digits.train import configure_threads, evaluate, fit, resolve_device  # noqa: E402
+from workflow.cli import parse_overrides  # noqa: E402
+from digits.core.config import ConfigError, TrainConfig  # noqa: E402
+from digits.learn.data import load_mnist, to_device  # noqa: E402
+from digits.serve.model import build_model  # noqa: E402
+from digits.learn.train import configure_threads, evaluate, fit, resolve_device  # noqa: E402
 
 THRESHOLDS = (0.990, 0.995)
 

@@ -61,11 +61,10 @@ def throughput(args, stack, env: dict, workers: int, repeat: int) -> dict:
 def overhead(args, optuna_url: str, tracking_uri: str, label: str) -> list[float]:
     """ms per trial of the real objective with a stub ``fit``: storage and logging calls only."""
     import mlflow
-    import numpy as np
 
     import tuning.objective as objective_mod
-    from digits.config import SearchConfig, TrainConfig
-    from digits.data import load_mnist, split_train_val
+    from digits.core.config import SearchConfig, TrainConfig
+    from digits.learn.data import load_mnist, split_train_val
     from tuning import search as search_mod
 
     def stub_fit(config, train, val=None, callbacks=(), model=None):
@@ -111,7 +110,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="repeats of each measurement (default: 2)")
     parser.add_argument("--overhead_trials", type=int, default=20, help="stub trials per overhead repeat (default: 20)")
     args = parser.parse_args()
-    from digits import stack as stack_mod
+    from digits.ops import stack as stack_mod
 
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:

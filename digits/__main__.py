@@ -1,5 +1,5 @@
 import sys
 
-from digits.cli import main
+from workflow.cli import main
 
 sys.exit(main())

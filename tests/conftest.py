@@ -64,7 +64,7 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     """MNIST loaded once per test session."""
-    from digits.data import load_mnist
+    from digits.learn.data import load_mnist
 
     return load_mnist(mnist_dir)
 
@@ -145,8 +145,8 @@ def fake_digits(n: int, rng: np.random.Generator, background: float = 0.0) -> tu
 
 
 def fake_mnist(n_train: int = 300, n_test: int = 200, digest: str = "fakedigest000001", seed: int = 0):
-    """A small, learnable fake MNIST in memory (``fake_digits``), as ``digits.data.MNIST``."""
-    from digits.data import MNIST
+    """A small, learnable fake MNIST in memory (``fake_digits``), as ``digits.learn.data.MNIST``."""
+    from digits.learn.data import MNIST
 
     rng = np.random.default_rng(seed)
     train_images, train_labels = fake_digits(n_train, rng)
@@ -214,7 +214,7 @@ def bundle_problems(modules, allowed_third_party: set[str], package: Path = ROOT
     """
     import ast
 
-    bundled = {"digits." + m.removesuffix(".py") for m in modules} - {"digits.__init__"}
+    bundled = {("digits." + m.removesuffix(".py").replace("/", ".")).removesuffix(".__init__") for m in modules}
     problems = []
     for module in modules:
         for node in ast.walk(ast.parse((package / module).read_text())):
@@ -225,6 +225,31 @@ def bundle_problems(modules, allowed_third_party: set[str], package: Path = ROOT
                 if not ok:
                     problems.append(f"{module} imports {name}")
     return problems
+
+
+def import_closure(start: str, package: Path = ROOT / "digits") -> list[str]:
+    """The files of ``package`` that ``start`` (a path relative to it) imports, directly or not, itself included."""
+    import ast
+
+    seen, todo = [], [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.append(module)
+        for node in ast.walk(ast.parse((package / module).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if isinstance(node, ast.ImportFrom) and node.module:  # `from digits.serve import model`: a module too
+                names += [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "digits":
+                    continue
+                path = Path(*parts[1:])
+                for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+                    if (package / candidate).is_file():
+                        todo.append(candidate.as_posix())
+    return seen
 
 
 def digits_command(*args: str) -> list[str]:

@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digits import app
+from digits.app import page as app
 from tests.conftest import free_port, isolated_store
-from digits.app import AppError, EndpointModel, RegistryModel
-from digits.cli import build_parser
-from digits.preprocess import InputError, to_mnist
+from digits.app.page import AppError, EndpointModel, RegistryModel
+from workflow.cli import build_parser
+from digits.serve.preprocess import InputError, to_mnist
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that let Debian's Chromium run headless as root in a container, with no network chatter of its own.
@@ -356,10 +356,10 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(mnist, store):
     """A small real CNN (2 epochs on 10,000 images, about 98% on the test set) saved as a checkpoint, not registered."""
-    from digits.config import TrainConfig
-    from digits.data import split_train_val
-    from digits.model import predict_proba, save_checkpoint
-    from digits.train import fit
+    from digits.core.config import TrainConfig
+    from digits.learn.data import split_train_val
+    from digits.serve.model import predict_proba, save_checkpoint
+    from digits.learn.train import fit
 
     config = TrainConfig(epochs=2, subset=10000, width=16, seed=0, device="cpu")
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
@@ -374,7 +374,7 @@ def register_champion(store, trained) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from digits.registry import log_cnn_model, register_model
+    from digits.mlops.registry import log_cnn_model, register_model
 
     if any("champion" in m.aliases for m in MlflowClient().search_registered_models()):
         return

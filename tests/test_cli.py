@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import yaml
 
-from digits.cli import build_parser
+from workflow.cli import build_parser
 from tests.conftest import ROOT, digits_command, write_idx
 
 
@@ -114,8 +114,8 @@ def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
 
 @pytest.mark.unit
 def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
-    from digits.cli import parse_overrides
-    from digits.config import ConfigError, TrainConfig
+    from workflow.cli import parse_overrides
+    from digits.core.config import ConfigError, TrainConfig
 
     assert parse_overrides(TrainConfig, ["lr=0.08", "width=24", "batch_norm=false", "optimizer=adamw", "epochs=10.0"]) == {
         "lr": 0.08, "width": 24, "batch_norm": False, "optimizer": "adamw", "epochs": 10,
@@ -129,7 +129,7 @@ def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
 def test_main_and_tune_entry_points_expose_every_field_that_defines_a_run_or_a_study():
     from dataclasses import fields
 
-    from digits.config import SearchConfig, TrainConfig
+    from digits.core.config import SearchConfig, TrainConfig
 
     project = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     train, search = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(SearchConfig)}
@@ -148,7 +148,7 @@ def test_tune_refuses_epochs_instead_of_ignoring_it():
 
 @pytest.mark.unit
 def test_an_interrupt_waits_out_the_held_block_and_raises_in_the_next_released_one_or_at_its_end():
-    from digits import tracking
+    from digits.mlops import tracking
 
     reached = []
     with pytest.raises(KeyboardInterrupt):
@@ -175,7 +175,7 @@ def test_a_dataset_logged_by_several_workers_at_once_is_retried_and_other_errors
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from digits import tracking
+    from digits.mlops import tracking
     from tests.conftest import fake_mnist
 
     calls = []

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from digits import data
-from digits.data import DataError, load_mnist, read_idx, read_mnist_dir, split_train_val, stratified_order
+from digits.learn import data
+from digits.learn.data import DataError, load_mnist, read_idx, read_mnist_dir, split_train_val, stratified_order
 from tests.conftest import write_idx
 
 

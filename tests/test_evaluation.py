@@ -14,10 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from digits import baseline, corruptions, evaluation, report, robustness
-from digits.config import TrainConfig
-from digits.registry import fit_description
-from digits.metrics import METRIC_NAMES
+from digits.learn import baseline
+from digits.evaluate import corruptions
+from digits.evaluate import eda, evaluation
+from digits.mlops import evaluate_job
+from digits.evaluate import report
+from digits.evaluate import robustness
+from digits.core.config import TrainConfig
+from digits.mlops.registry import fit_description
+from digits.evaluate.metrics import METRIC_NAMES
 from tests.conftest import ROOT, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
@@ -130,25 +135,25 @@ def test_curve_captions_say_what_the_series_are():
 def test_eda_is_logged_once_per_data_digest_and_again_if_its_run_is_deleted(experiment):
     data = fake_mnist()
     with mlflow.start_run() as first:
-        assert evaluation.log_eda_once(data, tsne_sample=60) == first.info.run_id
+        assert eda.log_eda_once(data, tsne_sample=60) == first.info.run_id
     with mlflow.start_run() as second:
-        assert evaluation.log_eda_once(data, tsne_sample=60) == first.info.run_id  # same digest: nothing drawn
+        assert eda.log_eda_once(data, tsne_sample=60) == first.info.run_id  # same digest: nothing drawn
     with mlflow.start_run() as other:
-        assert evaluation.log_eda_once(fake_mnist(digest="otherdigest00002"), tsne_sample=60) == other.info.run_id
+        assert eda.log_eda_once(fake_mnist(digest="otherdigest00002"), tsne_sample=60) == other.info.run_id
 
     first_files = artifact_paths(first.info.run_id)
-    assert {f"{evaluation.EDA_DIR}/{name}" for name in evaluation.EDA_FIGURES} <= first_files
-    for name in evaluation.EDA_FIGURES:
-        assert_png_readable(first.info.run_id, f"{evaluation.EDA_DIR}/{name}")
-    assert not any(p.startswith(evaluation.EDA_DIR) for p in artifact_paths(second.info.run_id))
+    assert {f"{eda.EDA_DIR}/{name}" for name in eda.EDA_FIGURES} <= first_files
+    for name in eda.EDA_FIGURES:
+        assert_png_readable(first.info.run_id, f"{eda.EDA_DIR}/{name}")
+    assert not any(p.startswith(eda.EDA_DIR) for p in artifact_paths(second.info.run_id))
     tags = {r: mlflow.get_run(r.info.run_id).data.tags for r in (first, second, other)}
-    assert tags[first][evaluation.EDA_DIGEST_TAG] == data.digest and tags[first][evaluation.EDA_RUN_TAG] == first.info.run_id
-    assert evaluation.EDA_DIGEST_TAG not in tags[second] and tags[second][evaluation.EDA_RUN_TAG] == first.info.run_id
-    assert tags[other][evaluation.EDA_RUN_TAG] == other.info.run_id
+    assert tags[first][eda.EDA_DIGEST_TAG] == data.digest and tags[first][eda.EDA_RUN_TAG] == first.info.run_id
+    assert eda.EDA_DIGEST_TAG not in tags[second] and tags[second][eda.EDA_RUN_TAG] == first.info.run_id
+    assert tags[other][eda.EDA_RUN_TAG] == other.info.run_id
 
     mlflow.MlflowClient().delete_run(first.info.run_id)  # the figures went with it: the next run draws them again
     with mlflow.start_run() as again:
-        assert evaluation.log_eda_once(data, tsne_sample=60) == again.info.run_id
+        assert eda.log_eda_once(data, tsne_sample=60) == again.info.run_id
 
 
 @pytest.mark.unit
@@ -176,9 +181,9 @@ def test_block_fitted_baseline_has_the_estimators_parameters():
 
 @pytest.mark.unit
 def test_baseline_run_logs_the_fitted_models_parameters_once(experiment):
-    from digits.config import DataConfig
-    from digits.data import split_train_val
-    from digits.pipeline import run_baseline
+    from digits.core.config import DataConfig
+    from digits.learn.data import split_train_val
+    from workflow.pipeline import run_baseline
 
     data = fake_mnist(n_train=300)
     config = DataConfig(val_size=50, seed=2)
@@ -257,7 +262,7 @@ def test_model_card_holds_every_fact_it_is_given():
 def test_model_card_template_names_exactly_the_fields_and_ships_as_package_data():
     import tomllib
 
-    from digits import registry
+    from digits.mlops import registry
 
     template = report.card_template()
     named = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None}
@@ -267,15 +272,16 @@ def test_model_card_template_names_exactly_the_fields_and_ships_as_package_data(
         test_support={}, runs={}, selection="x",
     )
     assert named == set(fields)  # every placeholder filled, every field used
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["digits"]
-    assert any((ROOT / "digits").glob(pattern) for pattern in package_data) and (ROOT / "digits/templates/model_card.md").is_file()
-    assert "report.py" not in registry.SERVING_MODULES  # the served model's bundle needs no template
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["digits.evaluate"]
+    assert any((ROOT / "digits/evaluate").glob(pattern) for pattern in package_data)
+    assert (ROOT / "digits/evaluate/templates/model_card.md").is_file()
+    assert "evaluate/report.py" not in registry.serving_files()  # the served model's bundle needs no template
 
 
 @pytest.mark.unit
 def test_unknown_model_uri_is_one_line_error(tracking_uri):
     with pytest.raises(evaluation.EvaluationError, match=r"cannot load model 'models:/nope@champion'") as caught:
-        evaluation.load_model("models:/nope@champion")
+        evaluate_job.load_model("models:/nope@champion")
     assert "\n" not in str(caught.value)
 
 
@@ -302,7 +308,7 @@ def test_evaluate_help_states_each_default():
 
 @pytest.mark.data
 def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(experiment, tmp_path):
-    from digits.model import build_model, predict_proba, save_checkpoint
+    from digits.serve.model import build_model, predict_proba, save_checkpoint
 
     data = fake_mnist()
     estimator = baseline.make_estimator(max_iter=20).fit(baseline.features(data.train_images), data.train_labels)
@@ -320,7 +326,7 @@ def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(exp
         sources[f"runs:/{run.info.run_id}"] = run.info.run_id
 
     for uri, source_id in sources.items():
-        values = evaluation.evaluate_model(uri, data, log_eda=False)
+        values = evaluate_job.evaluate_model(uri, data, log_eda=False)
         source = mlflow.get_run(source_id)
         assert values["test_errors"] == source.data.metrics["test_errors"], uri  # the same accuracy, to the last image
     client = mlflow.MlflowClient()
@@ -386,10 +392,10 @@ def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
     runs = main_run["runs"]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     cnn = _by_name(runs)["cnn-final"]
-    assert parent.data.tags[evaluation.EDA_RUN_TAG] == parent.info.run_id
-    assert parent.data.tags[evaluation.EDA_DIGEST_TAG]
-    for name in evaluation.EDA_FIGURES:
-        assert_png_readable(parent.info.run_id, f"{evaluation.EDA_DIR}/{name}")
+    assert parent.data.tags[eda.EDA_RUN_TAG] == parent.info.run_id
+    assert parent.data.tags[eda.EDA_DIGEST_TAG]
+    for name in eda.EDA_FIGURES:
+        assert_png_readable(parent.info.run_id, f"{eda.EDA_DIR}/{name}")
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
     base = _by_name(runs)["baseline-logreg"]
     assert f"| accuracy | higher | {base.data.metrics['test_accuracy']:.2%} | {cnn.data.metrics['test_accuracy']:.2%} |" in card
@@ -433,7 +439,7 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
 
 @pytest.mark.unit
 def test_training_curves_put_a_tick_on_each_step_and_never_a_fractional_epoch():
-    from digits import plots
+    from digits.evaluate import plots
 
     one = plots.training_curves_figure([{"train_loss": 1.0, "train_accuracy": 0.5}])
     assert [t for t in one.axes[0].get_xticks() if one.axes[0].get_xlim()[0] <= t <= one.axes[0].get_xlim()[1]] == [1]

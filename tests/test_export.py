@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from digits import export
-from digits.config import TrainConfig
-from digits.model import build_model, predict_proba, save_checkpoint
+from digits.mlops import export
+from digits.core.config import TrainConfig
+from digits.serve.model import build_model, predict_proba, save_checkpoint
 from tests.conftest import ROOT, digits_command
 
 
@@ -85,8 +85,8 @@ def test_digits_export_refuses_bad_input_in_one_line(tmp_path, tracking_uri, arg
 
 @pytest.mark.data
 def test_a_trained_network_exports_with_parity_on_the_whole_test_set_and_int8_by_the_rule(mnist, tmp_path):
-    from digits.data import split_train_val
-    from digits.train import fit
+    from digits.learn.data import split_train_val
+    from digits.learn.train import fit
 
     config = TrainConfig(epochs=1, subset=10000, device="cpu")
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits import feedback
-from digits.feedback import FeedbackError, Store
+from digits.feedback import store as feedback
+from digits.feedback.store import FeedbackError, Store
 from tests.conftest import ROOT, digits_command, fake_digits
 
 
@@ -119,7 +119,7 @@ def test_a_writer_killed_mid_append_leaves_the_complete_entries_only(tmp_path):
     store, _, _ = filled_store(tmp_path / "fb", n=4)
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from digits import feedback
+        from digits.feedback import store as feedback
         store = feedback.Store({str(tmp_path / 'fb')!r})
         line = feedback._line({{"id": "x", "label": 3, "image_digest": "0", "mnist": "", "model": "m"}})
         fd = os.open(store.table, os.O_WRONLY | os.O_APPEND)
@@ -191,7 +191,7 @@ def test_a_bad_export_is_refused_with_one_line(tmp_path, damage, message):
 
 @pytest.mark.unit
 def test_feedback_commands_list_export_import(tmp_path, capsys):
-    from digits.cli import main
+    from workflow.cli import main
 
     filled_store(tmp_path / "fb", n=6)
     assert main(["feedback", "list", "--feedback_dir", str(tmp_path / "fb")]) == 0
@@ -226,8 +226,8 @@ def test_bad_inputs_from_the_command_line_are_one_line_without_a_traceback(tmp_p
 
 @pytest.mark.unit
 def test_extra_data_joins_the_training_split_only(tmp_path, fake_mnist_dir):
-    from digits.config import TrainConfig
-    from digits.pipeline import load_data
+    from digits.core.config import TrainConfig
+    from workflow.pipeline import load_data
 
     path = _export(tmp_path, n=10)
     plain_mnist, plain = load_data(TrainConfig(data_dir=str(fake_mnist_dir), val_size=100))
@@ -244,8 +244,9 @@ def test_extra_data_joins_the_training_split_only(tmp_path, fake_mnist_dir):
 
 @pytest.mark.unit
 def test_the_buttons_store_the_answer_with_the_label_given(tmp_path):
-    from digits import app, app_feedback
-    from digits.preprocess import to_mnist
+    from digits.app import page as app
+    from digits.app import feedback as app_feedback
+    from digits.serve.preprocess import to_mnist
     from tests.test_app import SEVEN, FakePredictor, ink_on_paper
 
     store = Store(tmp_path / "fb")
@@ -268,7 +269,7 @@ def test_the_buttons_store_the_answer_with_the_label_given(tmp_path):
 
 @pytest.mark.unit
 def test_app_feedback_flags():
-    from digits.cli import _feedback_store, build_parser
+    from workflow.cli import _feedback_store, build_parser
 
     args = build_parser().parse_args(["app"])
     assert (args.feedback_dir, args.no_feedback) == ("", False)
@@ -293,7 +294,7 @@ def _inputs(run) -> dict[str, tuple[str, int]]:
 def test_extra_data_changes_the_logged_training_set_and_adds_feedback_accuracy(tmp_path, fake_mnist_dir, tracking_uri):
     import mlflow
 
-    from digits.cli import main
+    from workflow.cli import main
 
     path = _export(tmp_path, n=20)
     common = ["train", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
@@ -367,15 +368,15 @@ def test_correct_and_confirm_answers_in_a_real_browser(browser, store, fake_endp
         assert entry["model"] == f"endpoint {fake_endpoint}" and entry["source"] == "app"
         picture = (tmp_path / "fb" / entry["picture"]).read_bytes()
         assert picture[:8] == b"\x89PNG\r\n\x1a\n"
-        from digits.preprocess import to_mnist
+        from digits.serve.preprocess import to_mnist
 
         assert np.array_equal(feedback.entry_image(entry), to_mnist(picture))
 
 
 @pytest.mark.unit
 def test_the_model_card_says_what_feedback_the_model_trained_on():
-    from digits.config import TrainConfig
-    from digits.report import feedback_text
+    from digits.core.config import TrainConfig
+    from digits.evaluate.report import feedback_text
 
     assert feedback_text(TrainConfig(), {}) == "None: trained on MNIST alone (`extra_data` empty)."
     text = feedback_text(TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 80, "feedback_heldout_images": 20, "feedback_accuracy": 0.85})
@@ -388,7 +389,7 @@ def test_the_model_card_says_what_feedback_the_model_trained_on():
 def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_the_promotion_rule(tmp_path, fake_mnist_dir, tracking_uri):
     import mlflow
 
-    from digits.cli import main
+    from workflow.cli import main
 
     path = _export(tmp_path, n=20)
     assert main(["main", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
@@ -405,7 +406,7 @@ def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_t
 
 @pytest.mark.data  # importing Gradio takes seconds
 def test_the_page_has_the_buttons_unless_feedback_is_off(tmp_path):
-    from digits import app
+    from digits.app import page as app
     from tests.test_app import FakePredictor
 
     def ids(demo) -> set:
@@ -421,8 +422,8 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
 
     import mlflow
 
-    from digits.app import EndpointModel
-    from digits.app_feedback import model_label
+    from digits.app.page import EndpointModel
+    from digits.app.feedback import model_label
 
     client = mlflow.MlflowClient()
     client.create_registered_model("digits-cnn")
@@ -445,7 +446,7 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
 def test_two_writers_at_once_never_interleave_their_lines(tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        from digits import feedback
+        from digits.feedback import store as feedback
         store = feedback.Store({str(tmp_path / 'fb')!r})
         rng = np.random.default_rng(int(sys.argv[1]))
         for i in range(60):

@@ -12,9 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from digits import guard, registry
-from digits.config import TrainConfig
-from digits.model import build_model, save_checkpoint
+from digits.serve import guard
+from digits.mlops import registry
+from digits.core.config import TrainConfig
+from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import isolated_store
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""digits.metrics against values computed by hand on tiny examples."""
+"""digits.evaluate.metrics against values computed by hand on tiny examples."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from digits.metrics import (
+from digits.evaluate.metrics import (
     METRIC_NAMES,
     classification_metrics,
     confusion_counts,

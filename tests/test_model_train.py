@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from digits import train as train_module
-from digits.config import ConfigError, TrainConfig
-from digits.data import read_mnist_dir
-from digits.model import MAX_BATCH, batched_logits, build_model, load_checkpoint, predict_proba, save_checkpoint, to_input
-from digits.train import NonFiniteLossError, evaluate, fit, lr_factor, resolve_device
+from digits.learn import train as train_module
+from digits.core.config import ConfigError, TrainConfig
+from digits.learn.data import read_mnist_dir
+from digits.serve.model import MAX_BATCH, batched_logits, build_model, load_checkpoint, predict_proba, save_checkpoint, to_input
+from digits.learn.train import NonFiniteLossError, evaluate, fit, lr_factor, resolve_device
 
 
 @pytest.mark.unit

@@ -17,10 +17,10 @@ import requests
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from digits import number_eval
-from digits.answers import answer, request_mode
-from digits.numbers import MAX_DIGITS, read_number, read_numbers
-from digits.preprocess import InputError
+from digits.evaluate import number_eval
+from digits.serve.answers import answer, request_mode
+from digits.serve.numbers import MAX_DIGITS, read_number, read_numbers
+from digits.serve.preprocess import InputError
 from tests.conftest import digits_command, isolated_store, scoring_server
 
 # --- synthetic numbers and a classifier that knows two shapes ----------------------------------------------------------
@@ -192,9 +192,9 @@ def test_number_metrics():
 @pytest.fixture(scope="module")
 def network(mnist):
     """A CNN trained on 3,000 images for 2 epochs (about 95% test accuracy)."""
-    from digits.config import TrainConfig
-    from digits.data import split_train_val
-    from digits.train import fit
+    from digits.core.config import TrainConfig
+    from digits.learn.data import split_train_val
+    from digits.learn.train import fit
 
     config = TrainConfig(epochs=2, subset=3000, seed=0, device="cpu")
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
@@ -203,7 +203,7 @@ def network(mnist):
 
 @pytest.mark.data
 def test_evaluation_on_a_small_slice_logs_the_metrics(mnist, network, tracking_uri):
-    from digits.model import predict_proba
+    from digits.serve.model import predict_proba
 
     samples = number_eval.number_set(mnist.test_images, mnist.test_labels, 2, seed=0, lengths=(3, 5))
     readings = number_eval.read_all(samples, lambda images: predict_proba(network[1], images))
@@ -219,7 +219,7 @@ def test_evaluation_on_a_small_slice_logs_the_metrics(mnist, network, tracking_u
 
 def composed_png(mnist, text: str) -> str:
     """``text`` written with the first test digits of each label, with gaps, as a canvas drawing (base64 PNG)."""
-    from digits import render
+    from digits.evaluate import render
 
     picks = [int(np.flatnonzero(mnist.test_labels == int(c))[0]) for c in text]
     strip = np.concatenate([np.pad(mnist.test_images[i], ((6, 6), (0, 0))) for i in picks], axis=1)
@@ -228,8 +228,8 @@ def composed_png(mnist, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def registered_number_model(mnist, network, tmp_path_factory):
-    from digits.model import save_checkpoint
-    from digits.registry import log_cnn_model, register_model
+    from digits.serve.model import save_checkpoint
+    from digits.mlops.registry import log_cnn_model, register_model
 
     root = tmp_path_factory.mktemp("numbers-serving")
     with isolated_store(root, "numbers-tests") as (uri, experiment):
@@ -324,7 +324,7 @@ class ShapesPredictor:
 
 @pytest.mark.unit
 def test_app_number_mode_reads_the_drawing_and_boxes_each_digit():
-    from digits.app_numbers import NUMBER_EMPTY_MESSAGE, read_number_drawing
+    from digits.app.numbers import NUMBER_EMPTY_MESSAGE, read_number_drawing
 
     predictor = ShapesPredictor()
     drawing = picture(420, [lambda d: bar(d, 40), lambda d: ring(d, 100), lambda d: bar(d, 220), lambda d: ring(d, 280)])
@@ -340,7 +340,7 @@ def test_app_number_mode_reads_the_drawing_and_boxes_each_digit():
 @pytest.mark.unit
 def test_app_page_has_the_number_canvas():
     pytest.importorskip("gradio")
-    from digits import app
+    from digits.app import page as app
 
     demo = app.build_app(ShapesPredictor())
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
@@ -356,11 +356,11 @@ def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
         pytest.fail(f"the browser tests need Debian's Chromium at {CHROMIUM}: apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
-    from digits.config import TrainConfig
-    from digits.data import split_train_val
-    from digits.model import save_checkpoint
-    from digits.registry import log_cnn_model, register_model
-    from digits.train import fit
+    from digits.core.config import TrainConfig
+    from digits.learn.data import split_train_val
+    from digits.serve.model import save_checkpoint
+    from digits.mlops.registry import log_cnn_model, register_model
+    from digits.learn.train import fit
 
     root = tmp_path_factory.mktemp("number-app")
     with isolated_store(root, "app-tests") as (uri, experiment):

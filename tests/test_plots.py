@@ -1,4 +1,4 @@
-"""digits.plots: every figure renders to a PNG that decodes, has a sensible size and is not blank."""
+"""digits.evaluate.plots: every figure renders to a PNG that decodes, has a sensible size and is not blank."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from digits import plots
-from digits.metrics import classification_metrics
+from digits.evaluate import plots
+from digits.evaluate.metrics import classification_metrics
 from tests.conftest import fake_digits
 
 N = 200
@@ -79,7 +79,7 @@ def test_figure_renders_to_a_readable_png(name, data):
 @pytest.mark.data
 def test_no_pyplot_and_no_backend_selection_at_import():
     code = (
-        "import sys, digits.plots, digits.metrics\n"
+        "import sys, digits.evaluate.plots, digits.evaluate.metrics\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from digits import decode, preprocess
-from digits.model import MAX_BATCH
-from digits.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
+from digits.serve import decode
+from digits.serve import preprocess
+from digits.serve.model import MAX_BATCH
+from digits.serve.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
 from tests.conftest import png_header, zero_size_png
 
 pytestmark = pytest.mark.unit
@@ -312,7 +313,7 @@ def test_thicker_mnist_like_strokes_from_a_real_dilation(reference):
 def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped():
     import io
 
-    from digits.decode import decode_image
+    from digits.serve.decode import decode_image
 
     values = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     buffer = io.BytesIO()

@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from digits.data import split_train_val
+from digits.learn.data import split_train_val
 
 pytestmark = pytest.mark.data
 

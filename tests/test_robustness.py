@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from digits import corruptions, render, robustness
-from digits.augment import augment
-from digits.config import ConfigError, TrainConfig
-from digits.errors import DigitsError
-from digits.preprocess import to_mnist
+from digits.evaluate import corruptions
+from digits.evaluate import render
+from digits.evaluate import robustness
+from digits.learn.augment import augment
+from digits.core.config import ConfigError, TrainConfig
+from digits.core.errors import DigitsError
+from digits.serve.preprocess import to_mnist
 from tests.conftest import fake_digits
 
 

@@ -18,17 +18,17 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
 
-from digits import render
-from digits.config import TrainConfig
-from digits.data import split_train_val
-from digits.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
-from digits.guard import install as guard_scoring_server
-from digits.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
-from digits.preprocess import to_mnist
-from digits.export import export_onnx
-from digits.names import ONNX_SUFFIX
-from digits.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
-from digits.train import fit
+from digits.evaluate import render
+from digits.core.config import TrainConfig
+from digits.learn.data import split_train_val
+from digits.serve.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
+from digits.serve.guard import install as guard_scoring_server
+from digits.serve.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
+from digits.serve.preprocess import to_mnist
+from digits.mlops.export import export_onnx
+from digits.core.names import ONNX_SUFFIX
+from digits.mlops.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
+from digits.learn.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store, scoring_server, zero_size_png
 
 pytestmark = pytest.mark.e2e
@@ -295,7 +295,7 @@ def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
 
     monkeypatch.setattr(mlflow, "__version__", "99.0.0")
     before = scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception
-    with caplog.at_level("WARNING", logger="digits.guard"):
+    with caplog.at_level("WARNING", logger="digits.serve.guard"):
         guard_scoring_server()
     assert (scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception) == before
     assert "MLflow 99.0.0 is not the tested" in caplog.text

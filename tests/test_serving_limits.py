@@ -21,10 +21,11 @@ import pytest
 import requests
 from PIL import Image
 
-from digits import guard, registry
-from digits.config import TrainConfig
-from digits.decode import MAX_PIXELS
-from digits.model import build_model, save_checkpoint
+from digits.serve import guard
+from digits.mlops import registry
+from digits.core.config import TrainConfig
+from digits.serve.decode import MAX_PIXELS
+from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import isolated_store, scoring_server
 
 pytestmark = pytest.mark.e2e

@@ -23,9 +23,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from digits import stack as stack_mod
-from digits.cli import build_parser
-from digits.config import SearchConfig, TrainConfig
+from digits.ops import stack as stack_mod
+from workflow.cli import build_parser
+from digits.core.config import SearchConfig, TrainConfig
 from tests.conftest import ROOT, digits_command
 from tuning import workers
 

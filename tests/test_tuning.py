@@ -25,7 +25,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from digits.config import SearchConfig, TrainConfig
+from digits.core.config import SearchConfig, TrainConfig
 from tests.conftest import ROOT, digits_command
 from tuning import liveness
 from tuning import search as search_mod
@@ -80,7 +80,7 @@ def tune(storage: str, data_dir: Path, *args: str, n_trials: int = 2, trial_epoc
 
 
 def tiny_split(mnist, subset: int = 1000):
-    from digits.data import split_train_val
+    from digits.learn.data import split_train_val
 
     return split_train_val(mnist.train_labels, 500, 0, subset)
 
@@ -299,7 +299,7 @@ def test_pruner_replay_prunes_bad_curves_and_fits_more_trials_in_the_budget():
 
 @pytest.mark.data
 def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
-    from digits import tracking
+    from digits.mlops import tracking
 
     base = TrainConfig(epochs=5, **TINY)
     split = tiny_split(mnist)
@@ -344,7 +344,7 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
 
 @pytest.mark.data
 def test_pruned_trials_end_killed_and_tagged_not_failed(mnist, stores, monkeypatch):
-    from digits import tracking
+    from digits.mlops import tracking
 
     monkeypatch.setattr(study_mod, "make_pruner", lambda trial_epochs: AlwaysPrune())
     with tracking.run("main") as main:
@@ -363,7 +363,7 @@ def test_pruned_trials_end_killed_and_tagged_not_failed(mnist, stores, monkeypat
 
 @pytest.mark.data
 def test_a_diverging_trial_fails_with_a_reason_and_the_search_goes_on(mnist, stores):
-    from digits import tracking
+    from digits.mlops import tracking
 
     # Without batch norm, lr=10 turns the loss into NaN in the first epoch; the base is trial 0.
     base = TrainConfig(lr=10.0, batch_norm=False, batch_size=64, **TINY)

@@ -29,7 +29,7 @@ import optuna
 from mlflow.entities import RunStatus
 from optuna.trial import FrozenTrial, TrialState
 
-from digits.errors import first_line
+from digits.core.errors import first_line
 from tuning.storage import grace_period
 
 log = logging.getLogger(__name__)

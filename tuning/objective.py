@@ -17,10 +17,10 @@ import numpy as np
 import optuna
 from mlflow.entities import RunStatus
 
-from digits import tracking
-from digits.config import TrainConfig
-from digits.errors import first_line
-from digits.train import NonFiniteLossError, fit
+from digits.mlops import tracking
+from digits.core.config import TrainConfig
+from digits.core.errors import first_line
+from digits.learn.train import NonFiniteLossError, fit
 from tuning.liveness import this_worker
 from tuning.space import suggest_config
 from tuning.study import OBJECTIVE

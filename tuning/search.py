@@ -32,10 +32,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from digits import tracking
-from digits.config import SearchConfig, TrainConfig
-from digits.data import MNIST, Split
-from digits.errors import first_line, quiet_loggers
+from digits.mlops import tracking
+from digits.core.config import SearchConfig, TrainConfig
+from digits.learn.data import MNIST, Split
+from digits.core.errors import first_line, quiet_loggers
 from tuning.liveness import WORKER_TAG, fail_own_trials, fail_zombies, kill_dead_search_runs, on_stale_trial, this_worker
 from tuning.objective import Objective
 from tuning.space import SEARCHED, suggest_config

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import optuna
 
-from digits.config import TrainConfig
+from digits.core.config import TrainConfig
 
 Bounds = tuple  # (low, high) for floats, (low, high, step) for ints, the choices for a categorical
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import optuna
 
-from digits.errors import DigitsError, first_line
+from digits.core.errors import DigitsError, first_line
 
 # A live worker's heartbeat thread writes every HEARTBEAT_INTERVAL seconds; a RUNNING trial silent for
 # GRACE_PERIOD seconds is a dead worker's. Generous, because 2 busy CPU cores can starve the thread for a while.

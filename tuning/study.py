@@ -15,9 +15,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from digits.config import SearchConfig, TrainConfig
-from digits.data import MNIST
-from digits.errors import DigitsError
+from digits.core.config import SearchConfig, TrainConfig
+from digits.learn.data import MNIST
+from digits.core.errors import DigitsError
 from tuning.space import SEARCHED, base_params, space_of
 from tuning.storage import redact
 

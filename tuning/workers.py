@@ -18,7 +18,7 @@ import sys
 
 import mlflow
 
-from digits.config import SearchConfig, TrainConfig
+from digits.core.config import SearchConfig, TrainConfig
 from tuning.liveness import ORCHESTRATOR_TAG
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, Callable, Sequence
 
-from digits.config import ConfigError, DataConfig, SearchConfig, TrainConfig, parse_bool
-from digits.errors import DigitsError, first_line
-from digits.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
+from digits.core.config import ConfigError, DataConfig, SearchConfig, TrainConfig, parse_bool
+from digits.core.errors import DigitsError, first_line
+from digits.core.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
 
 PROG = "digits"
 
@@ -98,7 +98,7 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_main(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
-    from digits import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
+    from workflow import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
 
     pipeline.run_main(config, search, args.model_name)
     return 0
@@ -106,7 +106,7 @@ def cmd_main(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(TrainConfig, args)
-    from digits import pipeline
+    from workflow import pipeline
 
     mnist, split = pipeline.load_data(config)
     pipeline.run_cnn(config, mnist, split, nested=False)
@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     config = config_from_args(DataConfig, args)
-    from digits import pipeline
+    from workflow import pipeline
 
     mnist, split = pipeline.load_data(config)
     pipeline.run_baseline(config, mnist, split, nested=False)
@@ -124,7 +124,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
-    from digits import pipeline
+    from workflow import pipeline
 
     pipeline.run_tune(config, search, parent_run_id=args.parent_run_id)
     return 0
@@ -133,7 +133,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from digits import app  # gradio is an optional extra: imported only when the app is asked for
+    from digits.app import page as app  # gradio is an optional extra: imported only when the app is asked for
 
     if importlib.util.find_spec("gradio") is None:
         raise DigitsError("the app needs Gradio: pip install 'digits[app]'")
@@ -145,13 +145,13 @@ def _feedback_store(args: argparse.Namespace):
     """The app's feedback store (``--feedback_dir``, else beside the tracking store), or None with ``--no_feedback``."""
     if getattr(args, "no_feedback", False):
         return None
-    from digits.feedback import Store, default_dir
+    from digits.feedback.store import Store, default_dir
 
     return Store(args.feedback_dir or default_dir())
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from digits import feedback
+    from digits.feedback import store as feedback
 
     store = _feedback_store(args)
     if args.action == "import":
@@ -185,11 +185,11 @@ def _add_feedback_parsers(sub: Any, app_parser: argparse.ArgumentParser) -> None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digits.data import load_mnist
-    from digits.evaluation import evaluate_model, load_model
+    from digits.learn.data import load_mnist
+    from digits.mlops.evaluate_job import evaluate_model, load_model
 
     if args.number:
-        from digits.number_eval import evaluate_numbers
+        from digits.mlops.evaluate_job import evaluate_numbers
 
         mnist = load_mnist(args.data_dir or None)
         evaluate_numbers(args.model_uri, mnist.test_images, mnist.test_labels, args.number_size, args.number_seed)
@@ -200,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from digits.registry import set_alias
+    from digits.mlops.registry import set_alias
 
     if args.version < 1:  # MLproject parameters all have defaults: 0 stands for "not given"
         raise ConfigError(f"--version must be the number of a registered version (1, 2, ...), got {args.version}")
@@ -211,7 +211,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digits.serving import predict_files
+    from digits.serve.serving import predict_files
 
     for row in predict_files(args.images, args.model_uri, number=args.number).itertuples():
         print(f"{row.path}: {row.text if args.number else row.digit} (confidence {row.confidence:.3f})")
@@ -230,7 +230,7 @@ def _add_number_flags(p: argparse.ArgumentParser, handler: Callable[[argparse.Na
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from digits import stack
+    from digits.ops import stack
 
     where = stack.open_stack(args.dir or None, args.pg_port, args.mlflow_port)
     if args.action == "up":
@@ -257,13 +257,13 @@ def _add_stack_parser(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from digits.export import INT8_MAX_DROP, OPSET, export_model
+    from digits.mlops.export import INT8_MAX_DROP, OPSET, export_model
 
     if args.format != "onnx":  # MLproject parameters are not checked by MLflow: this is the only place
         raise ConfigError(f"--format must be onnx, got {args.format!r}")
     mnist = None
     if args.data_dir:
-        from digits.data import load_mnist
+        from digits.learn.data import load_mnist
 
         mnist = load_mnist(args.data_dir)
     done = export_model(args.model_uri, args.out, mnist)
@@ -338,14 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    from digits.tracking import RunInterrupted, interrupt
+    from digits.mlops.tracking import RunInterrupted, interrupt
 
     _ignore_interrupts()
     interrupt(RunInterrupted(f"received signal {signum}"))  # at once, or after Optuna's bookkeeping
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    from digits.tracking import interrupt
+    from digits.mlops.tracking import interrupt
 
     _ignore_interrupts()
     interrupt(KeyboardInterrupt())
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         from mlflow.exceptions import MlflowException
 
-        from digits.tracking import RunInterrupted
+        from digits.mlops.tracking import RunInterrupted
 
         if isinstance(exc, RunInterrupted):
             print(f"{PROG} {args.command}: stopped by {exc}", file=sys.stderr)

@@ -9,20 +9,26 @@ import functools
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
+import pandas as pd
 
-from digits import baseline, registry, report, tracking
-from digits.config import DataConfig, SearchConfig, TrainConfig
-from digits.errors import DigitsError
-from digits.data import MNIST, Split, load_mnist, split_train_val
-from digits.evaluation import log_eda_once, log_test_evaluation
-from digits.feedback_train import log_feedback_evaluation, with_extra_data
-from digits.model import predict_proba, save_checkpoint
-from digits.names import CNN_MODEL_NAME, ONNX_SUFFIX
-from digits.train import fit
+from digits.learn import baseline
+from digits.mlops import registry
+from digits.evaluate import report
+from digits.mlops import tracking
+from digits.core.config import DataConfig, SearchConfig, TrainConfig
+from digits.core.errors import DigitsError
+from digits.learn.data import MNIST, Split, load_mnist, split_train_val
+from digits.evaluate.eda import log_eda_once
+from digits.evaluate.evaluation import log_test_evaluation
+from digits.evaluate.metrics import top_confusions
+from digits.mlops.feedback_data import log_feedback_evaluation, with_extra_data
+from digits.serve.model import predict_proba, save_checkpoint
+from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
+from digits.learn.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ class ModelOutcome:
     metrics: dict[str, float]
     model_uri: str | None = None
     onnx_model_uri: str | None = None  # the ONNX-backed pyfunc logged beside the final CNN
+    # The card's confusion table, from the predictions in memory: no download of the CSV just logged.
+    confusions: pd.DataFrame = field(default_factory=lambda: top_confusions(np.zeros(0, int), np.zeros(0, int)))
 
 
 def load_data(config: DataConfig) -> tuple[MNIST, Split]:
@@ -74,7 +82,8 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
             pip_requirements=baseline.requirements(),  # inferring them costs ~10 s of import tracing per run
         )
         log.info("baseline: test accuracy %.2f%% (fit %.1fs)", 100 * metrics["test_accuracy"], fit_seconds)
-        return ModelOutcome(active.info.run_id, metrics, info.model_uri)
+        confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
+        return ModelOutcome(active.info.run_id, metrics, info.model_uri, confusions=confusions)
 
 
 def run_cnn(
@@ -110,7 +119,8 @@ def run_cnn(
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
         onnx_uri = log_onnx(result.model, config, mnist, proba) if final else None
         log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
-        return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri)
+        confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
+        return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri, confusions)
 
 
 def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray) -> str | None:
@@ -120,7 +130,7 @@ def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray)
     ``onnx_max_abs_diff`` and ``onnx_same_digits`` (the share of test digits ONNX Runtime reads as PyTorch
     does). A graph that does not match is not logged (tag ``onnx_export``): the torch model is registered alone.
     """
-    from digits import export
+    from digits.mlops import export
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_onnx(network, config, f"{tmp}/{export.ONNX_FILE}")

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from digits import app
-from digits.errors import DigitsError, first_line
-from digits.feedback import Store
+from digits.app import page as app
+from digits.core.errors import DigitsError, first_line
+from digits.feedback.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The drawing app's number mode: draw a number (1 to 12 digits) on a wide canvas, see it read and each digit boxed.
 
 The drawing goes to the model as the same base64 PNG the digit mode sends, with the request column ``mode`` set to
-``number`` (``digits.numbers`` behind the served model); the page shows the text, its confidence and the drawing
+``number`` (``digits.serve.numbers`` behind the served model); the page shows the text, its confidence and the drawing
 with a box and the digit over each digit read. Gradio is imported only by ``number_section``.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from digits.errors import DigitsError
+from digits.core.errors import DigitsError
 
 NUMBER_EMPTY_MESSAGE = "The canvas is empty: write a number (1 to 12 digits) on one line, then press **Read the number**."
 NUMBER_CANVAS = (1120, 280)
@@ -32,7 +32,7 @@ def boxed(picture: Image.Image, digits: list[dict[str, Any]]) -> Image.Image:
 
 def read_number_drawing(editor_value: dict[str, Any] | None, predictor: Any) -> tuple[str, Image.Image | None]:
     """Message and boxed drawing for the number canvas's value (Gradio's ``{"background", "layers", "composite"}``)."""
-    from digits.app import encode_png, is_blank
+    from digits.app.page import encode_png, is_blank
 
     composite = (editor_value or {}).get("composite")
     if is_blank(composite):

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from digits.errors import DigitsError, first_line
-from digits.names import CHAMPION_URI
-from digits.preprocess import InputError, to_mnist
+from digits.core.errors import DigitsError, first_line
+from digits.core.names import CHAMPION_URI
+from digits.serve.preprocess import InputError, to_mnist
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -332,7 +332,7 @@ def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
                 top = gr.Label(label="Top 3", num_top_classes=TOP_K, elem_id="top")
                 seen = gr.Image(label="What the model saw (28x28)", type="pil", interactive=False, height=PREVIEW_SIDE + 40, buttons=[], elem_id="seen")
                 if feedback is not None:  # the buttons under the answer; they take over the read handlers
-                    from digits.app_feedback import add_feedback
+                    from digits.app.feedback import add_feedback
 
                     add_feedback(feedback, predictor, sketch, upload, read, [top, seen, message])
 
@@ -340,7 +340,7 @@ def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
         if feedback is None:
             read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=outputs)
             upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=outputs)
-        from digits.app_numbers import number_section  # the number mode: a wide canvas, boxes over the drawing
+        from digits.app.numbers import number_section  # the number mode: a wide canvas, boxes over the drawing
 
         number_section(predictor)
         demo.load(predictor.status, outputs=status)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from digits.errors import DigitsError
+from digits.core.errors import DigitsError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Images per forward pass of batched inference (``model.batched_logits``), and the most one request to the served
@@ -22,7 +22,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_BATCH = 1000
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine")
-AUGMENT_POLICIES = ("robust", "affine")  # digits.augment.POLICIES; config imports no torch
+AUGMENT_POLICIES = ("robust", "affine")  # digits.learn.augment.POLICIES; config imports no torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from digits import render
-from digits.preprocess import to_mnist
+from digits.evaluate import render
+from digits.serve.preprocess import to_mnist
 
 __all__ = ["CORRUPTIONS", "Corruption", "corrupt", "names"]
 

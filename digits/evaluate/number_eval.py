@@ -1,4 +1,4 @@
-"""The numbers evaluation: handwritten numbers composed from MNIST *test* digits, read by ``digits.numbers``.
+"""The numbers evaluation: handwritten numbers composed from MNIST *test* digits, read by ``digits.serve.numbers``.
 
 A number of 3 to 8 digits is laid out left to right from test digits cropped to their ink, each scaled by up to
 15% and shifted off the baseline by up to 8% of its height, with a spacing kind: ``gap`` (blank of 15-50% of a
@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from digits import render
-from digits.errors import DigitsError
-from digits.numbers import read_number
+from digits.evaluate import render
+from digits.core.errors import DigitsError
+from digits.serve.numbers import read_number
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +177,4 @@ def log_number_evaluation(samples: Sequence[NumberSample], readings: Sequence[tu
         fig.savefig(Path(tmp) / "worst_misreads.png", dpi=100)
         plt.close(fig)
         mlflow.log_artifacts(tmp, NUMBERS_DIR)
-    return values
-
-
-def evaluate_numbers(model_uri: str, images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0) -> dict[str, float]:
-    """The ``digits evaluate --number`` job: ``size`` numbers per (length, spacing, renderer) in a run ``evaluate-numbers``."""
-    import mlflow
-
-    from digits import tracking
-    from digits.evaluation import load_model
-
-    model = load_model(model_uri)
-    samples = number_set(images, labels, size, seed)
-    readings = read_all(samples, model.predict_proba)
-    with tracking.model_run("evaluate-numbers", nested=False, model_family=model.family, pipeline_step="evaluate", evaluated_model_uri=model_uri) as active:
-        if active.info.run_name != "evaluate-numbers":
-            mlflow.set_tag("mlflow.runName", "evaluate-numbers")
-        mlflow.log_params({"number_set_size": size, "number_set_seed": seed, "number_lengths": f"{LENGTHS[0]}-{LENGTHS[-1]}"})
-        values = log_number_evaluation(samples, readings)
-    log.info("%s: %d numbers, exact match %.1f%%, digit accuracy %.1f%%", model_uri, len(samples), 100 * values["number_exact_match"], 100 * values["number_digit_accuracy"])
     return values

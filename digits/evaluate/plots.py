@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from digits.metrics import LABELS, N_CLASSES, confusion_counts, per_class_roc_auc, reliability_bins
+from digits.evaluate.metrics import LABELS, N_CLASSES, confusion_counts, per_class_roc_auc, reliability_bins
 
 DPI = 110
 # matplotlib's tab10, written out so that nothing is computed at import and the rcParams colour cycle cannot change it.

@@ -7,7 +7,6 @@ and the CNN run's logged confusions, and logs the card.
 
 from __future__ import annotations
 
-import io
 import math
 import string
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import pandas as pd
 
-from digits import robustness
-from digits.config import TrainConfig
-from digits.data import MNIST, Split
+from digits.evaluate import robustness
+from digits.core.config import TrainConfig
+from digits.learn.data import MNIST, Split
 
 CARD_FILE = "model_card.md"
 CARD_TEMPLATE = "model_card.md"  # in digits/templates/, filled by model_card
@@ -48,6 +47,7 @@ class Outcome(Protocol):
 
     run_id: str
     metrics: dict[str, float]
+    confusions: pd.DataFrame  # metrics.top_confusions of its test predictions, kept in memory (not downloaded back)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def model_card(**arguments: Any) -> str:
 
 def card_template() -> string.Template:
     """The card's prose, ``digits/templates/model_card.md`` (package data; the served model does not need it)."""
-    return string.Template(resources.files("digits").joinpath("templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8"))
+    return string.Template(resources.files("digits.evaluate").joinpath("templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8"))
 
 
 def card_fields(
@@ -180,20 +180,6 @@ def _confusions_text(
     return "\n".join(lines)
 
 
-def read_top_confusions(run_id: str) -> pd.DataFrame:
-    """The ``evaluation/top_confusions.csv`` that run ``run_id`` logged; an empty table if it has none."""
-    import mlflow
-
-    from digits.evaluation import quiet_downloads
-
-    try:
-        with quiet_downloads():
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/top_confusions.csv")
-    except Exception:  # an older run without the artifact: the card says so instead of failing the pipeline
-        return pd.DataFrame({"true": [], "predicted": [], "count": []})
-    return pd.read_csv(io.StringIO(text))
-
-
 def log_model_card(
     mnist: MNIST,
     split: Split,
@@ -225,8 +211,8 @@ def log_model_card(
         data=data_summary(mnist, split, config),
         baseline=baseline.metrics,
         cnn=cnn.metrics,
-        confusions=read_top_confusions(cnn.run_id),
-        baseline_confusions=read_top_confusions(baseline.run_id),
+        confusions=cnn.confusions,
+        baseline_confusions=baseline.confusions,
         test_support=dict(enumerate(np.bincount(mnist.test_labels, minlength=10).tolist())),
         runs=runs,
         selection=selection,

@@ -1,4 +1,4 @@
-"""Test accuracy under corruptions (``digits.corruptions``), logged for every evaluated model beside the clean figures.
+"""Test accuracy under corruptions (``digits.evaluate.corruptions``), logged for every evaluated model beside the clean figures.
 
 ``robustness_table(predict, images, labels)`` measures one model; ``log_robustness`` logs it into the active
 run as metrics ``robust_<corruption>_accuracy`` and ``robust_mean_accuracy``, the table
@@ -21,9 +21,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from digits import corruptions, plots
-from digits.data import stratified_order
-from digits.errors import DigitsError
+from digits.evaluate import corruptions
+from digits.evaluate import plots
+from digits.learn.data import stratified_order
+from digits.core.errors import DigitsError
 
 __all__ = ["DEFAULT_SIZE", "FIGURE", "TABLE", "corrupted_sets", "log_robustness", "robustness_figure", "robust_metrics", "robustness_table", "sample_size"]
 
@@ -152,7 +153,7 @@ def card_section(baseline: dict[str, float], cnn: dict[str, float]) -> str:
         if mine is not None and mine < WEAK:
             weak.append(f"{c.name} ({mine:.1%})")
     lines = [
-        "Test digits corrupted MNIST-C style at fixed seeds (`digits.corruptions`); pictures go through the served"
+        "Test digits corrupted MNIST-C style at fixed seeds (`digits.evaluate.corruptions`); pictures go through the served"
         " model's preprocessing, pixel arrays straight to the network.", "",
         "| corruption | what | baseline | CNN |", "|---|---|---|---|", *rows,
         f"| **mean** | all of the above | {baseline.get('robust_mean_accuracy', float('nan')):.2%} | {cnn['robust_mean_accuracy']:.2%} |", "",

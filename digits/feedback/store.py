@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from digits.errors import DigitsError
+from digits.core.errors import DigitsError
 
 TABLE = "feedback.jsonl"
 PICTURES = "pictures"

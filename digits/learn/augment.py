@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from digits.data import augment_batch
+from digits.learn.data import augment_batch
 
 __all__ = ["POLICIES", "augment"]
 

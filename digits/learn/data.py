@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from digits.errors import DigitsError, first_line
+from digits.core.errors import DigitsError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digits.config import ConfigError, TrainConfig
-from digits.augment import augment
-from digits.data import to_device
-from digits.errors import DigitsError
-from digits.model import batched_logits, build_model, to_channels_last, to_input
+from digits.core.config import ConfigError, TrainConfig
+from digits.learn.augment import augment
+from digits.learn.data import to_device
+from digits.core.errors import DigitsError
+from digits.serve.model import batched_logits, build_model, to_channels_last, to_input
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from digits.config import TrainConfig
-from digits.errors import DigitsError, first_line, quiet_loggers
-from digits.model import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, predict_proba
-from digits.onnx_model import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, onnx_probabilities, session  # noqa: F401 (re-exported)
+from digits.core.config import TrainConfig
+from digits.core.errors import DigitsError, first_line, quiet_loggers
+from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, predict_proba
+from digits.serve.onnx_model import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, onnx_probabilities, session  # noqa: F401 (re-exported)
 
 OPSET = 18
 INT8_FILE = "model.int8.onnx"
@@ -64,7 +64,7 @@ def export_onnx(network: nn.Module, config: TrainConfig, path: str | Path) -> Pa
     proto = program.model_proto
     metadata = {
         "digits_config": config.to_json(),
-        "input": "pixels: uint8 (N, 28, 28), 0-255, light ink on dark, centred like MNIST (digits.preprocess.to_mnist)",
+        "input": "pixels: uint8 (N, 28, 28), 0-255, light ink on dark, centred like MNIST (digits.serve.preprocess.to_mnist)",
         "output": "probabilities: float32 (N, 10), digits 0-9",
     }
     for key, value in metadata.items():

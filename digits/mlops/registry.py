@@ -27,9 +27,9 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from digits.errors import DigitsError, first_line
-from digits.model import CONFIG_FILE, WEIGHTS_FILE
-from digits.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
+from digits.core.errors import DigitsError, first_line
+from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE
+from digits.core.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
 
 # Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
 TAG_ACCURACY = "test_accuracy"
@@ -38,13 +38,24 @@ TAG_DIGEST = "data_digest"
 TAG_COMMIT = "git_commit"
 PROMOTION_TAG = "promotion"
 
-# The part of the package the served model runs: copied into the model as code (code_paths), so a fresh
-# environment needs only the pip requirements below. tests/test_registry.py checks their imports.
-SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "model.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "serving.py")
+# The part of the package the served model runs: the folders serve/ and core/ (and the package's __init__), copied
+# into the model as code (code_paths), so a fresh environment needs only the pip requirements below. The folder is
+# the list: a module added to serve/ is bundled. tests/test_registry.py checks the bundle's imports.
+SERVING_PACKAGES = ("core", "serve")
 SERVING_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "scipy", "orjson")
-# The ONNX-backed model (digits-cnn-onnx): the same input handling, ONNX Runtime instead of torch.
-ONNX_SERVING_MODULES = ("__init__.py", "errors.py", "names.py", "config.py", "decode.py", "pixels.py", "preprocess.py", "numbers.py", "guard.py", "answers.py", "onnx_model.py")
+# The ONNX-backed model (digits-cnn-onnx): the same bundle and input handling, ONNX Runtime instead of torch; its
+# entry point (digits.serve.onnx_model) imports no torch, which tests/test_onnx_model.py checks.
 ONNX_SERVING_REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "scipy", "orjson")
+
+
+def serving_files() -> list[str]:
+    """The bundled files, relative to the ``digits`` package: its ``__init__.py`` and every module of the serving folders."""
+    package = Path(__file__).resolve().parent.parent
+    files = ["__init__.py"]
+    for folder in SERVING_PACKAGES:
+        files += sorted(str(p.relative_to(package)) for p in (package / folder).glob("*.py"))
+    return files
+
 
 # models-from-code: MLflow runs this file to get the model object, instead of unpickling one.
 _ENTRY_POINT = '''"""The pyfunc entry point of the digits CNN (MLflow models-from-code): the model is built from code, not unpickled."""
@@ -94,7 +105,7 @@ def input_example() -> Any:
     import pandas as pd
     from PIL import Image, ImageDraw
 
-    from digits.preprocess import to_mnist
+    from digits.serve.preprocess import to_mnist
 
     canvas = Image.new("L", (160, 200), 255)
     ImageDraw.Draw(canvas).line([(30, 40), (130, 40), (70, 170)], fill=0, width=14, joint="curve")
@@ -123,30 +134,30 @@ def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (checkpoint_dir / f).is_file()]
     if missing:
         raise RegistryError(f"{checkpoint_dir} is not a checkpoint: missing {', '.join(missing)}")
-    return _log_pyfunc(name, "digits.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_MODULES, SERVING_REQUIREMENTS)
+    return _log_pyfunc(name, "digits.serve.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_REQUIREMENTS)
 
 
 def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo:
-    """Log an exported graph (``digits.export``) as the ONNX-backed serving pyfunc into the active run.
+    """Log an exported graph (``digits.mlops.export``) as the ONNX-backed serving pyfunc into the active run.
 
     The same signature, input example and input handling as ``log_cnn_model``'s; its requirements hold
     onnxruntime instead of torch, and its bundled code imports no torch.
     """
-    from digits.onnx_model import ONNX_ARTIFACT
+    from digits.serve.onnx_model import ONNX_ARTIFACT
 
     if not Path(onnx_path).is_file():
         raise RegistryError(f"{onnx_path} is not an ONNX file")
-    return _log_pyfunc(name, "digits.onnx_model", "OnnxDigitClassifier", {ONNX_ARTIFACT: str(onnx_path)}, ONNX_SERVING_MODULES, ONNX_SERVING_REQUIREMENTS)
+    return _log_pyfunc(name, "digits.serve.onnx_model", "OnnxDigitClassifier", {ONNX_ARTIFACT: str(onnx_path)}, ONNX_SERVING_REQUIREMENTS)
 
 
-def _log_pyfunc(name: str, module: str, cls: str, artifacts: dict[str, str], modules: tuple[str, ...], requirements: tuple[str, ...]) -> ModelInfo:
+def _log_pyfunc(name: str, module: str, cls: str, artifacts: dict[str, str], requirements: tuple[str, ...]) -> ModelInfo:
     if mlflow.active_run() is None:
         raise RegistryError("logging a model needs an active MLflow run (mlflow.start_run())")
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="digits-model-") as tmp:
         bundle = Path(tmp) / "digits"
-        bundle.mkdir()
-        for file in modules:
+        for file in serving_files():
+            (bundle / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(package / file, bundle / file)
         entry = Path(tmp) / "digits_model.py"
         entry.write_text(_ENTRY_POINT.format(module=module, cls=cls))

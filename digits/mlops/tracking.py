@@ -17,8 +17,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.entities import RunStatus
 
-from digits.config import TrainConfig
-from digits.data import DATASET_NAME, MNIST
+from digits.core.config import TrainConfig
+from digits.learn.data import DATASET_NAME, MNIST
 
 DEFAULT_EXPERIMENT = "digits"
 

@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from digits.errors import DigitsError
+from digits.core.errors import DigitsError
 
 DEFAULT_DIR = Path("~/.cache/digits/stack")
 PG_PORT, MLFLOW_PORT = 5432, 5000

@@ -1,10 +1,10 @@
 """What both served models share: the ``image`` column read and validated, the answer table, the server set-up.
 
 The param ``mode`` says what the request's pictures hold: ``digit`` (the default) or ``number`` (a handwritten
-number, read by ``digits.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
+number, read by ``digits.serve.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
 ``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
 
-Torch-free, so the ONNX-backed model (``digits.onnx_model``) serves without PyTorch installed.
+Torch-free, so the ONNX-backed model (``digits.serve.onnx_model``) serves without PyTorch installed.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from digits.config import MAX_BATCH
-from digits.guard import INPUT_COLUMN, install as install_guard
-from digits.numbers import read_numbers
-from digits.preprocess import InputError, to_mnist_batch
+from digits.core.config import MAX_BATCH
+from digits.serve.guard import INPUT_COLUMN, install as install_guard
+from digits.serve.numbers import read_numbers
+from digits.serve.preprocess import InputError, to_mnist_batch
 
 MODE_PARAM = "mode"
 MODES = ("digit", "number")

@@ -14,7 +14,7 @@ import struct
 
 from PIL import Image
 
-from digits.errors import DigitsError, first_line
+from digits.core.errors import DigitsError, first_line
 
 MAX_PIXELS = 4096 * 4096  # per picture (16.8 megapixels, a phone photo fits); checked on the header, before decoding
 MAX_ENCODED_CHARS = 24 * 1024 * 1024  # base64 text per picture (~18 MB of PNG/JPEG)

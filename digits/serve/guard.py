@@ -39,7 +39,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 
-from digits.config import MAX_BATCH
+from digits.core.config import MAX_BATCH
 
 try:  # parses a 1,000-image request 2.5x faster than json; optional, as the answer does not depend on it
     import orjson as _orjson

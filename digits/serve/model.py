@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digits.config import MAX_BATCH, TrainConfig  # noqa: F401 (MAX_BATCH: used here and imported from here)
+from digits.core.config import MAX_BATCH, TrainConfig  # noqa: F401 (MAX_BATCH: used here and imported from here)
 
 # MNIST's pixel mean and std on [0, 1]: the network normalises its own input so that training, the
 # served model and the app all feed it the same thing, pixels in [0, 1] with MNIST polarity (``to_input``

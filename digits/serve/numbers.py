@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from digits.decode import decode_image
-from digits.preprocess import MAX_BATCH_PIXELS, InputError, ink_map, ink_to_mnist, max_pool
+from digits.serve.decode import decode_image
+from digits.serve.preprocess import MAX_BATCH_PIXELS, InputError, ink_map, ink_to_mnist, max_pool
 
 __all__ = ["MAX_DIGITS", "DigitReading", "NumberReading", "read_number", "read_numbers"]
 

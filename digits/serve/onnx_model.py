@@ -1,7 +1,7 @@
 """The CNN served through ONNX Runtime: the same input, answers and 4xx errors as ``serving.DigitClassifier``, no torch.
 
 Registered as ``digits-cnn-onnx`` beside every ``digits-cnn`` version (``registry.log_onnx_model``). The graph
-(``digits.export``) takes uint8 pixels (N, 28, 28) 0-255 and gives the ten probabilities; pictures are made
+(``digits.mlops.export``) takes uint8 pixels (N, 28, 28) 0-255 and gives the ten probabilities; pictures are made
 MNIST-like by the same ``preprocess.to_mnist`` in Python first.
 """
 
@@ -13,8 +13,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.answers import answer, prepare_server
-from digits.config import MAX_BATCH
+from digits.serve.answers import answer, prepare_server
+from digits.core.config import MAX_BATCH
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"

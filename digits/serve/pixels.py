@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from digits.decode import InputError
+from digits.serve.decode import InputError
 
 SIZE = 28  # MNIST's frame
 

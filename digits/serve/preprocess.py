@@ -8,8 +8,8 @@ seen a hairline or a marker stroke.
 
 ``to_mnist`` is the one function the served model, ``digits predict`` and the drawing app all use for a
 picture; ``to_mnist_batch`` is what the endpoint feeds a request's items through. Errors are ``InputError``
-with a one-line message meant for the client. Decoding of untrusted bytes is in ``digits.decode``, the
-validation of pixel values in ``digits.pixels``. Needs numpy, Pillow and scipy.
+with a one-line message meant for the client. Decoding of untrusted bytes is in ``digits.serve.decode``, the
+validation of pixel values in ``digits.serve.pixels``. Needs numpy, Pillow and scipy.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from digits.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
-from digits.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
+from digits.serve.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
+from digits.serve.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
 __all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "ink_map", "ink_to_mnist", "max_pool", "stroke_width", "to_mnist", "to_mnist_batch"]
 
@@ -61,7 +61,7 @@ def ink_map(image: Image.Image | np.ndarray | bytes | str) -> tuple[np.ndarray, 
     """The ink of a picture as ``to_mnist`` finds it, before the MNIST frame: (float32 map in [0, 1], ink bright,
     background 0; the picture's pixels per map pixel, >= 1 when the picture was reduced to ``WORK_SIDE``).
 
-    Takes what ``to_mnist`` takes; ``digits.numbers`` cuts a line of digits out of this map.
+    Takes what ``to_mnist`` takes; ``digits.serve.numbers`` cuts a line of digits out of this map.
     """
     if isinstance(image, (str, bytes, bytearray)):
         image = decode_image(image)

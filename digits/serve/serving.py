@@ -26,11 +26,11 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from digits.answers import answer, prepare_server
-from digits.errors import DigitsError, first_line
-from digits.guard import INPUT_COLUMN
-from digits.model import load_checkpoint, predict_proba
-from digits.names import CHAMPION_URI
+from digits.serve.answers import answer, prepare_server
+from digits.core.errors import DigitsError, first_line
+from digits.serve.guard import INPUT_COLUMN
+from digits.serve.model import load_checkpoint, predict_proba
+from digits.core.names import CHAMPION_URI
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 

@@ -15,9 +15,10 @@ import logging
 import mlflow
 import numpy as np
 
-from digits import feedback, tracking
-from digits.config import TrainConfig
-from digits.data import MNIST, Split
+from digits.feedback import store as feedback
+from digits.mlops import tracking
+from digits.core.config import TrainConfig
+from digits.learn.data import MNIST, Split
 
 log = logging.getLogger(__name__)
 
