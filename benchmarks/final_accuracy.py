@@ -21,18 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from workflow.cli import parse_overrides  # noqa: E402
 from digits.core.config import ConfigError, TrainConfig  # noqa: E402
 from digits.learn.data import load_mnist  # noqa: E402
-from digits.serve.model import predict_proba  # noqa: E402
 from digits.learn.train import fit, resolve_device  # noqa: E402
+from digits.serve.model import predict_proba  # noqa: E402
+from workflow.cli import parse_overrides  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainConfig field (default: none)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainConfig field (default: none)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -58,7 +62,9 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": TrainConfig(**overrides).to_dict(),
     }
-    print(f"test accuracy {100 * out['test_accuracy_mean']:.2f}% ± {100 * out['test_accuracy_std']:.2f} over {args.seeds} seeds")
+    print(
+        f"test accuracy {100 * out['test_accuracy_mean']:.2f}% ± {100 * out['test_accuracy_std']:.2f} over {args.seeds} seeds"
+    )
     print(json.dumps(out))
 
 

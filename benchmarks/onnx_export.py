@@ -31,9 +31,18 @@ from benchmarks.serving import machine  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
-    parser.add_argument("--checkpoint", default="", help="a checkpoint folder (weights.pt + config.json); default: train one")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of the CNN trained when no checkpoint is given (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint", default="", help="a checkpoint folder (weights.pt + config.json); default: train one"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="epochs of the CNN trained when no checkpoint is given (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="duration of each throughput measurement (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -59,12 +68,12 @@ def p50_one_image_ms(predict, images: np.ndarray, n: int = 300) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from digits.mlops import export
-    from digits.serve import serving
     from digits.core.config import TrainConfig
     from digits.learn.data import load_mnist, split_train_val
-    from digits.serve.model import WEIGHTS_FILE, load_checkpoint, predict_proba, save_checkpoint
     from digits.learn.train import fit
+    from digits.mlops import export
+    from digits.serve import serving
+    from digits.serve.model import WEIGHTS_FILE, load_checkpoint, predict_proba, save_checkpoint
 
     mnist = load_mnist(args.data_dir or None)
     load_before = os.getloadavg()[0]
@@ -87,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             "onnx fp32": lambda x: export.onnx_probabilities(sessions["onnx fp32"], x),
             "onnx int8": lambda x: export.onnx_probabilities(sessions["onnx int8"], x),
         }
-        sizes = {"torch": (checkpoint / WEIGHTS_FILE).stat().st_size, "torch (served)": (checkpoint / WEIGHTS_FILE).stat().st_size,
-                 "onnx fp32": fp32.stat().st_size, "onnx int8": int8.stat().st_size}
+        sizes = {
+            "torch": (checkpoint / WEIGHTS_FILE).stat().st_size,
+            "torch (served)": (checkpoint / WEIGHTS_FILE).stat().st_size,
+            "onnx fp32": fp32.stat().st_size,
+            "onnx int8": int8.stat().st_size,
+        }
         # The two served pyfuncs in-process (no HTTP): the request's validation and table included.
         from types import SimpleNamespace
 
@@ -100,9 +113,14 @@ def main(argv: list[str] | None = None) -> None:
         pyfuncs["pyfunc torch"].load_context(SimpleNamespace(artifacts={serving.CHECKPOINT_ARTIFACT: str(checkpoint)}))
         pyfuncs["pyfunc onnx"].load_context(SimpleNamespace(artifacts={ONNX_ARTIFACT: str(fp32)}))
         for name, pyfunc in pyfuncs.items():
-            forms[name] = lambda x, f=pyfunc: np.concatenate([  # a request holds at most 1,000 images
-                np.stack(f.predict(None, pd.DataFrame({"image": list(x[i : i + 1000])}))["probabilities"]) for i in range(0, len(x), 1000)
-            ])
+            forms[name] = (
+                lambda x, f=pyfunc: np.concatenate(
+                    [  # a request holds at most 1,000 images
+                        np.stack(f.predict(None, pd.DataFrame({"image": list(x[i : i + 1000])}))["probabilities"])
+                        for i in range(0, len(x), 1000)
+                    ]
+                )
+            )
             sizes[name] = sizes["torch" if "torch" in name else "onnx fp32"]
         reference = forms["torch"](mnist.test_images)
         results = {}
@@ -117,18 +135,28 @@ def main(argv: list[str] | None = None) -> None:
                 "p50_ms_one_image": p50_one_image_ms(predict, mnist.test_images),
             }
     out = {
-        "forms": results, "parameters": sum(p.numel() for p in network.parameters()), "opset": export.OPSET,
+        "forms": results,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "opset": export.OPSET,
         "config": {k: config.to_dict()[k] for k in ("width", "blocks", "epochs", "seed")},
-        "date": date.today().isoformat(), "machine": machine(),
-        "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
         "command": "python benchmarks/onnx_export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"{out['parameters']:,} parameters; opset {export.OPSET}; 10,000 test images")
-    print(f"{'form':16s} {'bytes':>9s} {'accuracy':>9s} {'max |dp|':>9s} {'same':>6s} {'img/s @1000':>12s} {'p50 1 img':>10s}")
+    print(
+        f"{'form':16s} {'bytes':>9s} {'accuracy':>9s} {'max |dp|':>9s} {'same':>6s} {'img/s @1000':>12s} {'p50 1 img':>10s}"
+    )
     for name, r in results.items():
-        print(f"{name:16s} {r['bytes']:9,d} {100 * r['test_accuracy']:8.2f}% {r['max_abs_diff_vs_torch']:9.1e} {r['same_digits_as_torch']:6d} "
-              f"{r['images_per_second_batch_1000']:12,.0f} {r['p50_ms_one_image']:8.2f} ms")
-    print(f"machine: {out['machine']}; load average {out['load_average_before']} before, {out['load_average_after']} after")
+        print(
+            f"{name:16s} {r['bytes']:9,d} {100 * r['test_accuracy']:8.2f}% {r['max_abs_diff_vs_torch']:9.1e} {r['same_digits_as_torch']:6d} "
+            f"{r['images_per_second_batch_1000']:12,.0f} {r['p50_ms_one_image']:8.2f} ms"
+        )
+    print(
+        f"machine: {out['machine']}; load average {out['load_average_before']} before, {out['load_average_after']} after"
+    )
     print(json.dumps(out))
 
 

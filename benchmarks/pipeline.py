@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)")
-    parser.add_argument("-P", dest="params", action="append", default=[], help="extra MLproject parameter k=v (default: none)")
+    parser.add_argument(
+        "--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)"
+    )
+    parser.add_argument(
+        "-P", dest="params", action="append", default=[], help="extra MLproject parameter k=v (default: none)"
+    )
     args = parser.parse_args()
     import mlflow
 
@@ -34,8 +38,19 @@ def main() -> None:
         uri = f"sqlite:///{tmp}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
         env.pop("MLFLOW_RUN_ID", None)
-        command = [str(bin_dir / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-P", "epochs=10",
-                   "-P", f"data_dir={args.data_dir}", "-P", f"storage=sqlite:///{tmp}/optuna.db"]
+        command = [
+            str(bin_dir / "mlflow"),
+            "run",
+            str(ROOT),
+            "--env-manager",
+            "local",
+            "-P",
+            "epochs=10",
+            "-P",
+            f"data_dir={args.data_dir}",
+            "-P",
+            f"storage=sqlite:///{tmp}/optuna.db",
+        ]
         for p in args.params:
             command += ["-P", p]
         t0 = time.perf_counter()
@@ -44,7 +59,11 @@ def main() -> None:
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child, in MiB
         client = mlflow.MlflowClient(uri)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        final = {r.info.run_name: r.data.metrics.get("test_accuracy") for r in runs if r.data.tags.get("pipeline_step") in ("final", "baseline")}
+        final = {
+            r.info.run_name: r.data.metrics.get("test_accuracy")
+            for r in runs
+            if r.data.tags.get("pipeline_step") in ("final", "baseline")
+        }
     result = {"wall_seconds": wall, "peak_rss_mb": peak_mb, "test_accuracy": final, "command": " ".join(command[1:])}
     print(json.dumps(result))
 

@@ -40,11 +40,22 @@ from benchmarks.serving import machine  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
-    parser.add_argument("--checkpoint", default="", help="a checkpoint folder (weights.pt + config.json); default: train one")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of the default CNN trained when no checkpoint is given (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=100, help="numbers per spacing kind and renderer (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint", default="", help="a checkpoint folder (weights.pt + config.json); default: train one"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs of the default CNN trained when no checkpoint is given (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=100, help="numbers per spacing kind and renderer (default: %(default)s)"
+    )
     parser.add_argument("--length", type=int, default=5, help="digits per number (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, as one served worker per core)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default: %(default)s, as one served worker per core)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the composed numbers (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -52,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def network(args, mnist):
     from digits.core.config import TrainConfig
     from digits.learn.data import split_train_val
-    from digits.serve.model import load_checkpoint, save_checkpoint
     from digits.learn.train import fit
+    from digits.serve.model import load_checkpoint, save_checkpoint
 
     if args.checkpoint:
         net, config = load_checkpoint(args.checkpoint)
@@ -73,9 +84,22 @@ def single_digit_accuracy(samples, mnist, proba, seed: int) -> dict[str, float]:
 
     rng = np.random.default_rng(seed + 1)
     idx = np.array([i for s in samples for i in s.indices])
-    drawn = np.stack([to_mnist((render.canvas if s.renderer == "canvas" else render.photo)(mnist.test_images[i], rng, scale=RENDER_SCALE)) for s in samples for i in s.indices])
+    drawn = np.stack(
+        [
+            to_mnist(
+                (render.canvas if s.renderer == "canvas" else render.photo)(
+                    mnist.test_images[i], rng, scale=RENDER_SCALE
+                )
+            )
+            for s in samples
+            for i in s.indices
+        ]
+    )
     labels = mnist.test_labels[idx]
-    return {"raw": float((proba(mnist.test_images[idx]).argmax(1) == labels).mean()), "rendered": float((proba(drawn).argmax(1) == labels).mean())}
+    return {
+        "raw": float((proba(mnist.test_images[idx]).argmax(1) == labels).mean()),
+        "rendered": float((proba(drawn).argmax(1) == labels).mean()),
+    }
 
 
 def served_ms(samples, proba) -> dict[str, float]:
@@ -99,9 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
+    from digits.evaluate.number_eval import number_metrics, number_set, read_all
     from digits.learn.data import load_mnist
     from digits.serve.model import predict_proba
-    from digits.evaluate.number_eval import number_metrics, number_set, read_all
     from digits.serve.serving import inference_model
 
     torch.set_num_threads(args.threads)
@@ -117,11 +141,28 @@ def main(argv: list[str] | None = None) -> dict:
     values = number_metrics(samples, readings)
     single = single_digit_accuracy(samples, mnist, proba, args.seed)
     served = served_ms(samples[: min(len(samples), 100)], proba)
-    out = {"date": date.today().isoformat(), "machine": machine(), "load_average": os.getloadavg()[0], "args": vars(args), "numbers": len(samples), "metrics": values,
-           "single_digit_accuracy": single, "served_ms": served, "read_ms_mean": 1000 * read_seconds / len(samples)}
-    for key in ("number_exact_match_gap", "number_exact_match_touching", "number_digit_accuracy", "number_digit_accuracy_gap", "number_digit_accuracy_touching"):
+    out = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load_average": os.getloadavg()[0],
+        "args": vars(args),
+        "numbers": len(samples),
+        "metrics": values,
+        "single_digit_accuracy": single,
+        "served_ms": served,
+        "read_ms_mean": 1000 * read_seconds / len(samples),
+    }
+    for key in (
+        "number_exact_match_gap",
+        "number_exact_match_touching",
+        "number_digit_accuracy",
+        "number_digit_accuracy_gap",
+        "number_digit_accuracy_touching",
+    ):
         print(f"{key}: {100 * values[key]:.1f}%")
-    print(f"single-digit accuracy on the same digits: rendered alone {100 * single['rendered']:.2f}%, raw {100 * single['raw']:.2f}%")
+    print(
+        f"single-digit accuracy on the same digits: rendered alone {100 * single['rendered']:.2f}%, raw {100 * single['raw']:.2f}%"
+    )
     print(f"served, per {args.length}-digit number: p50 {served['p50']:.1f} ms, mean {served['mean']:.1f} ms")
     print(json.dumps(out))
     return out

@@ -12,6 +12,7 @@ seeds, ± std) with a column per recipe, the targets of issue 12 checked, and a 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -22,13 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from digits.evaluate import corruptions  # noqa: E402
-from digits.evaluate import robustness
-from workflow.cli import parse_overrides  # noqa: E402
 from digits.core.config import ConfigError, TrainConfig  # noqa: E402
+from digits.evaluate import (
+    corruptions,  # noqa: E402
+    robustness,
+)
 from digits.learn.data import load_mnist  # noqa: E402
-from digits.serve.model import predict_proba  # noqa: E402
 from digits.learn.train import fit  # noqa: E402
+from digits.serve.model import predict_proba  # noqa: E402
+from workflow.cli import parse_overrides  # noqa: E402
 
 DEFAULT_RECIPES = ["affine:augment_policy=affine", "robust:augment_policy=robust"]
 
@@ -40,11 +43,18 @@ def parse_recipe(text: str) -> tuple[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
     parser.add_argument("--size", type=int, default=10000, help="test digits corrupted (default: 10000, all)")
-    parser.add_argument("--recipe", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
-                        help=f"a recipe to compare (default: {' and '.join(DEFAULT_RECIPES)})")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="NAME:FIELD=VALUE,...",
+        help=f"a recipe to compare (default: {' and '.join(DEFAULT_RECIPES)})",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -54,23 +64,39 @@ def main() -> None:
     except ConfigError as exc:
         parser.error(str(exc))
     mnist = load_mnist(args.data_dir or None)
-    robustness.corrupted_sets(mnist.test_images, mnist.test_labels, args.size)  # made once, before the clock of any model
+    robustness.corrupted_sets(
+        mnist.test_images, mnist.test_labels, args.size
+    )  # made once, before the clock of any model
     results: dict[str, dict[str, list[float]]] = {}
     for name, overrides in recipes.items():
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             model = fit(TrainConfig(**{**overrides, "seed": seed}), (mnist.train_images, mnist.train_labels)).model
             seconds = time.perf_counter() - t0
-            predict = lambda images: predict_proba(model, images)  # noqa: E731
-            row = {"clean": float((predict(mnist.test_images).argmax(1) == mnist.test_labels).mean()), "train_seconds": seconds}
+            predict = functools.partial(predict_proba, model)
+            row = {
+                "clean": float((predict(mnist.test_images).argmax(1) == mnist.test_labels).mean()),
+                "train_seconds": seconds,
+            }
             table = robustness.robustness_table(predict, mnist.test_images, mnist.test_labels, args.size)
             row.update({r.corruption: float(r.accuracy) for r in table.itertuples()})
             row["mean"] = float(table["accuracy"].mean())
             for key, value in row.items():
                 results.setdefault(name, {}).setdefault(key, []).append(value)
-            logging.info("%s seed %d: clean %.2f%%, corruptions mean %.2f%% (train %.0fs)", name, seed, 100 * row["clean"], 100 * row["mean"], seconds)
+            logging.info(
+                "%s seed %d: clean %.2f%%, corruptions mean %.2f%% (train %.0fs)",
+                name,
+                seed,
+                100 * row["clean"],
+                100 * row["mean"],
+                seconds,
+            )
     print_table(results, args)
-    print(json.dumps({"size": args.size, "seeds": args.seeds, "recipes": {k: recipes[k] for k in recipes}, "results": results}))
+    print(
+        json.dumps(
+            {"size": args.size, "seeds": args.seeds, "recipes": {k: recipes[k] for k in recipes}, "results": results}
+        )
+    )
 
 
 def _cell(values: list[float]) -> str:
@@ -86,7 +112,9 @@ def print_table(results: dict[str, dict[str, list[float]]], args: argparse.Names
     rows = ["clean"] + corruptions.names() + ["mean", "train_seconds"]
     for key in rows:
         c = corruptions.CORRUPTIONS.get(key)
-        target = {"clean": "99.65", "mean": "96"}.get(key, "99" if c and c.family in ("canvas", "photo") else "98" if c and c.mild else "")
+        target = {"clean": "99.65", "mean": "96"}.get(
+            key, "99" if c and c.family in ("canvas", "photo") else "98" if c and c.mild else ""
+        )
         if key == "train_seconds":
             cells = [f"{statistics.mean(results[n][key]):6.1f} s" for n in names]
         else:

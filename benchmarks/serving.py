@@ -47,18 +47,35 @@ def server_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that say which server to measure: shared by this script and soak.py."""
     parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--quick_model", action="store_true", help="train and register a throw-away model with the default architecture")
+    source.add_argument(
+        "--quick_model", action="store_true", help="train and register a throw-away model with the default architecture"
+    )
     source.add_argument("--url", default="", help="measure a server that is already running at this URL")
-    parser.add_argument("--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)")
-    parser.add_argument("--checkpoint", default="", help="with --quick_model: register this checkpoint folder (weights.pt + config.json) instead of training a throw-away network (default: train one)")
+    parser.add_argument(
+        "--model_uri", default="models:/digits-cnn@champion", help="model to serve (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="",
+        help="with --quick_model: register this checkpoint folder (weights.pt + config.json) instead of training a throw-away network (default: train one)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     server_arguments(parser)
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="with --quick_model: serve digits-cnn (torch) or digits-cnn-onnx (ONNX Runtime) (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=300, help="requests per latency measurement (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each throughput measurement (default: %(default)s)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="with --quick_model: serve digits-cnn (torch) or digits-cnn-onnx (ONNX Runtime) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=300, help="requests per latency measurement (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="duration of each throughput measurement (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -126,7 +143,9 @@ def latency(session: requests.Session, url: str, bodies: list[bytes], n: int) ->
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "requests": n}
 
 
-def throughput(session: requests.Session, url: str, bodies: list[bytes], batch: int, seconds: float) -> dict[str, float]:
+def throughput(
+    session: requests.Session, url: str, bodies: list[bytes], batch: int, seconds: float
+) -> dict[str, float]:
     post(session, url, bodies[0])  # warm-up
     start, count = time.perf_counter(), 0
     while count < 5 or time.perf_counter() - start < seconds:  # at least 5 requests, even for big batches
@@ -146,10 +165,10 @@ def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
 
     from digits.core.config import TrainConfig
     from digits.learn.data import split_train_val
-    from digits.serve.model import load_checkpoint, save_checkpoint
+    from digits.learn.train import fit
     from digits.mlops.export import export_onnx
     from digits.mlops.registry import log_cnn_model, log_onnx_model, register_model
-    from digits.learn.train import fit
+    from digits.serve.model import load_checkpoint, save_checkpoint
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -165,12 +184,20 @@ def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"))
         onnx = log_onnx_model(export_onnx(model, config, root / "model.onnx"))
-    register_model(onnx.model_uri, model_name="digits-cnn-onnx", test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
+    register_model(
+        onnx.model_uri,
+        model_name="digits-cnn-onnx",
+        test_accuracy=0.5,
+        run_id=run.info.run_id,
+        data_digest=mnist.digest,
+    )
     register_model(info.model_uri, test_accuracy=0.5, run_id=run.info.run_id, data_digest=mnist.digest)
     return uri
 
 
-def start_server(model_uri: str, log_path: Path, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model_uri: str, log_path: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> tuple[subprocess.Popen, str]:
     """``mlflow models serve -m MODEL_URI --env-manager local`` on a free port, in its own session; (process, url) once /ping answers.
 
     ``env``: variables to set for the server (``MLFLOW_TRACKING_URI``, ...). Raises ``RuntimeError`` with the end of
@@ -182,7 +209,19 @@ def start_server(model_uri: str, log_path: Path, env: dict[str, str] | None = No
     bin_dir = Path(sys.executable).parent
     # The scoring server starts `uvicorn` from PATH: this venv's bin must come first.
     env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    command = [
+        str(bin_dir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -199,7 +238,9 @@ def start_server(model_uri: str, log_path: Path, env: dict[str, str] | None = No
         time.sleep(0.5)
 
 
-def server_from_arguments(args: argparse.Namespace, tmp: Path, backend: str = "torch") -> tuple[subprocess.Popen | None, str, str]:
+def server_from_arguments(
+    args: argparse.Namespace, tmp: Path, backend: str = "torch"
+) -> tuple[subprocess.Popen | None, str, str]:
     """(process, url, model uri) for ``server_arguments``: the running ``--url``, or a server this script starts."""
     if args.url:
         return None, args.url.rstrip("/"), args.url
@@ -225,7 +266,18 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cores} cores, {model}"
 
@@ -249,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
                     "array x1": throughput(session, url, bodies["array x1"], 1, args.seconds),
                     "array x32": throughput(session, url, bodies["array x32"], 32, args.seconds),
                     "array x1000": throughput(session, url, bodies["array x1000"], 1000, args.seconds),
-                    "array x1000 (dataframe_split)": throughput(session, url, bodies["array x1000 (dataframe_split)"], 1000, args.seconds),
+                    "array x1000 (dataframe_split)": throughput(
+                        session, url, bodies["array x1000 (dataframe_split)"], 1000, args.seconds
+                    ),
                 },
             }
         finally:
@@ -269,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'throughput':40s} {'images/s':>8s}")
     for name, r in results["throughput"].items():
         print(f"  {name:38s} {r['images_per_second']:8.0f}")
-    print(f"machine: {results['machine']}; load average {results['load_average_before']} before, {results['load_average_after']} after")
+    print(
+        f"machine: {results['machine']}; load average {results['load_average_before']} before, {results['load_average_after']} after"
+    )
     print(json.dumps(results))
 
 

@@ -72,7 +72,10 @@ def bad_requests(image: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
         "wrong shape": (json.dumps({"inputs": [[1, 2, 3]]}).encode(), {"Content-Type": JSON}),
         "pixel 1e300": (json.dumps({"inputs": [huge.tolist()]}).encode(), {"Content-Type": JSON}),
         "gzip": (b"\x1f\x8b\x08", {"Content-Type": JSON, "Content-Encoding": "gzip"}),
-        "junk params": (json.dumps({"inputs": image[None].tolist(), "params": "junk"}).encode(), {"Content-Type": JSON}),
+        "junk params": (
+            json.dumps({"inputs": image[None].tolist(), "params": "junk"}).encode(),
+            {"Content-Type": JSON},
+        ),
     }
 
 
@@ -87,7 +90,11 @@ def peak_rss_mb(session_id: int | None) -> float | None:
         try:
             if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != session_id:
                 continue
-            peaks += [int(line.split()[1]) / 1024 for line in (entry / "status").read_text().splitlines() if line.startswith("VmHWM:")]
+            peaks += [
+                int(line.split()[1]) / 1024
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            ]
         except (OSError, IndexError, ValueError):
             continue
     return max(peaks) if peaks else None
@@ -117,7 +124,9 @@ def soak(url: str, good: dict, bad: dict, reference: dict, args: argparse.Namesp
                         error = f"status {response.status_code}"
                     elif response.content != reference[body]:
                         error = "answer differs from the quiet run"
-                elif not (400 <= response.status_code < 500 and response.headers.get("content-type", "").startswith(JSON)):
+                elif not (
+                    400 <= response.status_code < 500 and response.headers.get("content-type", "").startswith(JSON)
+                ):
                     error = f"status {response.status_code} {response.headers.get('content-type')}"
                 elif len(response.content) > 2200 or "stack_trace" in response.text:
                     error = "answer too big or with a stack trace"
@@ -160,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
             reference = {}
             for bodies in good.values():  # the quiet run: one client, one request at a time
                 for body in bodies:
-                    response = session.post(f"{url}/invocations", data=body, headers={"Content-Type": JSON}, timeout=120)
+                    response = session.post(
+                        f"{url}/invocations", data=body, headers={"Content-Type": JSON}, timeout=120
+                    )
                     if response.status_code != 200:
                         raise SystemExit(f"the quiet run got {response.status_code}: {response.text[:300]}")
                     reference[body] = response.content
@@ -175,17 +186,25 @@ def main(argv: list[str] | None = None) -> None:
         "kinds": kinds,
         "requests": sum(k["requests"] for k in kinds.values()),
         "errors": sum(sum(k["errors"].values()) for k in kinds.values()),
-        "peak_rss_mb_at_rest": rest, "peak_rss_mb_after": peak, "ping_after": alive,
-        "clients": args.clients, "seconds": args.seconds, "bad_share": args.bad_share,
-        "date": date.today().isoformat(), "machine": machine(),
-        "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
+        "peak_rss_mb_at_rest": rest,
+        "peak_rss_mb_after": peak,
+        "ping_after": alive,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "bad_share": args.bad_share,
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"{'kind':24s} {'requests':>9s} {'p50 ms':>8s} {'p99 ms':>8s}  errors")
     for kind, k in kinds.items():
         print(f"  {kind:22s} {k['requests']:9d} {k['p50_ms']:8.1f} {k['p99_ms']:8.1f}  {k['errors'] or '-'}")
-    print(f"{results['requests']} requests in {args.seconds:g} s by {args.clients} clients, {results['errors']} errors; "
-          f"server peak RSS {rest} MB at rest, {peak} MB after; /ping after: {alive}")
+    print(
+        f"{results['requests']} requests in {args.seconds:g} s by {args.clients} clients, {results['errors']} errors; "
+        f"server peak RSS {rest} MB at rest, {peak} MB after; /ping after: {alive}"
+    )
     print(json.dumps(results))
 
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from digits.core.config import TrainConfig  # noqa: E402
-from digits.serve.model import build_model  # noqa: E402
 from digits.learn.train import configure_threads, resolve_device  # noqa: E402
+from digits.serve.model import build_model  # noqa: E402
 
 
 def images_per_second(device: torch.device, channels_last: bool, bf16: bool, batch_size: int, steps: int) -> float:

@@ -37,11 +37,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from workflow.cli import parse_overrides  # noqa: E402
 from digits.core.config import ConfigError, TrainConfig  # noqa: E402
 from digits.learn.data import load_mnist, to_device  # noqa: E402
-from digits.serve.model import build_model  # noqa: E402
 from digits.learn.train import configure_threads, evaluate, fit, resolve_device  # noqa: E402
+from digits.serve.model import build_model  # noqa: E402
+from workflow.cli import parse_overrides  # noqa: E402
 
 THRESHOLDS = (0.990, 0.995)
 
@@ -116,7 +116,9 @@ def run_reference(mnist, device: torch.device, epochs: int, seed: int) -> _Timel
     model = _ClassicNet().to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
-    loader = torch.utils.data.DataLoader(_PerSampleMNIST(mnist.train_images, mnist.train_labels), batch_size=64, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        _PerSampleMNIST(mnist.train_images, mnist.train_labels), batch_size=64, shuffle=True
+    )
     x_test = torch.from_numpy(mnist.test_images).float().div(255).sub(0.1307).div(0.3081).unsqueeze(1).to(device)
     y_test = torch.from_numpy(mnist.test_labels.astype(np.int64)).to(device)
     timeline = _Timeline()
@@ -131,9 +133,17 @@ def run_reference(mnist, device: torch.device, epochs: int, seed: int) -> _Timel
         scheduler.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x_test[i : i + 1000]).argmax(1) == y_test[i : i + 1000]).sum().item() for i in range(0, len(y_test), 1000))
+            correct = sum(
+                (model(x_test[i : i + 1000]).argmax(1) == y_test[i : i + 1000]).sum().item()
+                for i in range(0, len(y_test), 1000)
+            )
         timeline.points.append((time.perf_counter() - timeline.start, correct / len(y_test)))
-        logging.info("reference epoch %d: test accuracy %.2f%% at %.1fs", epoch, 100 * timeline.points[-1][1], timeline.points[-1][0])
+        logging.info(
+            "reference epoch %d: test accuracy %.2f%% at %.1fs",
+            epoch,
+            100 * timeline.points[-1][1],
+            timeline.points[-1][0],
+        )
         if timeline.points[-1][1] >= THRESHOLDS[0]:
             break  # the reference only has to reach 99.0%
     return timeline
@@ -142,7 +152,11 @@ def run_reference(mnist, device: torch.device, epochs: int, seed: int) -> _Timel
 def machine(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return {
@@ -191,14 +205,33 @@ def _key(threshold: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds of each schedule of our recipe; mean ± std over them (default: 1)")
-    parser.add_argument("--schedules", default=",".join(map(str, SCHEDULES)), help="epochs of each schedule of our recipe, comma-separated (default: %(default)s)")
-    parser.add_argument("--reference_epochs", type=int, default=6, help="most epochs of the classic recipe; it stops at the first to reach 99.0%% (default: 6)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds of each schedule of our recipe; mean ± std over them (default: 1)"
+    )
+    parser.add_argument(
+        "--schedules",
+        default=",".join(map(str, SCHEDULES)),
+        help="epochs of each schedule of our recipe, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference_epochs",
+        type=int,
+        default=6,
+        help="most epochs of the classic recipe; it stops at the first to reach 99.0%% (default: 6)",
+    )
     parser.add_argument("--skip_reference", action="store_true", help="do not run the classic recipe (default: run it)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our network (CUDA only; default: off)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="change a TrainConfig field of our recipe, e.g. batch_size=256 (default: none)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a TrainConfig field of our recipe, e.g. batch_size=256 (default: none)",
+    )
     args = parser.parse_args()
     try:
         recipe = {**FAST, **parse_overrides(TrainConfig, args.set)}
@@ -223,9 +256,18 @@ def main() -> None:
     for epochs in schedules:
         runs = []
         for seed in range(args.seeds):
-            config = TrainConfig(**{**recipe, "epochs": epochs, "seed": seed, "device": str(device.type), "compile": args.compile})
+            config = TrainConfig(
+                **{**recipe, "epochs": epochs, "seed": seed, "device": str(device.type), "compile": args.compile}
+            )
             timeline, ips = run_ours(config, mnist, device)
-            runs.append({"seed": seed, "timeline": timeline.points, "ips": ips, **{_key(t): timeline.first_reaching(t) for t in THRESHOLDS}})
+            runs.append(
+                {
+                    "seed": seed,
+                    "timeline": timeline.points,
+                    "ips": ips,
+                    **{_key(t): timeline.first_reaching(t) for t in THRESHOLDS},
+                }
+            )
         per_schedule[epochs] = summarise(runs)
 
     result: dict = {}
@@ -252,11 +294,15 @@ def main() -> None:
         machine=machine(device),
     )
     for epochs, s in per_schedule.items():
-        print(f"ours, {epochs}-epoch schedule, {args.seeds} seed(s): 99.0% at {_secs(s, 'seconds_to_99_0')}, 99.5% at {_secs(s, 'seconds_to_99_5')}, "
-              f"final {100 * s['final_test_accuracy']:.2f}% ± {100 * s['final_test_accuracy_std']:.2f}, {s['images_per_second']:.0f} img/s")
+        print(
+            f"ours, {epochs}-epoch schedule, {args.seeds} seed(s): 99.0% at {_secs(s, 'seconds_to_99_0')}, 99.5% at {_secs(s, 'seconds_to_99_5')}, "
+            f"final {100 * s['final_test_accuracy']:.2f}% ± {100 * s['final_test_accuracy_std']:.2f}, {s['images_per_second']:.0f} img/s"
+        )
     speedup = "n/a" if result["speedup"] is None else f"{result['speedup']:.1f}x"
-    print(f"ours: 99.0% at {_secs(result, 'seconds_to_99_0')}, 99.5% at {_secs(result, 'seconds_to_99_5')}; "
-          f"classic reference: {'not run' if args.skip_reference else '99.0% at ' + _secs(result, 'reference_seconds_to_99_0')}; speedup {speedup}")
+    print(
+        f"ours: 99.0% at {_secs(result, 'seconds_to_99_0')}, 99.5% at {_secs(result, 'seconds_to_99_5')}; "
+        f"classic reference: {'not run' if args.skip_reference else '99.0% at ' + _secs(result, 'reference_seconds_to_99_0')}; speedup {speedup}"
+    )
     print(json.dumps(result))
 
 

@@ -35,8 +35,26 @@ sys.path.insert(0, str(ROOT))
 
 def _tune_command(args, storage: str, study: str, n_trials: int) -> list[str]:
     return [
-        sys.executable, "-m", "digits", "tune", "--data_dir", args.data_dir, "--subset", str(args.subset), "--val_size", str(args.val_size),
-        "--threads", "1", "--trial_epochs", str(args.trial_epochs), "--n_trials", str(n_trials), "--storage", storage, "--study_name", study,
+        sys.executable,
+        "-m",
+        "digits",
+        "tune",
+        "--data_dir",
+        args.data_dir,
+        "--subset",
+        str(args.subset),
+        "--val_size",
+        str(args.val_size),
+        "--threads",
+        "1",
+        "--trial_epochs",
+        str(args.trial_epochs),
+        "--n_trials",
+        str(n_trials),
+        "--storage",
+        storage,
+        "--study_name",
+        study,
     ]
 
 
@@ -46,7 +64,17 @@ def throughput(args, stack, env: dict, workers: int, repeat: int) -> dict:
 
     study = f"bench-{workers}w-{repeat}-{time.time_ns()}"
     t0 = time.perf_counter()
-    processes = [subprocess.Popen(_tune_command(args, stack.storage_url(), study, args.trials), env=env, cwd=args.work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    processes = [
+        subprocess.Popen(
+            _tune_command(args, stack.storage_url(), study, args.trials),
+            env=env,
+            cwd=args.work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
     for p in processes:
         _, err = p.communicate()
         if p.returncode != 0:
@@ -54,8 +82,14 @@ def throughput(args, stack, env: dict, workers: int, repeat: int) -> dict:
     wall = time.perf_counter() - t0
     trials = optuna.load_study(study_name=study, storage=args.storage_with_password(stack)).trials
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    return {"workers": workers, "trials": len(trials), "search_seconds": span, "wall_seconds": wall,
-            "trials_per_hour": 3600 * len(trials) / span, "trials_per_hour_wall": 3600 * len(trials) / wall}
+    return {
+        "workers": workers,
+        "trials": len(trials),
+        "search_seconds": span,
+        "wall_seconds": wall,
+        "trials_per_hour": 3600 * len(trials) / span,
+        "trials_per_hour_wall": 3600 * len(trials) / wall,
+    }
 
 
 def overhead(args, optuna_url: str, tracking_uri: str, label: str) -> list[float]:
@@ -70,7 +104,15 @@ def overhead(args, optuna_url: str, tracking_uri: str, label: str) -> list[float
     def stub_fit(config, train, val=None, callbacks=(), model=None):
         history = []
         for epoch in range(1, config.epochs + 1):
-            metrics = {"train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5 + 0.01 * epoch, "lr": config.lr, "images_per_second": 1.0, "epoch_seconds": 0.0}
+            metrics = {
+                "train_loss": 1.0,
+                "train_accuracy": 0.5,
+                "val_loss": 1.0,
+                "val_accuracy": 0.5 + 0.01 * epoch,
+                "lr": config.lr,
+                "images_per_second": 1.0,
+                "epoch_seconds": 0.0,
+            }
             for callback in callbacks:
                 callback(epoch, metrics)
             history.append(metrics)
@@ -84,7 +126,12 @@ def overhead(args, optuna_url: str, tracking_uri: str, label: str) -> list[float
     base = TrainConfig(subset=args.subset, val_size=args.val_size, threads=1, epochs=args.trial_epochs)
     per_trial = []
     for repeat in range(args.repeats):
-        search = SearchConfig(n_trials=args.overhead_trials, trial_epochs=args.trial_epochs, storage=optuna_url, study_name=f"overhead-{repeat}-{time.time_ns()}")
+        search = SearchConfig(
+            n_trials=args.overhead_trials,
+            trial_epochs=args.trial_epochs,
+            storage=optuna_url,
+            study_name=f"overhead-{repeat}-{time.time_ns()}",
+        )
         study = search_mod.open_search(base, search, mnist, search_mod.connect(search))
         train = (mnist.train_images[split.train], mnist.train_labels[split.train])
         val = (mnist.train_images[split.val], mnist.train_labels[split.val])
@@ -102,11 +149,18 @@ def _stats(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", default=os.environ.get("DIGITS_DATA_DIR", ""), help="MNIST IDX folder (default: $DIGITS_DATA_DIR)"
+    )
     parser.add_argument("--trials", type=int, default=6, help="trials per worker (default: 6)")
     parser.add_argument("--subset", type=int, default=10000, help="training images per trial (default: 10000)")
     parser.add_argument("--val_size", type=int, default=5000, help="validation images (default: 5000)")
-    parser.add_argument("--trial_epochs", type=int, default=1, help="epochs per trial (default: 1: no pruning, every trial the same work)")
+    parser.add_argument(
+        "--trial_epochs",
+        type=int,
+        default=1,
+        help="epochs per trial (default: 1: no pruning, every trial the same work)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="repeats of each measurement (default: 2)")
     parser.add_argument("--overhead_trials", type=int, default=20, help="stub trials per overhead repeat (default: 20)")
     args = parser.parse_args()
@@ -121,7 +175,11 @@ def main() -> None:
         password = stack.pgpass.read_text().strip().rsplit(":", 1)[1]
         args.storage_with_password = lambda s: s.storage_url().replace("digits@", f"digits:{password}@")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env.update(PGPASSFILE=str(stack.pgpass), MLFLOW_TRACKING_URI=stack.tracking_uri, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        env.update(
+            PGPASSFILE=str(stack.pgpass),
+            MLFLOW_TRACKING_URI=stack.tracking_uri,
+            PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        )
         os.environ["PGPASSFILE"] = str(stack.pgpass)
         try:
             runs = {w: [throughput(args, stack, env, w, r) for r in range(args.repeats)] for w in (1, 2)}
@@ -132,14 +190,26 @@ def main() -> None:
         finally:
             stack_mod.purge(stack)
             os.chdir(cwd)
-    print(f"\n| workers (1 thread each) | trials/hour, search | trials/hour, wall | search seconds for {args.trials} trials per worker |")
+    print(
+        f"\n| workers (1 thread each) | trials/hour, search | trials/hour, wall | search seconds for {args.trials} trials per worker |"
+    )
     print("|---|---|---|---|")
     for w, rs in runs.items():
-        print(f"| {w} | {_stats([r['trials_per_hour'] for r in rs])} | {_stats([r['trials_per_hour_wall'] for r in rs])} | {_stats([r['search_seconds'] for r in rs])} |")
+        print(
+            f"| {w} | {_stats([r['trials_per_hour'] for r in rs])} | {_stats([r['trials_per_hour_wall'] for r in rs])} | {_stats([r['search_seconds'] for r in rs])} |"
+        )
     print("\n| storage + tracking | ms per trial, storage and logging calls only |\n|---|---|")
     for name, values in cost.items():
         print(f"| {name} | {_stats(values)} |")
-    print(json.dumps({"throughput": runs, "overhead_ms_per_trial": cost, "args": {k: v for k, v in vars(args).items() if k not in ("work", "storage_with_password")}}))
+    print(
+        json.dumps(
+            {
+                "throughput": runs,
+                "overhead_ms_per_trial": cost,
+                "args": {k: v for k, v in vars(args).items() if k not in ("work", "storage_with_password")},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

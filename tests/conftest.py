@@ -46,7 +46,9 @@ def tier_problems(items) -> list[str]:
 def pytest_collection_modifyitems(config, items):
     problems = tier_problems(items)
     if problems:
-        raise pytest.UsageError(f"each test needs exactly one tier marker of {', '.join(TIERS)}:\n" + "\n".join(problems))
+        raise pytest.UsageError(
+            f"each test needs exactly one tier marker of {', '.join(TIERS)}:\n" + "\n".join(problems)
+        )
 
 
 # --- stores and data ---------------------------------------------------------------------------------------------
@@ -85,7 +87,6 @@ def mlflow_db_template(tmp_path_factory) -> Path:
 def tracking_uri(tmp_path, monkeypatch, mlflow_db_template) -> str:
     """A fresh sqlite MLflow store for one test, set for this process and the subprocesses it starts."""
     import mlflow
-
     import mlflow.tracking.fluent
 
     shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
@@ -160,7 +161,10 @@ def fake_mnist_dir(tmp_path) -> Path:
     data = fake_mnist(n_train=1200, n_test=200)
     directory = tmp_path / "fake-mnist"
     directory.mkdir()
-    for part, images, labels in (("train", data.train_images, data.train_labels), ("t10k", data.test_images, data.test_labels)):
+    for part, images, labels in (
+        ("train", data.train_images, data.train_labels),
+        ("t10k", data.test_images, data.test_labels),
+    ):
         write_idx(directory / f"{part}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{part}-labels-idx1-ubyte.gz", labels)
     return directory
@@ -218,10 +222,20 @@ def bundle_problems(modules, allowed_third_party: set[str], package: Path = ROOT
     problems = []
     for module in modules:
         for node in ast.walk(ast.parse((package / module).read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
-                ok = name in bundled if top == "digits" else top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__"
+                ok = (
+                    name in bundled
+                    if top == "digits"
+                    else top in sys.stdlib_module_names or top in allowed_third_party or top == "__future__"
+                )
                 if not ok:
                     problems.append(f"{module} imports {name}")
     return problems
@@ -238,7 +252,13 @@ def import_closure(start: str, package: Path = ROOT / "digits") -> list[str]:
             continue
         seen.append(module)
         for node in ast.walk(ast.parse((package / module).read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             if isinstance(node, ast.ImportFrom) and node.module:  # `from digits.serve import model`: a module too
                 names += [f"{node.module}.{a.name}" for a in node.names]
             for name in names:

@@ -28,16 +28,22 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digits.app import page as app
-from tests.conftest import free_port, isolated_store
 from digits.app.page import AppError, EndpointModel, RegistryModel
-from workflow.cli import build_parser
 from digits.serve.preprocess import InputError, to_mnist
+from tests.conftest import free_port, isolated_store
+from workflow.cli import build_parser
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that let Debian's Chromium run headless as root in a container, with no network chatter of its own.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -55,7 +61,9 @@ SEVEN = [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]
 STROKES = {
     "1": [[(0.55, 0.12), (0.47, 0.88)]],
     "7": SEVEN,
-    "0": [[(0.5 + 0.24 * math.sin(2 * math.pi * t / 12), 0.5 - 0.36 * math.cos(2 * math.pi * t / 12)) for t in range(14)]],
+    "0": [
+        [(0.5 + 0.24 * math.sin(2 * math.pi * t / 12), 0.5 - 0.36 * math.cos(2 * math.pi * t / 12)) for t in range(14)]
+    ],
 }
 
 
@@ -97,7 +105,10 @@ def test_top_three_best_first_as_label_values():
 @pytest.mark.unit
 def test_a_doubtful_answer_names_the_runner_up():
     top = app.top_k([0.0, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.15, 0.0])
-    assert app.summary(top) == "The model reads **1** (45.0% sure). It might also be a 7 (40.0%): try drawing it larger and clearer."
+    assert (
+        app.summary(top)
+        == "The model reads **1** (45.0% sure). It might also be a 7 (40.0%): try drawing it larger and clearer."
+    )
 
 
 @pytest.mark.unit
@@ -138,7 +149,9 @@ def test_a_drawing_is_sent_as_base64_png_and_previewed_with_the_models_preproces
         assert list(top)[0] == digit and message.startswith(f"The model reads **{digit}** (91.0% sure)")
         sent = predictor.sent[-1]
         assert base64.b64decode(sent)[:8] == b"\x89PNG\r\n\x1a\n"
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent)))), np.asarray(drawing))  # lossless
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(sent)))), np.asarray(drawing)
+        )  # lossless
         # The preview is exactly preprocess.to_mnist of what was sent, blown up with square pixels.
         assert seen.size == (app.PREVIEW_SIDE, app.PREVIEW_SIDE)
         assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(sent))
@@ -179,10 +192,19 @@ def test_model_errors_become_the_message_and_the_preview_stays():
 
 @pytest.mark.unit
 def test_no_champion_message_says_how_to_make_one():
-    no_model = app.load_error_message("models:/digits-cnn@champion", "RESOURCE_DOES_NOT_EXIST", "Registered Model with name=digits-cnn not found")
-    assert no_model == "`models:/digits-cnn@champion` is not in the registry yet: train and register one with `make run` (or `digits main`), then read again (no restart needed)."
-    no_alias = app.load_error_message("models:/digits-cnn@champion", "INVALID_PARAMETER_VALUE", "Registered model alias champion not found.")
-    assert no_alias.startswith("no version of `digits-cnn` has the alias `champion` yet: train and register one with `make run`")
+    no_model = app.load_error_message(
+        "models:/digits-cnn@champion", "RESOURCE_DOES_NOT_EXIST", "Registered Model with name=digits-cnn not found"
+    )
+    assert (
+        no_model
+        == "`models:/digits-cnn@champion` is not in the registry yet: train and register one with `make run` (or `digits main`), then read again (no restart needed)."
+    )
+    no_alias = app.load_error_message(
+        "models:/digits-cnn@champion", "INVALID_PARAMETER_VALUE", "Registered model alias champion not found."
+    )
+    assert no_alias.startswith(
+        "no version of `digits-cnn` has the alias `champion` yet: train and register one with `make run`"
+    )
     assert "`digits register --model_name digits-cnn --alias champion --version N`" in no_alias
     other = app.load_error_message("models:/digits-cnn@champion", "INTERNAL_ERROR", "database is locked\ntraceback...")
     assert other == "cannot load `models:/digits-cnn@champion`: database is locked"
@@ -192,7 +214,9 @@ def test_no_champion_message_says_how_to_make_one():
 def test_no_champion_in_a_real_empty_registry(tracking_uri):
     predictor = RegistryModel()  # must not raise: the app starts and says what is missing
     assert predictor.error.startswith("`models:/digits-cnn@champion` is not in the registry yet")
-    assert predictor.status().startswith("**No model to ask yet:** `models:/digits-cnn@champion` is not in the registry yet")
+    assert predictor.status().startswith(
+        "**No model to ask yet:** `models:/digits-cnn@champion` is not in the registry yet"
+    )
     top, seen, message = app.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
     assert top is None and seen is not None and "make run" in message
 
@@ -222,7 +246,13 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
         type(self).requests.append({"path": self.path, "content_type": self.headers["Content-Type"], "body": body})
         picture = body["dataframe_split"]["data"][0][0]
         if picture == "bad":
-            self._answer(400, {"error_code": "BAD_REQUEST", "message": "image 0: the text is not valid base64 (Incorrect padding)\nmore"})
+            self._answer(
+                400,
+                {
+                    "error_code": "BAD_REQUEST",
+                    "message": "image 0: the text is not valid base64 (Incorrect padding)\nmore",
+                },
+            )
         else:
             p = endpoint_probabilities(picture)
             self._answer(200, {"predictions": [{"digit": int(np.argmax(p)), "confidence": max(p), "probabilities": p}]})
@@ -267,7 +297,9 @@ def test_the_endpoint_gets_the_request_a_client_sends_and_its_errors_come_back_a
 def test_an_unreachable_endpoint_is_a_message():
     port = free_port()
     endpoint = EndpointModel(f"http://127.0.0.1:{port}")
-    with pytest.raises(AppError, match=rf"cannot reach the endpoint http://127.0.0.1:{port} .*is `mlflow models serve` running there\?"):
+    with pytest.raises(
+        AppError, match=rf"cannot reach the endpoint http://127.0.0.1:{port} .*is `mlflow models serve` running there\?"
+    ):
         endpoint.predict("abc")
     assert endpoint.status().startswith("**The endpoint does not answer.**")
 
@@ -275,9 +307,34 @@ def test_an_unreachable_endpoint_is_a_message():
 @pytest.mark.unit
 def test_app_flags_and_their_defaults():
     args = build_parser().parse_args(["app"])
-    assert (args.model_uri, args.endpoint, args.host, args.port, args.share) == ("models:/digits-cnn@champion", "", "127.0.0.1", 7860, False)
-    args = build_parser().parse_args(["app", "--model-uri", "models:/digits-cnn/3", "--endpoint", "http://127.0.0.1:5001", "--host", "0.0.0.0", "--port", "8000", "--share"])
-    assert (args.model_uri, args.endpoint, args.host, args.port, args.share) == ("models:/digits-cnn/3", "http://127.0.0.1:5001", "0.0.0.0", 8000, True)
+    assert (args.model_uri, args.endpoint, args.host, args.port, args.share) == (
+        "models:/digits-cnn@champion",
+        "",
+        "127.0.0.1",
+        7860,
+        False,
+    )
+    args = build_parser().parse_args(
+        [
+            "app",
+            "--model-uri",
+            "models:/digits-cnn/3",
+            "--endpoint",
+            "http://127.0.0.1:5001",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--share",
+        ]
+    )
+    assert (args.model_uri, args.endpoint, args.host, args.port, args.share) == (
+        "models:/digits-cnn/3",
+        "http://127.0.0.1:5001",
+        "0.0.0.0",
+        8000,
+        True,
+    )
 
 
 @pytest.mark.data  # importing Gradio takes seconds
@@ -312,7 +369,9 @@ class Server:
     def __init__(self, name: str, command: list[str], url: str, ready_path: str, env: dict[str, str], root: Path):
         self.name, self.url, self.log_path = name, url, root / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, env=env, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, env=env, cwd=root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -358,15 +417,19 @@ def trained(mnist, store):
     """A small real CNN (2 epochs on 10,000 images, about 98% on the test set) saved as a checkpoint, not registered."""
     from digits.core.config import TrainConfig
     from digits.learn.data import split_train_val
-    from digits.serve.model import predict_proba, save_checkpoint
     from digits.learn.train import fit
+    from digits.serve.model import predict_proba, save_checkpoint
 
     config = TrainConfig(epochs=2, subset=10000, width=16, seed=0, device="cpu")
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
     model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
     accuracy = float((predict_proba(model, mnist.test_images[:2000]).argmax(1) == mnist.test_labels[:2000]).mean())
     assert accuracy > 0.95
-    return {"checkpoint": save_checkpoint(model, config, store["root"] / "checkpoint"), "accuracy": accuracy, "digest": mnist.digest}
+    return {
+        "checkpoint": save_checkpoint(model, config, store["root"] / "checkpoint"),
+        "accuracy": accuracy,
+        "digest": mnist.digest,
+    }
 
 
 def register_champion(store, trained) -> None:
@@ -380,7 +443,9 @@ def register_champion(store, trained) -> None:
         return
     with mlflow.start_run(experiment_id=store["experiment"]) as run:
         info = log_cnn_model(trained["checkpoint"])
-    assert register_model(info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]).promoted
+    assert register_model(
+        info.model_uri, test_accuracy=trained["accuracy"], run_id=run.info.run_id, data_digest=trained["digest"]
+    ).promoted
 
 
 @pytest.fixture(scope="module")
@@ -400,12 +465,20 @@ def browser(store):
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(store["root"] / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            str(store["root"] / "chromium-profile"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
             viewport={"width": 1200, "height": 860},
         )
         context.set_default_timeout(60_000)  # two shared CPU cores: a first answer can take seconds
         context.outside = []  # requests the pages made anywhere but the local servers (fonts, analytics, CDNs)
-        context.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1:", "data:", "blob:")) else context.outside.append(r.url))
+        context.on(
+            "request",
+            lambda r: (
+                None if r.url.startswith(("http://127.0.0.1:", "data:", "blob:")) else context.outside.append(r.url)
+            ),
+        )
         yield context
         context.close()
 
@@ -458,7 +531,9 @@ def clear(page) -> None:
 def top_three(page) -> list[tuple[str, str]]:
     """The digits and confidences the page shows, best first (the confidences as the page holds them, exactly)."""
     sets = page.locator('#top [data-testid$="-confidence-set"]')
-    return [(s.get_attribute("data-testid").split("-")[0], s.locator("meter").get_attribute("value")) for s in sets.all()]
+    return [
+        (s.get_attribute("data-testid").split("-")[0], s.locator("meter").get_attribute("value")) for s in sets.all()
+    ]
 
 
 def answer(page) -> tuple[str, list[tuple[str, str]]]:
@@ -525,8 +600,27 @@ def test_the_endpoint_and_the_registry_give_the_same_answer(registry_app, browse
     register_champion(store, trained)
     port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    command = [mlflow_cli, "models", "serve", "-m", "models:/digits-cnn@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    served = Server("scoring-server", command, f"http://127.0.0.1:{port}", "/ping", subprocess_env(store["uri"], store["root"]), store["root"])
+    command = [
+        mlflow_cli,
+        "models",
+        "serve",
+        "-m",
+        "models:/digits-cnn@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    served = Server(
+        "scoring-server",
+        command,
+        f"http://127.0.0.1:{port}",
+        "/ping",
+        subprocess_env(store["uri"], store["root"]),
+        store["root"],
+    )
     try:
         endpoint_app = start_app("endpoint-app", store["root"], store["uri"], "--endpoint", served.url)
         try:
@@ -536,8 +630,14 @@ def test_the_endpoint_and_the_registry_give_the_same_answer(registry_app, browse
                 draw(page, STROKES["7"])
                 answers.append((press_read(page, "The model reads"), answer(page), page.inner_text("#status")))
                 page.close()
-            (registry_message, registry_answer, registry_status), (endpoint_message, endpoint_answer, endpoint_status) = answers
-            assert registry_status.startswith("Reading with model") and endpoint_status == f"Reading with endpoint {served.url}."
+            (
+                (registry_message, registry_answer, registry_status),
+                (endpoint_message, endpoint_answer, endpoint_status),
+            ) = answers
+            assert (
+                registry_status.startswith("Reading with model")
+                and endpoint_status == f"Reading with endpoint {served.url}."
+            )
             assert registry_answer[0] == "7"
             assert (endpoint_message, endpoint_answer) == (registry_message, registry_answer)
         finally:

@@ -53,8 +53,11 @@ def test_library_modules_never_import_optuna_or_tuning():
 def test_importing_does_no_work(tmp_path):
     # No mkdirs, no tracking-URI setting, no logging configuration at import time.
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(
-            """
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
             import logging, os, pkgutil, importlib, mlflow, digits, tuning
             import workflow
             for package in (digits, tuning, workflow):
@@ -65,8 +68,13 @@ def test_importing_does_no_work(tmp_path):
             assert "MLFLOW_TRACKING_URI" not in os.environ
             print(sorted(os.listdir(".")))
             """
-        )],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"},
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -88,7 +96,11 @@ def _module_names() -> list[str]:
 
 
 def test_no_module_is_over_four_hundred_lines():
-    long = [f"{p.relative_to(ROOT)} ({n} lines)" for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    long = [
+        f"{p.relative_to(ROOT)} ({n} lines)"
+        for p in _sources()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
     assert not long, "split these: " + ", ".join(long)
 
 
@@ -101,6 +113,7 @@ def test_no_function_in_the_package_is_over_sixty_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = min([d.lineno for d in node.decorator_list] + [node.lineno])
                 if node.end_lineno - first + 1 > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
+                    long.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)"
+                    )
     assert not long, "split these: " + ", ".join(long)
-

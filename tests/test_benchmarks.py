@@ -27,13 +27,22 @@ def test_time_to_accuracy_runs_with_torch_and_numpy_alone_and_ends_with_its_json
         """
     )
     env = {**os.environ, "PYTHONPATH": ""}  # the script finds `digits` from its own checkout
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    required = {"seconds_to_99_0", "seconds_to_99_5", "final_test_accuracy", "images_per_second", "reference_seconds_to_99_0", "speedup"}
+    required = {
+        "seconds_to_99_0",
+        "seconds_to_99_5",
+        "final_test_accuracy",
+        "images_per_second",
+        "reference_seconds_to_99_0",
+        "speedup",
+    }
     assert required <= set(out)
     (run,) = out["schedules"]["1"]["runs"]
-    (seconds, accuracy), = run["timeline"]  # one epoch, one evaluation
+    ((seconds, accuracy),) = run["timeline"]  # one epoch, one evaluation
     assert out["final_test_accuracy"] == accuracy > 0.985  # one epoch of the fast recipe: 99.1-99.4% when measured
     assert out["seconds_to_99_0"] == (seconds if accuracy >= 0.99 else None)
     assert out["seconds_to_99_5"] is None and out["reference_seconds_to_99_0"] is None and out["speedup"] is None
@@ -41,6 +50,16 @@ def test_time_to_accuracy_runs_with_torch_and_numpy_alone_and_ends_with_its_json
 
 
 def test_time_to_accuracy_refuses_a_bad_override_in_one_line():
-    result = subprocess.run([sys.executable, "benchmarks/time_to_accuracy.py", "--set", "widht=3"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/time_to_accuracy.py", "--set", "widht=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("time_to_accuracy.py: error: expected FIELD=VALUE with FIELD one of")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("time_to_accuracy.py: error: expected FIELD=VALUE with FIELD one of")
+    )

@@ -4,8 +4,8 @@ import subprocess
 import pytest
 import yaml
 
+from tests.conftest import ROOT, digits_command
 from workflow.cli import build_parser
-from tests.conftest import ROOT, digits_command, write_idx
 
 
 def _subcommands():
@@ -27,11 +27,18 @@ def test_every_mlproject_parameter_reaches_its_command_and_the_cli():
         assert sub in subcommands, f"entry point {name}: no CLI subcommand {sub}"
         flags = _flags(subcommands[sub])
         for param, spec in entry.get("parameters", {}).items():
-            assert f"--{param} {{{param}}}" in command, f"entry point {name}: parameter {param} does not reach its command"
+            assert f"--{param} {{{param}}}" in command, (
+                f"entry point {name}: parameter {param} does not reach its command"
+            )
             assert f"--{param}" in flags, f"entry point {name}: the CLI has no flag --{param}"
             default = subcommands[sub].get_default(param)
-            assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), (name, param)
-        assert set(re.findall(r"\{(\w+)\}", command)) == set(entry.get("parameters", {})), f"{name}: command uses undeclared parameters"
+            assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), (
+                name,
+                param,
+            )
+        assert set(re.findall(r"\{(\w+)\}", command)) == set(entry.get("parameters", {})), (
+            f"{name}: command uses undeclared parameters"
+        )
 
 
 @pytest.mark.unit
@@ -39,7 +46,9 @@ def test_every_flag_states_its_default():
     for name, sub in _subcommands().items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
-                assert "(default:" in (action.help or ""), f"digits {name} {action.option_strings[0]} does not state its default"
+                assert "(default:" in (action.help or ""), (
+                    f"digits {name} {action.option_strings[0]} does not state its default"
+                )
 
 
 def _run(*args, env=None):
@@ -77,7 +86,10 @@ def _store_runs(uri):
 def test_wrong_data_dir_is_one_line_and_logs_nothing(tmp_path, tracking_uri):
     result = _run("train", "--data_dir", str(tmp_path / "missing"), "--epochs", "1")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"digits train: error: data_dir {tmp_path / 'missing'} does not exist or is not a directory"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"digits train: error: data_dir {tmp_path / 'missing'} does not exist or is not a directory"
+    )
     assert "Traceback" not in result.stderr
     assert _store_runs(tracking_uri) == []
 
@@ -114,13 +126,24 @@ def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
 
 @pytest.mark.unit
 def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
-    from workflow.cli import parse_overrides
     from digits.core.config import ConfigError, TrainConfig
+    from workflow.cli import parse_overrides
 
-    assert parse_overrides(TrainConfig, ["lr=0.08", "width=24", "batch_norm=false", "optimizer=adamw", "epochs=10.0"]) == {
-        "lr": 0.08, "width": 24, "batch_norm": False, "optimizer": "adamw", "epochs": 10,
+    assert parse_overrides(
+        TrainConfig, ["lr=0.08", "width=24", "batch_norm=false", "optimizer=adamw", "epochs=10.0"]
+    ) == {
+        "lr": 0.08,
+        "width": 24,
+        "batch_norm": False,
+        "optimizer": "adamw",
+        "epochs": 10,
     }
-    for item, message in (("widht=24", "FIELD one of"), ("lr", "FIELD=VALUE"), ("width=2.5", "width: expected an integer"), ("lr=nan", "lr: expected a finite number")):
+    for item, message in (
+        ("widht=24", "FIELD one of"),
+        ("lr", "FIELD=VALUE"),
+        ("width=2.5", "width: expected an integer"),
+        ("lr=nan", "lr: expected a finite number"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_overrides(TrainConfig, [item])
 
@@ -183,12 +206,16 @@ def test_a_dataset_logged_by_several_workers_at_once_is_retried_and_other_errors
     def log_input(dataset, context=None):
         calls.append(context)
         if len(calls) <= 2:
-            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"')
+            raise MlflowException(
+                '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+            )
 
     monkeypatch.setattr(mlflow, "log_input", log_input)
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     tracking.log_dataset(fake_mnist(), "test", None, "testing")
     assert calls == ["testing"] * 3
-    monkeypatch.setattr(mlflow, "log_input", lambda dataset, context=None: (_ for _ in ()).throw(MlflowException("no such run")))
+    monkeypatch.setattr(
+        mlflow, "log_input", lambda dataset, context=None: (_ for _ in ()).throw(MlflowException("no such run"))
+    )
     with pytest.raises(MlflowException, match="no such run"):
         tracking.log_dataset(fake_mnist(), "test", None, "testing")

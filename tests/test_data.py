@@ -1,5 +1,4 @@
 import gzip
-import hashlib
 
 import numpy as np
 import pytest
@@ -49,7 +48,9 @@ def test_read_idx_rejects_corrupt_gzip(tmp_path):
 
 @pytest.mark.unit
 def test_read_mnist_dir_reads_raw_and_gzip_files(fake_mnist_dir):
-    (fake_mnist_dir / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress((fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    (fake_mnist_dir / "t10k-labels-idx1-ubyte").write_bytes(
+        gzip.decompress((fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    )
     (fake_mnist_dir / "t10k-labels-idx1-ubyte.gz").unlink()
     m = read_mnist_dir(fake_mnist_dir)
     assert m.train_images.shape == (1200, 28, 28) and m.test_labels.shape == (200,)
@@ -101,7 +102,9 @@ def test_offline_download_failure_says_where_to_put_files(tmp_path, monkeypatch)
 
     class Offline:
         def __init__(self, *args, **kwargs):
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: [Errno -3] Temporary failure in name resolution")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz: [Errno -3] Temporary failure in name resolution"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     monkeypatch.setenv("DIGITS_DATA_DIR", str(tmp_path / "cache"))

@@ -31,7 +31,9 @@ def test_mlflow_run_train_logs_a_finished_run(mnist_dir, tracking_uri):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["epochs"] == "1" and run.data.params["subset"] == "10000" and run.data.params["width"] == "16"
+    assert (
+        run.data.params["epochs"] == "1" and run.data.params["subset"] == "10000" and run.data.params["width"] == "16"
+    )
     assert run.data.tags["model_family"] == "cnn"
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
@@ -39,7 +41,11 @@ def test_mlflow_run_train_logs_a_finished_run(mnist_dir, tracking_uri):
     assert run.data.metrics["test_accuracy"] > 0.9
     for key in ("train_loss", "val_loss", "lr", "images_per_second", "test_macro_f1", "test_log_loss"):
         assert key in run.data.metrics
-    assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"mnist-training", "mnist-validation", "mnist-testing"}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {
+        "mnist-training",
+        "mnist-validation",
+        "mnist-testing",
+    }
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.json" in artifacts
 
@@ -69,7 +75,9 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
     onnx = client.get_model_version_by_alias("digits-cnn-onnx", "champion")
     assert onnx.run_id == cnn.info.run_id and onnx.tags["test_accuracy"] == champion.tags["test_accuracy"]
     assert cnn.data.metrics["onnx_same_digits"] == 1.0 and cnn.data.metrics["onnx_max_abs_diff"] <= 1e-4
-    assert cnn.data.tags["registered_version"] == "digits-cnn/1"  # the run's own registration tags are the torch model's
+    assert (
+        cnn.data.tags["registered_version"] == "digits-cnn/1"
+    )  # the run's own registration tags are the torch model's
 
 
 @pytest.mark.parametrize(
@@ -84,7 +92,15 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
 def test_mlflow_run_main_takes_params_as_mlflow_spells_them(mnist_dir, tracking_uri, tmp_path, spelt, canonical):
     # `mlflow run` logs each -P value as typed into the run it makes; the pipeline's own canonical values must
     # not collide with them ("Changing param values is not allowed").
-    params = {"epochs": 1, "subset": 1000, "val_size": 500, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu", "threads": 1}
+    params = {
+        "epochs": 1,
+        "subset": 1000,
+        "val_size": 500,
+        "n_trials": 0,
+        "data_dir": mnist_dir,
+        "device": "cpu",
+        "threads": 1,
+    }
     mlflow_run("main", {**params, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", **spelt})
     client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -14,15 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from digits.learn import baseline
-from digits.evaluate import corruptions
-from digits.evaluate import eda, evaluation
-from digits.mlops import evaluate_job
-from digits.evaluate import report
-from digits.evaluate import robustness
 from digits.core.config import TrainConfig
-from digits.mlops.registry import fit_description
+from digits.evaluate import corruptions, eda, evaluation, report, robustness
 from digits.evaluate.metrics import METRIC_NAMES
+from digits.learn import baseline
+from digits.mlops import evaluate_job
+from digits.mlops.registry import fit_description
 from tests.conftest import ROOT, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
@@ -63,7 +60,9 @@ def assert_robustness(run) -> None:
     """``run`` holds issue 12's robustness evaluation: a metric per corruption, their mean, the table, the figure."""
     expected = {f"robust_{name}_accuracy" for name in corruptions.names()} | {"robust_mean_accuracy"}
     assert expected <= set(run.data.metrics), f"{run.info.run_name}: missing {sorted(expected - set(run.data.metrics))}"
-    table = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}")))
+    table = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}"))
+    )
     assert table["corruption"].tolist() == corruptions.names()
     assert run.data.metrics["robust_mean_accuracy"] == pytest.approx(table["accuracy"].mean())
     assert_png_readable(run.info.run_id, f"evaluation/{robustness.FIGURE}")
@@ -78,9 +77,15 @@ def assert_full_evaluation(run) -> None:
     assert expected <= files, f"{run.info.run_name}: missing {sorted(expected - files)}"
     for name in evaluation.FIGURES:
         assert_png_readable(run.info.run_id, f"{evaluation.EVALUATION_DIR}/{name}")
-    per_class = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/per_class.csv")))
-    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"] and per_class["digit"].tolist() == list(range(10))
-    confusions = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/top_confusions.csv")))
+    per_class = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/per_class.csv"))
+    )
+    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"] and per_class[
+        "digit"
+    ].tolist() == list(range(10))
+    confusions = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/top_confusions.csv"))
+    )
     assert list(confusions.columns) == ["true", "predicted", "count"] and len(confusions) <= 10
     assert (confusions["true"] != confusions["predicted"]).all() and confusions["count"].is_monotonic_decreasing
 
@@ -104,7 +109,10 @@ def experiment(tracking_uri, tmp_path, monkeypatch) -> str:
 def test_log_test_evaluation_logs_every_metric_table_and_figure(experiment):
     data = fake_mnist()
     proba = noisy_proba(data.test_labels)
-    history = [{"train_loss": 1 / e, "train_accuracy": 1 - 0.2 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 0.3 / e} for e in (1, 2, 3)]
+    history = [
+        {"train_loss": 1 / e, "train_accuracy": 1 - 0.2 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 0.3 / e}
+        for e in (1, 2, 3)
+    ]
     with mlflow.start_run() as run:
         values = evaluation.log_test_evaluation(data.test_labels, proba, images=data.test_images, history=history)
     assert set(values) == TEST_METRICS
@@ -161,8 +169,12 @@ def test_baseline_history_has_train_and_validation_curves_per_block():
     data = fake_mnist(n_train=400)
     calls = []
     model, history, seconds = baseline.fit_baseline_with_history(
-        data.train_images[:300], data.train_labels[:300], (data.train_images[300:], data.train_labels[300:]),
-        max_iter=30, block=5, callback=lambda step, m: calls.append((step, m)),
+        data.train_images[:300],
+        data.train_labels[:300],
+        (data.train_images[300:], data.train_labels[300:]),
+        max_iter=30,
+        block=5,
+        callback=lambda step, m: calls.append((step, m)),
     )
     steps = [h["step"] for h in history]
     assert steps == sorted(steps) and steps[0] <= 5 and steps[-1] <= 30
@@ -187,13 +199,27 @@ def test_baseline_run_logs_the_fitted_models_parameters_once(experiment):
 
     data = fake_mnist(n_train=300)
     config = DataConfig(val_size=50, seed=2)
-    outcome = run_baseline(config, data, split_train_val(data.train_labels, config.val_size, config.seed, config.subset), nested=False)
+    outcome = run_baseline(
+        config, data, split_train_val(data.train_labels, config.val_size, config.seed, config.subset), nested=False
+    )
     params = mlflow.get_run(outcome.run_id).data.params
     estimator = mlflow.sklearn.load_model(outcome.model_uri)
-    expected = {"model": "LogisticRegression", **estimator.get_params(), "data_dir": "", "val_size": 50, "subset": 0, "seed": 2}
+    expected = {
+        "model": "LogisticRegression",
+        **estimator.get_params(),
+        "data_dir": "",
+        "val_size": 50,
+        "subset": 0,
+        "seed": 2,
+    }
     assert params == {k: str(v) for k, v in expected.items()}
     # What was typed by hand before, now read from the model, and tol, which was missing:
-    assert params["solver"] == "lbfgs" and params["C"] == "1.0" and params["max_iter"] == "100" and params["tol"] == "0.001"
+    assert (
+        params["solver"] == "lbfgs"
+        and params["C"] == "1.0"
+        and params["max_iter"] == "100"
+        and params["tol"] == "0.001"
+    )
     assert params["random_state"] == "2"
 
 
@@ -203,39 +229,72 @@ def test_model_card_has_every_section_both_models_and_the_confusions():
     cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_log_loss": 0.03, "test_ece": 0.02}
     confusions = pd.DataFrame({"true": [7, 4], "predicted": [2, 9], "count": [9, 6]})
     card = report.model_card(
-        model_name="digits-cnn", config=TrainConfig(epochs=7), baseline=base, cnn=cnn, confusions=confusions,
-        data=report.DataSummary(source="/data", digest="abc", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
-        test_support={7: 1028, 4: 982}, runs={"final CNN": "r1", "baseline": "r2"}, selection="Given on the command line.",
+        model_name="digits-cnn",
+        config=TrainConfig(epochs=7),
+        baseline=base,
+        cnn=cnn,
+        confusions=confusions,
+        data=report.DataSummary(
+            source="/data", digest="abc", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000
+        ),
+        test_support={7: 1028, 4: 982},
+        runs={"final CNN": "r1", "baseline": "r2"},
+        selection="Given on the command line.",
     )
-    for heading in ("## Data and split", "## Training configuration", "## Test metrics: baseline vs CNN", "## Main confusions of the CNN", "## Intended use", "## Limits"):
+    for heading in (
+        "## Data and split",
+        "## Training configuration",
+        "## Test metrics: baseline vs CNN",
+        "## Main confusions of the CNN",
+        "## Intended use",
+        "## Limits",
+    ):
         assert heading in card
     assert "| accuracy | higher | 92.26% | 99.31% |" in card
     assert "| misclassified test images | lower | 774 | 69 |" in card
     assert "| 7 → 2 | 9 | 0.88% |" in card  # 9 of the 1,028 test 7s
-    assert "| epochs | `7` |" in card and "55,000" in card and "macro F1" in card and "n/a" in card  # absent metrics say so
+    assert (
+        "| epochs | `7` |" in card and "55,000" in card and "macro F1" in card and "n/a" in card
+    )  # absent metrics say so
 
 
 @pytest.mark.unit
 def test_model_card_holds_every_fact_it_is_given():
     base = {"test_accuracy": 0.9226, "test_errors": 774.0, "test_roc_auc": 0.99, "test_ece": 0.01}
     cnn = {"test_accuracy": 0.9931, "test_errors": 69.0, "test_macro_f1": 0.993, "test_ece": 0.02}
-    confusions = pd.DataFrame({"true": [7, 4, 9, 3, 5, 1], "predicted": [2, 9, 4, 5, 3, 7], "count": [9, 6, 5, 4, 3, 2]})
+    confusions = pd.DataFrame(
+        {"true": [7, 4, 9, 3, 5, 1], "predicted": [2, 9, 4, 5, 3, 7], "count": [9, 6, 5, 4, 3, 2]}
+    )
     arguments = dict(
-        model_name="digits-x", config=TrainConfig(width=24, subset=10000, seed=4, data_dir="/secret"), baseline=base, cnn=cnn,
-        confusions=confusions, baseline_confusions=confusions,
-        data=report.DataSummary(source="/d2", digest="xyz", train=9000, val=1000, test=10000, subset=10000, seed=4, final_train=10000),
-        test_support={7: 1028, 4: 982}, runs={"final CNN": "r1", "baseline": "r2", "pipeline (parent)": "r3"}, selection="Chosen by search.",
+        model_name="digits-x",
+        config=TrainConfig(width=24, subset=10000, seed=4, data_dir="/secret"),
+        baseline=base,
+        cnn=cnn,
+        confusions=confusions,
+        baseline_confusions=confusions,
+        data=report.DataSummary(
+            source="/d2", digest="xyz", train=9000, val=1000, test=10000, subset=10000, seed=4, final_train=10000
+        ),
+        test_support={7: 1028, 4: 982},
+        runs={"final CNN": "r1", "baseline": "r2", "pipeline (parent)": "r3"},
+        selection="Chosen by search.",
     )
     card = report.model_card(**arguments)
-    assert card.startswith("# Model card: digits-x\n\n") and card.endswith("| pipeline (parent) | `r3` |\n") and "$" not in card
+    assert (
+        card.startswith("# Model card: digits-x\n\n")
+        and card.endswith("| pipeline (parent) | `r3` |\n")
+        and "$" not in card
+    )
     for fact in (
         "Test accuracy **99.31%** on the 10,000 MNIST test images, against 92.26% for the logistic-regression baseline.",
         "read from `/d2` (content digest `xyz`).",
         "- Validation: 1,000 images held out of the training images, stratified, seed 4; training split: 9,000 images (subset=10,000 of a stratified order).",
         "the training and validation images together (10,000), once",
         "## Training configuration\n\nChosen by search.\n\n| parameter | value |\n|---|---|\n| val_size | `5000` |\n| subset | `10000` |",
-        "| width | `24` |", "| compile | `False` |",
-        "| macro F1 | higher | n/a | 99.30% |", "| ROC AUC (one-vs-rest, macro) | higher | 0.9900 | n/a |",
+        "| width | `24` |",
+        "| compile | `False` |",
+        "| macro F1 | higher | n/a | 99.30% |",
+        "| ROC AUC (one-vs-rest, macro) | higher | 0.9900 | n/a |",
         "| expected calibration error (15 bins) | lower | 0.0100 | 0.0200 |",
         "| 4 → 9 | 6 | 0.61% |\n| 9 → 4 | 5 | n/a |",  # no test support given for 9
         "These five pairs are 27 of the 69 mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`.",
@@ -249,9 +308,17 @@ def test_model_card_holds_every_fact_it_is_given():
     assert "These two pairs are 15 of the 69 mistakes;" in two and "five pairs" not in two
     assert "This pair is 9 of the 69 mistakes;" in report.model_card(**{**arguments, "confusions": confusions.head(1)})
     empty = report.model_card(
-        model_name="m", config=TrainConfig(), baseline={}, cnn={"test_accuracy": 1.0, "test_errors": 0.0}, confusions=confusions.head(0),
-        data=report.DataSummary(source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000),
-        test_support={}, runs={}, selection="x",
+        model_name="m",
+        config=TrainConfig(),
+        baseline={},
+        cnn={"test_accuracy": 1.0, "test_errors": 0.0},
+        confusions=confusions.head(0),
+        data=report.DataSummary(
+            source="/d", digest="d", train=55000, val=5000, test=10000, subset=0, seed=0, final_train=60000
+        ),
+        test_support={},
+        runs={},
+        selection="x",
     )
     assert "## Main confusions of the CNN\n\nNo misclassified test images.\n\n## Robustness" in empty
     assert "Not measured for this model." in empty
@@ -267,12 +334,20 @@ def test_model_card_template_names_exactly_the_fields_and_ships_as_package_data(
     template = report.card_template()
     named = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None}
     fields = report.card_fields(
-        model_name="m", config=TrainConfig(), baseline={}, cnn={}, confusions=pd.DataFrame({"true": [], "predicted": [], "count": []}),
+        model_name="m",
+        config=TrainConfig(),
+        baseline={},
+        cnn={},
+        confusions=pd.DataFrame({"true": [], "predicted": [], "count": []}),
         data=report.DataSummary(source="/d", digest="d", train=1, val=1, test=1, subset=0, seed=0, final_train=2),
-        test_support={}, runs={}, selection="x",
+        test_support={},
+        runs={},
+        selection="x",
     )
     assert named == set(fields)  # every placeholder filled, every field used
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["digits.evaluate"]
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "digits.evaluate"
+    ]
     assert any((ROOT / "digits/evaluate").glob(pattern) for pattern in package_data)
     assert (ROOT / "digits/evaluate/templates/model_card.md").is_file()
     assert "evaluate/report.py" not in registry.serving_files()  # the served model's bundle needs no template
@@ -289,11 +364,16 @@ def test_unknown_model_uri_is_one_line_error(tracking_uri):
 def test_cli_evaluate_bad_uri_exits_non_zero_with_one_line(experiment, fake_mnist_dir):
     result = subprocess.run(
         digits_command("evaluate", "--model-uri", "runs:/0123456789abcdef/model", "--data_dir", str(fake_mnist_dir)),
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("digits evaluate: error: cannot load model 'runs:/0123456789abcdef/model'"), result.stderr[-2000:]
+    assert last.startswith("digits evaluate: error: cannot load model 'runs:/0123456789abcdef/model'"), result.stderr[
+        -2000:
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -316,7 +396,9 @@ def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(exp
     network = build_model(config).eval()  # untrained: any accuracy will do, it must only be reproduced exactly
     sources = {}
     with mlflow.start_run(tags={"model_family": "logreg"}) as run:
-        evaluation.log_test_evaluation(data.test_labels, baseline.predict_proba(estimator, data.test_images), family="logreg")
+        evaluation.log_test_evaluation(
+            data.test_labels, baseline.predict_proba(estimator, data.test_images), family="logreg"
+        )
         mlflow.sklearn.log_model(estimator, name="model", pip_requirements=["scikit-learn"])  # no slow inference
         sources["models:/digits-baseline/1"] = run.info.run_id
     mlflow.register_model(f"runs:/{run.info.run_id}/model", "digits-baseline")
@@ -330,14 +412,21 @@ def test_evaluate_reproduces_a_registered_sklearn_model_and_a_run_checkpoint(exp
         source = mlflow.get_run(source_id)
         assert values["test_errors"] == source.data.metrics["test_errors"], uri  # the same accuracy, to the last image
     client = mlflow.MlflowClient()
-    evaluations = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="tags.pipeline_step = 'evaluate'")
-    assert {(r.data.tags["model_family"], r.data.tags["model_loaded_as"]) for r in evaluations} == {("logreg", "sklearn"), ("cnn", "checkpoint")}
+    evaluations = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.pipeline_step = 'evaluate'"
+    )
+    assert {(r.data.tags["model_family"], r.data.tags["model_loaded_as"]) for r in evaluations} == {
+        ("logreg", "sklearn"),
+        ("cnn", "checkpoint"),
+    }
     for r in evaluations:
         assert r.info.run_name == f"evaluate-{r.data.tags['model_family']}"
         assert r.data.tags["source_run_id"] in sources.values()
         assert r.data.metrics["source_test_accuracy"] == r.data.metrics["test_accuracy"]
         assert TEST_METRICS <= set(r.data.metrics)
-        assert {f"evaluation/{f}" for f in evaluation.TABLES + ("roc.png", "misclassified.png")} <= artifact_paths(r.info.run_id)
+        assert {f"evaluation/{f}" for f in evaluation.TABLES + ("roc.png", "misclassified.png")} <= artifact_paths(
+            r.info.run_id
+        )
 
 
 # --- e2e: `mlflow run` on real MNIST ---------------------------------------------------------------------------
@@ -359,9 +448,20 @@ def main_run(tmp_path_factory):
             mp.delenv(var, raising=False)
         mlflow.set_tracking_uri(uri)
         # Artifacts under the test's folder, not ./mlruns of the checkout; every run of the module goes there.
-        mp.setenv("MLFLOW_EXPERIMENT_ID", mlflow.create_experiment("e2e", artifact_location=(root / "artifacts").as_uri()))
-        mlflow_run("main", {"epochs": 1, "subset": 5000, "n_trials": 0, "data_dir": data_dir, "device": "cpu",
-                            "storage": f"sqlite:///{root / 'optuna.db'}"})
+        mp.setenv(
+            "MLFLOW_EXPERIMENT_ID", mlflow.create_experiment("e2e", artifact_location=(root / "artifacts").as_uri())
+        )
+        mlflow_run(
+            "main",
+            {
+                "epochs": 1,
+                "subset": 5000,
+                "n_trials": 0,
+                "data_dir": data_dir,
+                "device": "cpu",
+                "storage": f"sqlite:///{root / 'optuna.db'}",
+            },
+        )
         client = mlflow.MlflowClient()
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         yield {"runs": runs, "data_dir": data_dir, "mlflow_run": mlflow_run, "root": root}
@@ -398,7 +498,10 @@ def test_main_logs_eda_once_into_the_parent_and_the_model_card(main_run):
         assert_png_readable(parent.info.run_id, f"{eda.EDA_DIR}/{name}")
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
     base = _by_name(runs)["baseline-logreg"]
-    assert f"| accuracy | higher | {base.data.metrics['test_accuracy']:.2%} | {cnn.data.metrics['test_accuracy']:.2%} |" in card
+    assert (
+        f"| accuracy | higher | {base.data.metrics['test_accuracy']:.2%} | {cnn.data.metrics['test_accuracy']:.2%} |"
+        in card
+    )
     assert mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/{report.CARD_FILE}") == card
 
 
@@ -411,14 +514,22 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
     result = subprocess.run(
         digits_command("evaluate", "--model-uri", "models:/digits-cnn@champion", "--data_dir", main_run["data_dir"]),
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the same as source run" in result.stderr
-    main_run["mlflow_run"]("evaluate", {"model_uri": "models:/digits-baseline@champion", "data_dir": main_run["data_dir"]})
+    main_run["mlflow_run"](
+        "evaluate", {"model_uri": "models:/digits-baseline@champion", "data_dir": main_run["data_dir"]}
+    )
 
     client = mlflow.MlflowClient()
-    evaluations = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="tags.pipeline_step = 'evaluate'")
+    evaluations = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.pipeline_step = 'evaluate'"
+    )
     by_family = {r.data.tags["model_family"]: r for r in evaluations}
     assert set(by_family) == {"cnn", "logreg"}
     for family, source in (("cnn", cnn), ("logreg", base)):
@@ -430,11 +541,20 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
         assert_robustness(run)
         # The same corrupted digits for every evaluation: the served model reads them as its training run did
         # (to within an image or two: the served network's fused convolutions round differently).
-        n = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}")))["n"].iloc[0]
-        assert run.data.metrics["robust_mean_accuracy"] == pytest.approx(source.data.metrics["robust_mean_accuracy"], abs=2 / n)
-    assert by_family["cnn"].data.tags["model_loaded_as"] == "pyfunc" and by_family["logreg"].data.tags["model_loaded_as"] == "sklearn"
+        n = pd.read_csv(
+            io.StringIO(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/{robustness.TABLE}"))
+        )["n"].iloc[0]
+        assert run.data.metrics["robust_mean_accuracy"] == pytest.approx(
+            source.data.metrics["robust_mean_accuracy"], abs=2 / n
+        )
+    assert (
+        by_family["cnn"].data.tags["model_loaded_as"] == "pyfunc"
+        and by_family["logreg"].data.tags["model_loaded_as"] == "sklearn"
+    )
     version = client.get_model_version_by_alias("digits-cnn", "champion")
-    assert version.description == fit_description(card, cnn.info.run_id) and version.run_id == cnn.info.run_id  # cut to 5,000 characters
+    assert (
+        version.description == fit_description(card, cnn.info.run_id) and version.run_id == cnn.info.run_id
+    )  # cut to 5,000 characters
 
 
 @pytest.mark.unit
@@ -443,6 +563,8 @@ def test_training_curves_put_a_tick_on_each_step_and_never_a_fractional_epoch():
 
     one = plots.training_curves_figure([{"train_loss": 1.0, "train_accuracy": 0.5}])
     assert [t for t in one.axes[0].get_xticks() if one.axes[0].get_xlim()[0] <= t <= one.axes[0].get_xlim()[1]] == [1]
-    blocks = plots.training_curves_figure([{"step": s, "train_loss": 1 / s} for s in (10, 20, 27)], x_label="lbfgs iterations")
+    blocks = plots.training_curves_figure(
+        [{"step": s, "train_loss": 1 / s} for s in (10, 20, 27)], x_label="lbfgs iterations"
+    )
     assert blocks.axes[0].get_lines()[0].get_xdata().tolist() == [10, 20, 27]
     assert list(blocks.axes[0].get_xticks()) == [10, 20, 27] and blocks.axes[0].get_xlabel() == "lbfgs iterations"

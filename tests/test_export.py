@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from digits.mlops import export
 from digits.core.config import TrainConfig
+from digits.mlops import export
 from digits.serve.model import build_model, predict_proba, save_checkpoint
 from tests.conftest import ROOT, digits_command
 
@@ -33,7 +33,9 @@ def test_the_graph_takes_raw_pixels_at_any_batch_size_and_matches_pytorch(tmp_pa
     path = export.export_onnx(network, config, tmp_path / "m.onnx")
     session = export.session(path)
     (given,), (answer,) = session.get_inputs(), session.get_outputs()
-    assert (given.name, given.type, given.shape[1:]) == ("pixels", "tensor(uint8)", [28, 28]) and not isinstance(given.shape[0], int)
+    assert (given.name, given.type, given.shape[1:]) == ("pixels", "tensor(uint8)", [28, 28]) and not isinstance(
+        given.shape[0], int
+    )
     assert (answer.name, answer.type, answer.shape[1:]) == ("probabilities", "tensor(float)", [10])
     rng = np.random.default_rng(1)
     for n in (1, 3, 257):
@@ -72,12 +74,21 @@ def test_export_model_writes_the_graph_and_config_from_a_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model_uri", "models:/no-such-model@champion"], "digits export: error: cannot load the model models:/no-such-model@champion"),
+        (
+            ["--model_uri", "models:/no-such-model@champion"],
+            "digits export: error: cannot load the model models:/no-such-model@champion",
+        ),
         (["--format", "tflite"], "digits export: error: --format must be onnx, got 'tflite'"),
     ],
 )
 def test_digits_export_refuses_bad_input_in_one_line(tmp_path, tracking_uri, args, message):
-    result = subprocess.run(digits_command("export", "--out", str(tmp_path / "out"), *args), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        digits_command("export", "--out", str(tmp_path / "out"), *args),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
     assert not (tmp_path / "out").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -29,8 +28,14 @@ def filled_store(root: Path, n: int = 12) -> tuple[Store, np.ndarray, np.ndarray
     store = Store(root)
     x, y = images(n)
     for i, (image, label) in enumerate(zip(x, y)):
-        store.record(mnist=image, label=int(label), model="digits-cnn/3", prediction=int(label) if i % 3 else (int(label) + 1) % 10,
-                     confidence=0.9, picture=feedback_png(image))
+        store.record(
+            mnist=image,
+            label=int(label),
+            model="digits-cnn/3",
+            prediction=int(label) if i % 3 else (int(label) + 1) % 10,
+            confidence=0.9,
+            picture=feedback_png(image),
+        )
     return store, x, y
 
 
@@ -51,7 +56,18 @@ def test_an_entry_holds_the_answer_and_the_picture_and_nothing_personal(tmp_path
     entry = store.record(mnist=x[0], label=7, model="digits-cnn/3", prediction=1, confidence=0.62, picture=picture)
     [back], skipped = store.entries()
     assert skipped == 0 and back == entry
-    assert set(entry) == {"id", "time", "image_digest", "mnist", "label", "model", "source", "prediction", "confidence", "picture"}
+    assert set(entry) == {
+        "id",
+        "time",
+        "image_digest",
+        "mnist",
+        "label",
+        "model",
+        "source",
+        "prediction",
+        "confidence",
+        "picture",
+    }
     assert (entry["label"], entry["prediction"], entry["confidence"], entry["model"]) == (7, 1, 0.62, "digits-cnn/3")
     assert (tmp_path / "fb" / entry["picture"]).read_bytes() == picture
     assert np.array_equal(feedback.entry_image(back), x[0])
@@ -75,7 +91,9 @@ def test_export_then_import_keeps_every_image_and_label_bit_exact(tmp_path):
     assert feedback.import_export(theirs, loaded) == (0, 12)  # importing again adds nothing
     again = feedback.curate(*theirs.entries())
     assert np.array_equal(again.images, x) and np.array_equal(again.labels, y)
-    assert feedback.export(again, tmp_path / "again.npz")["version"] == manifest["version"]  # same content, same version
+    assert (
+        feedback.export(again, tmp_path / "again.npz")["version"] == manifest["version"]
+    )  # same content, same version
 
 
 @pytest.mark.unit
@@ -120,7 +138,7 @@ def test_a_writer_killed_mid_append_leaves_the_complete_entries_only(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
         from digits.feedback import store as feedback
-        store = feedback.Store({str(tmp_path / 'fb')!r})
+        store = feedback.Store({str(tmp_path / "fb")!r})
         line = feedback._line({{"id": "x", "label": 3, "image_digest": "0", "mnist": "", "model": "m"}})
         fd = os.open(store.table, os.O_WRONLY | os.O_APPEND)
         os.write(fd, line[: len(line) // 2])  # half of the entry reaches the file...
@@ -160,13 +178,16 @@ def _export(tmp_path: Path, n: int = 10) -> Path:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("damage, message", [
-    ("flip", "does not match its manifest's"),
-    ("no-manifest", "fb.json: file not found"),
-    ("bad-manifest", "fb.json: not a feedback manifest"),
-    ("missing", "fb.npz: no such export file"),
-    ("not-npz", "fb.npz: not a feedback export"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("flip", "does not match its manifest's"),
+        ("no-manifest", "fb.json: file not found"),
+        ("bad-manifest", "fb.json: not a feedback manifest"),
+        ("missing", "fb.npz: no such export file"),
+        ("not-npz", "fb.npz: not a feedback export"),
+    ],
+)
 def test_a_bad_export_is_refused_with_one_line(tmp_path, damage, message):
     path = _export(tmp_path)
     manifest = feedback.manifest_path(path)
@@ -202,7 +223,10 @@ def test_feedback_commands_list_export_import(tmp_path, capsys):
     assert main(["feedback", "import", str(tmp_path / "x.npz"), "--feedback_dir", str(tmp_path / "other")]) == 0
     assert "imported 6 entries" in capsys.readouterr().out
     assert main(["feedback", "export", str(tmp_path / "x.zip"), "--feedback_dir", str(tmp_path / "fb")]) == 1
-    assert capsys.readouterr().err.strip() == f"digits feedback: error: the export must be a .npz file, got {tmp_path / 'x.zip'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"digits feedback: error: the export must be a .npz file, got {tmp_path / 'x.zip'}"
+    )
     assert main(["feedback", "export", str(tmp_path / "y.npz"), "--feedback_dir", str(tmp_path / "empty")]) == 1
     assert "nothing to export" in capsys.readouterr().err
     assert main(["feedback", "import", "--feedback_dir", str(tmp_path / "fb")]) == 2
@@ -214,9 +238,22 @@ def test_bad_inputs_from_the_command_line_are_one_line_without_a_traceback(tmp_p
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
-    for args, code in ((["feedback", "import", str(path), "--feedback_dir", str(tmp_path / "fb")], 1),
-                       (["train", "--extra_data", "feedback.csv"], 2),
-                       (["train", "--extra_data", str(tmp_path / "missing.npz"), "--data_dir", str(fake_mnist_dir), "--val_size", "100"], 1)):
+    for args, code in (
+        (["feedback", "import", str(path), "--feedback_dir", str(tmp_path / "fb")], 1),
+        (["train", "--extra_data", "feedback.csv"], 2),
+        (
+            [
+                "train",
+                "--extra_data",
+                str(tmp_path / "missing.npz"),
+                "--data_dir",
+                str(fake_mnist_dir),
+                "--val_size",
+                "100",
+            ],
+            1,
+        ),
+    ):
         result = subprocess.run(digits_command(*args), capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == code, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -236,7 +273,7 @@ def test_extra_data_joins_the_training_split_only(tmp_path, fake_mnist_dir):
     assert np.array_equal(mnist.test_images, plain_mnist.test_images) and mnist.digest != plain_mnist.digest
     x, _ = images(10)
     held = feedback.split_by_digest(x, seed=0)
-    assert np.array_equal(mnist.train_images[len(plain_mnist.train_images):], x[~held])
+    assert np.array_equal(mnist.train_images[len(plain_mnist.train_images) :], x[~held])
 
 
 # --- unit: the app's buttons, without a browser ---------------------------------------------------------------------
@@ -244,8 +281,8 @@ def test_extra_data_joins_the_training_split_only(tmp_path, fake_mnist_dir):
 
 @pytest.mark.unit
 def test_the_buttons_store_the_answer_with_the_label_given(tmp_path):
-    from digits.app import page as app
     from digits.app import feedback as app_feedback
+    from digits.app import page as app
     from digits.serve.preprocess import to_mnist
     from tests.test_app import SEVEN, FakePredictor, ink_on_paper
 
@@ -297,18 +334,42 @@ def test_extra_data_changes_the_logged_training_set_and_adds_feedback_accuracy(t
     from workflow.cli import main
 
     path = _export(tmp_path, n=20)
-    common = ["train", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
-              "--batch_size", "64", "--augment", "0", "--device", "cpu", "--threads", "1"]
+    common = [
+        "train",
+        "--data_dir",
+        str(fake_mnist_dir),
+        "--val_size",
+        "100",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--blocks",
+        "1",
+        "--batch_size",
+        "64",
+        "--augment",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     assert main(common) == 0
     assert main([*common, "--extra_data", str(path)]) == 0
-    plain, extra = sorted(mlflow.search_runs(experiment_names=["digits"], output_format="list"), key=lambda r: r.info.start_time)
+    plain, extra = sorted(
+        mlflow.search_runs(experiment_names=["digits"], output_format="list"), key=lambda r: r.info.start_time
+    )
     before, after = _inputs(plain), _inputs(extra)
     assert before["mnist-training:training"][0] != after["mnist-training:training"][0]
     assert after["mnist-training:training"][1] == before["mnist-training:training"][1] + 16  # 4 of 20 held out
     assert before["mnist-validation:validation"] == after["mnist-validation:validation"]
     assert before["mnist-testing:testing"] == after["mnist-testing:testing"]  # never the test set
     version = feedback.load_export(path).manifest["version"]
-    assert after[f"feedback-{version}:feedback-training"][1] == 16 and after[f"feedback-{version}:feedback-evaluation"][1] == 4
+    assert (
+        after[f"feedback-{version}:feedback-training"][1] == 16
+        and after[f"feedback-{version}:feedback-evaluation"][1] == 4
+    )
     assert 0 <= extra.data.metrics["feedback_accuracy"] <= 1 and extra.data.metrics["feedback_heldout_images"] == 4
     assert "feedback_accuracy" not in plain.data.metrics
     assert extra.data.params["extra_data"] == str(path) and extra.data.tags["feedback_version"] == version
@@ -316,7 +377,7 @@ def test_extra_data_changes_the_logged_training_set_and_adds_feedback_accuracy(t
 
 # --- e2e: correcting an answer in a real browser ---------------------------------------------------------------------
 
-from tests.test_app import browser, store  # noqa: E402,F401 - the real-browser fixtures, shared
+from tests.test_app import browser, store  # noqa: E402,F401,F811 - the real-browser fixtures, shared
 
 
 @pytest.fixture
@@ -342,28 +403,41 @@ def fake_endpoint():
 def test_correct_and_confirm_answers_in_a_real_browser(browser, store, fake_endpoint, tmp_path):  # noqa: F811
     from tests.test_app import STROKES, answer, draw, open_app, press_read, start_app
 
-    server = start_app("feedback-app", store["root"], store["uri"], "--endpoint", fake_endpoint, "--feedback_dir", str(tmp_path / "fb"))
+    server = start_app(
+        "feedback-app", store["root"], store["uri"], "--endpoint", fake_endpoint, "--feedback_dir", str(tmp_path / "fb")
+    )
     try:
         page = open_app(browser, server.url)
         page.click("#fb_wrong")  # nothing read yet
-        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="Read a drawing")
+        page.wait_for_function(
+            "t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="Read a drawing"
+        )
         draw(page, STROKES["7"])
         press_read(page, "The model reads")
         digit, _ = answer(page)
         wrong = (int(digit) + 1) % 10  # "that's wrong, it was a ..."
         page.locator("#fb_label label").filter(has_text=str(wrong)).first.click()
         page.click("#fb_wrong")
-        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg=f"saved as a {wrong}")
-        page.wait_for_function("() => !document.querySelector('#fb_label input:checked')")  # cleared for the next answer
+        page.wait_for_function(
+            "t => document.querySelector('#fb_message')?.innerText.includes(t)", arg=f"saved as a {wrong}"
+        )
+        page.wait_for_function(
+            "() => !document.querySelector('#fb_label input:checked')"
+        )  # cleared for the next answer
         draw(page, STROKES["1"])  # a second answer, confirmed
         press_read(page, "The model reads")
         second, _ = answer(page)
         page.click("#fb_right")
-        page.wait_for_function("t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="as the model read it")
+        page.wait_for_function(
+            "t => document.querySelector('#fb_message')?.innerText.includes(t)", arg="as the model read it"
+        )
     finally:
         server.stop()
     entries, skipped = Store(tmp_path / "fb").entries()
-    assert skipped == 0 and [(e["label"], e["prediction"]) for e in entries] == [(wrong, int(digit)), (int(second), int(second))]
+    assert skipped == 0 and [(e["label"], e["prediction"]) for e in entries] == [
+        (wrong, int(digit)),
+        (int(second), int(second)),
+    ]
     for entry in entries:
         assert entry["model"] == f"endpoint {fake_endpoint}" and entry["source"] == "app"
         picture = (tmp_path / "fb" / entry["picture"]).read_bytes()
@@ -379,28 +453,66 @@ def test_the_model_card_says_what_feedback_the_model_trained_on():
     from digits.evaluate.report import feedback_text
 
     assert feedback_text(TrainConfig(), {}) == "None: trained on MNIST alone (`extra_data` empty)."
-    text = feedback_text(TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 80, "feedback_heldout_images": 20, "feedback_accuracy": 0.85})
+    text = feedback_text(
+        TrainConfig(extra_data="fb.npz"),
+        {"feedback_train_images": 80, "feedback_heldout_images": 20, "feedback_accuracy": 0.85},
+    )
     assert text.startswith("From the export `fb.npz`: 80 images joined the training split and 20 ")
     assert "(`feedback_accuracy`): **85.00%**" in text and "MNIST test set alone" in text
-    assert "no feedback image was held out" in feedback_text(TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 1, "feedback_heldout_images": 0})
+    assert "no feedback image was held out" in feedback_text(
+        TrainConfig(extra_data="fb.npz"), {"feedback_train_images": 1, "feedback_heldout_images": 0}
+    )
 
 
 @pytest.mark.data
-def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_the_promotion_rule(tmp_path, fake_mnist_dir, tracking_uri):
+def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_the_promotion_rule(
+    tmp_path, fake_mnist_dir, tracking_uri
+):
     import mlflow
 
     from workflow.cli import main
 
     path = _export(tmp_path, n=20)
-    assert main(["main", "--data_dir", str(fake_mnist_dir), "--val_size", "100", "--epochs", "1", "--width", "4", "--blocks", "1",
-                 "--batch_size", "64", "--augment", "0", "--device", "cpu", "--threads", "1", "--n_trials", "0",
-                 "--extra_data", str(path)]) == 0
-    [final] = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.pipeline_step = 'final'", output_format="list")
+    assert (
+        main(
+            [
+                "main",
+                "--data_dir",
+                str(fake_mnist_dir),
+                "--val_size",
+                "100",
+                "--epochs",
+                "1",
+                "--width",
+                "4",
+                "--blocks",
+                "1",
+                "--batch_size",
+                "64",
+                "--augment",
+                "0",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--n_trials",
+                "0",
+                "--extra_data",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    [final] = mlflow.search_runs(
+        experiment_names=["digits"], filter_string="tags.pipeline_step = 'final'", output_format="list"
+    )
     assert final.data.metrics["feedback_heldout_images"] == 4 and "feedback_accuracy" in final.data.metrics
     card = mlflow.artifacts.load_text(f"runs:/{final.info.run_id}/model_card.md")
     assert "## Feedback data\n\nFrom the export `" in card and "16 images joined the training split and 4" in card
     assert "`feedback_accuracy`): **" in card
-    version = mlflow.MlflowClient().get_model_version_by_alias("digits-cnn", "champion")  # the first model: champion by the MNIST test rule
+    version = mlflow.MlflowClient().get_model_version_by_alias(
+        "digits-cnn", "champion"
+    )  # the first model: champion by the MNIST test rule
     assert version.run_id == final.info.run_id
 
 
@@ -412,7 +524,9 @@ def test_the_page_has_the_buttons_unless_feedback_is_off(tmp_path):
     def ids(demo) -> set:
         return {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
 
-    assert {"fb_right", "fb_wrong", "fb_label", "fb_message", "read", "seen"} <= ids(app.build_app(FakePredictor(), Store(tmp_path)))
+    assert {"fb_right", "fb_wrong", "fb_label", "fb_message", "read", "seen"} <= ids(
+        app.build_app(FakePredictor(), Store(tmp_path))
+    )
     assert not {"fb_right", "fb_wrong", "fb_label", "fb_message"} & ids(app.build_app(FakePredictor()))
 
 
@@ -422,8 +536,8 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
 
     import mlflow
 
-    from digits.app.page import EndpointModel
     from digits.app.feedback import model_label
+    from digits.app.page import EndpointModel
 
     client = mlflow.MlflowClient()
     client.create_registered_model("digits-cnn")
@@ -433,12 +547,19 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
     client.set_registered_model_alias("digits-cnn", "champion", version.version)
 
     def loaded(run_id):
-        return SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=SimpleNamespace(metadata=SimpleNamespace(run_id=run_id)))
+        return SimpleNamespace(
+            model_uri="models:/digits-cnn@champion", _model=SimpleNamespace(metadata=SimpleNamespace(run_id=run_id))
+        )
 
     assert model_label(loaded(run.info.run_id)) == f"digits-cnn/{version.version}"
-    assert model_label(loaded("other")) == "models:/digits-cnn@champion (run other: the alias moved since it was loaded)"
+    assert (
+        model_label(loaded("other")) == "models:/digits-cnn@champion (run other: the alias moved since it was loaded)"
+    )
     assert model_label(SimpleNamespace(model_uri="models:/digits-cnn/7", _model=object())) == "digits-cnn/7"
-    assert model_label(SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=None)) == "models:/digits-cnn@champion"
+    assert (
+        model_label(SimpleNamespace(model_uri="models:/digits-cnn@champion", _model=None))
+        == "models:/digits-cnn@champion"
+    )
     assert model_label(EndpointModel("http://127.0.0.1:5001/invocations")) == "endpoint http://127.0.0.1:5001"
 
 
@@ -447,7 +568,7 @@ def test_two_writers_at_once_never_interleave_their_lines(tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np
         from digits.feedback import store as feedback
-        store = feedback.Store({str(tmp_path / 'fb')!r})
+        store = feedback.Store({str(tmp_path / "fb")!r})
         rng = np.random.default_rng(int(sys.argv[1]))
         for i in range(60):
             store.record(mnist=rng.integers(0, 256, (28, 28), dtype=np.uint8), label=i % 10, model=sys.argv[1], picture=rng.bytes(3000))

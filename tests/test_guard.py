@@ -12,9 +12,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from digits.serve import guard
-from digits.mlops import registry
 from digits.core.config import TrainConfig
+from digits.mlops import registry
+from digits.serve import guard
 from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import isolated_store
 
@@ -64,11 +64,20 @@ def refused(result, status: int) -> str:
 
 def test_content_types_other_than_json_are_a_json_415_that_lists_what_works(server, served):
     model, schema = served
-    for content_type in (None, "", "text/plain", "text/csv", "application/vnd.apache.parquet", "application/x-www-form-urlencoded"):
+    for content_type in (
+        None,
+        "",
+        "text/plain",
+        "text/csv",
+        "application/vnd.apache.parquet",
+        "application/x-www-form-urlencoded",
+    ):
         message = refused(server.invocations("image\nabc\n", content_type, model, schema), 415)
         assert "content types this model takes: application/json" in message, content_type
     # Media types are case-insensitive (RFC 9110): this is JSON.
-    ok = server.invocations(json.dumps({"inputs": images(2).tolist()}), "APPLICATION/JSON; charset=UTF-8", model, schema)
+    ok = server.invocations(
+        json.dumps({"inputs": images(2).tolist()}), "APPLICATION/JSON; charset=UTF-8", model, schema
+    )
     assert ok.status == 200 and len(json.loads(ok.response)["predictions"]) == 2
 
 
@@ -79,16 +88,27 @@ def test_bodies_that_are_not_requests_are_refused_before_any_array_is_built(serv
     # Not JSON: the answer does not repeat the body (MLflow's own message quotes it, escaped twice).
     junk = server.invocations(b"\xff" * 5_000_000, "application/json", model, schema)
     assert "not valid JSON" in refused(junk, 400)
-    assert "nested too deeply" in refused(server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema), 400)
+    assert "nested too deeply" in refused(
+        server.invocations("[" * 100_000 + "]" * 100_000, "application/json", model, schema), 400
+    )
     assert "JSON dictionary" in refused(server.invocations("[1, 2, 3]", "application/json", model, schema), 400)
     for params in ('"junk"', "[1]", '{"temperature": 0.5}'):
         body = '{"inputs": [[0]], "params": ' + params + "}"
         assert "this model takes no params" in refused(server.invocations(body, "application/json", model, schema), 400)
     # 20,000 rows are counted in the parsed JSON, not built into 20,000 arrays first.
     rows = {"dataframe_split": {"columns": ["image"], "data": [[[0]]] * 20_000}}
-    assert "batch of 20,000 images is over the limit of 1,000" in refused(server.invocations(json.dumps(rows), "application/json", model, schema), 400)
-    for layout in ({"inputs": [[0]] * 1001}, {"instances": [[0]] * 1001}, {"dataframe_records": [{"image": "x"}] * 1001}, {"inputs": {"image": ["x"] * 1001}}):
-        assert "over the limit of 1,000" in refused(server.invocations(json.dumps(layout), "application/json", model, schema), 400)
+    assert "batch of 20,000 images is over the limit of 1,000" in refused(
+        server.invocations(json.dumps(rows), "application/json", model, schema), 400
+    )
+    for layout in (
+        {"inputs": [[0]] * 1001},
+        {"instances": [[0]] * 1001},
+        {"dataframe_records": [{"image": "x"}] * 1001},
+        {"inputs": {"image": ["x"] * 1001}},
+    ):
+        assert "over the limit of 1,000" in refused(
+            server.invocations(json.dumps(layout), "application/json", model, schema), 400
+        )
 
 
 def test_mlflows_errors_reach_the_client_short_and_without_the_request_or_a_stack_trace(server, served):
@@ -124,10 +144,17 @@ def test_good_requests_get_mlflows_own_answer_only_faster(server, served, monkey
 
 
 def test_parse_request_keeps_what_mlflow_should_judge():
-    assert guard.parse_request('{"inputs": [1, 2], "other": 3}') == {"inputs": [1, 2], "other": 3}  # unknown keys: MLflow decides
+    assert guard.parse_request('{"inputs": [1, 2], "other": 3}') == {
+        "inputs": [1, 2],
+        "other": 3,
+    }  # unknown keys: MLflow decides
     assert guard.parse_request('{"inputs": [{"image": "x"}]}') == {"inputs": [{"image": "x"}]}  # records stay records
-    assert guard.parse_request('{"inputs": [[1], [2]]}') == {"dataframe_split": {"columns": ["image"], "data": [[[1]], [[2]]]}}
-    nan = guard.parse_request('{"inputs": [[NaN, 1]]}')  # orjson refuses NaN; Python's json reads it, predict refuses it
+    assert guard.parse_request('{"inputs": [[1], [2]]}') == {
+        "dataframe_split": {"columns": ["image"], "data": [[[1]], [[2]]]}
+    }
+    nan = guard.parse_request(
+        '{"inputs": [[NaN, 1]]}'
+    )  # orjson refuses NaN; Python's json reads it, predict refuses it
     assert np.isnan(nan["dataframe_split"]["data"][0][0][0])
 
 
@@ -136,12 +163,22 @@ def test_parse_request_keeps_what_mlflow_should_judge():
     [
         ({}, 415, "no Content-Type header"),
         ({"content-type": "text/csv"}, 415, "content types this model takes"),
-        ({"content-type": "application/json", "content-encoding": "gzip"}, 415, "Content-Encoding 'gzip' is not supported"),
-        ({"content-type": "application/json", "content-length": str(2**30)}, 413, "1,073,741,824 bytes, over the limit"),
+        (
+            {"content-type": "application/json", "content-encoding": "gzip"},
+            415,
+            "Content-Encoding 'gzip' is not supported",
+        ),
+        (
+            {"content-type": "application/json", "content-length": str(2**30)},
+            413,
+            "1,073,741,824 bytes, over the limit",
+        ),
     ],
 )
 def test_headers_alone_refuse_a_request_before_its_body_is_read(headers, status, message):
     with pytest.raises(guard._Refused) as info:
         guard.check_headers(headers)
     assert info.value.status == status and message in str(info.value)
-    guard.check_headers({"content-type": "Application/JSON", "content-length": "100", "content-encoding": "identity"})  # fine
+    guard.check_headers(
+        {"content-type": "Application/JSON", "content-length": "100", "content-encoding": "identity"}
+    )  # fine

@@ -85,7 +85,12 @@ def test_the_folder_rules_check_can_fail(tmp_path, monkeypatch):
 
 def test_no_import_cycle_between_packages():
     # digits never imports tuning or workflow; tuning never imports workflow: the orchestration sits above both.
-    bad = [f"{p.relative_to(ROOT)}: {n}" for p in _sources() if p.name != "__main__.py" for _, n in _imports(p)
-           if (p.parts[len(ROOT.parts)] == "digits" and n.split(".")[0] in ("tuning", "workflow"))
-           or (p.parts[len(ROOT.parts)] == "tuning" and n.split(".")[0] == "workflow")]
+    bad = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for p in _sources()
+        if p.name != "__main__.py"
+        for _, n in _imports(p)
+        if (p.parts[len(ROOT.parts)] == "digits" and n.split(".")[0] in ("tuning", "workflow"))
+        or (p.parts[len(ROOT.parts)] == "tuning" and n.split(".")[0] == "workflow")
+    ]
     assert bad == []

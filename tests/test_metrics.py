@@ -47,9 +47,21 @@ def test_keys_are_exactly_the_documented_unprefixed_names():
     y = np.arange(50) % 10
     p = rng.dirichlet(np.ones(10), size=50)
     result = classification_metrics(y, p)
-    assert set(result) == set(METRIC_NAMES) == {
-        "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss", "brier", "rmse", "ece",
-    }
+    assert (
+        set(result)
+        == set(METRIC_NAMES)
+        == {
+            "accuracy",
+            "macro_precision",
+            "macro_recall",
+            "macro_f1",
+            "roc_auc",
+            "log_loss",
+            "brier",
+            "rmse",
+            "ece",
+        }
+    )
     assert all(isinstance(v, float) for v in result.values())
 
 
@@ -103,7 +115,9 @@ def test_rmse_is_root_of_brier_over_ten():
 
 def test_batch_missing_classes_still_works():
     y = np.array([3, 3, 5, 5, 5])
-    p = np.array([_row(d3=0.8, d5=0.2), _row(d3=0.6, d5=0.4), _row(d5=0.9, d3=0.1), _row(d5=0.7, d0=0.3), _row(d5=0.5, d3=0.5)])
+    p = np.array(
+        [_row(d3=0.8, d5=0.2), _row(d3=0.6, d5=0.4), _row(d5=0.9, d3=0.1), _row(d5=0.7, d0=0.3), _row(d5=0.5, d3=0.5)]
+    )
     result = classification_metrics(y, p)
     assert all(math.isfinite(v) for v in result.values())
     assert result["accuracy"] == pytest.approx(0.8)  # the 0.5/0.5 tie goes to digit 3

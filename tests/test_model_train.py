@@ -4,11 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from digits.learn import train as train_module
 from digits.core.config import ConfigError, TrainConfig
+from digits.learn import train as train_module
 from digits.learn.data import read_mnist_dir
-from digits.serve.model import MAX_BATCH, batched_logits, build_model, load_checkpoint, predict_proba, save_checkpoint, to_input
 from digits.learn.train import NonFiniteLossError, evaluate, fit, lr_factor, resolve_device
+from digits.serve.model import (
+    MAX_BATCH,
+    batched_logits,
+    build_model,
+    load_checkpoint,
+    predict_proba,
+    save_checkpoint,
+    to_input,
+)
 
 
 @pytest.mark.unit
@@ -25,7 +33,17 @@ def test_one_batch_overfit():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=64).astype(np.uint8)
-    config = TrainConfig(epochs=60, batch_size=64, lr=0.05, augment=0.0, label_smoothing=0.0, dropout=0.0, weight_decay=0.0, width=8, device="cpu")
+    config = TrainConfig(
+        epochs=60,
+        batch_size=64,
+        lr=0.05,
+        augment=0.0,
+        label_smoothing=0.0,
+        dropout=0.0,
+        weight_decay=0.0,
+        width=8,
+        device="cpu",
+    )
     result = fit(config, (images, labels))
     assert result.history[0]["train_loss"] > 1.5
     assert result.history[-1]["train_loss"] < 0.05
@@ -38,8 +56,15 @@ def test_fake_data_run_learns_and_reports_every_epoch(fake_mnist_dir):
     m = read_mnist_dir(fake_mnist_dir)
     seen = []
     # The fake digits' class is the row of their bar: the robust policy's shifts of up to 4 px would hide it.
-    config = TrainConfig(epochs=3, batch_size=64, width=8, lr=0.05, device="cpu", val_size=200, threads=1, augment_policy="affine")
-    result = fit(config, (m.train_images[:1000], m.train_labels[:1000]), (m.train_images[1000:], m.train_labels[1000:]), callbacks=[lambda e, metrics: seen.append((e, metrics))])
+    config = TrainConfig(
+        epochs=3, batch_size=64, width=8, lr=0.05, device="cpu", val_size=200, threads=1, augment_policy="affine"
+    )
+    fit(
+        config,
+        (m.train_images[:1000], m.train_labels[:1000]),
+        (m.train_images[1000:], m.train_labels[1000:]),
+        callbacks=[lambda e, metrics: seen.append((e, metrics))],
+    )
     assert [e for e, _ in seen] == [1, 2, 3]
     assert set(seen[-1][1]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"}
     assert seen[-1][1]["val_accuracy"] > 0.9
@@ -73,7 +98,11 @@ def test_callback_exception_stops_training():
 
     images = np.zeros((32, 28, 28), np.uint8)
     with pytest.raises(Stop):
-        fit(TrainConfig(epochs=5, batch_size=16, width=4, device="cpu"), (images, np.zeros(32, np.uint8)), callbacks=[stop])
+        fit(
+            TrainConfig(epochs=5, batch_size=16, width=4, device="cpu"),
+            (images, np.zeros(32, np.uint8)),
+            callbacks=[stop],
+        )
 
 
 @pytest.mark.unit
@@ -122,7 +151,10 @@ def test_evaluate_is_the_loss_and_accuracy_of_the_predicted_probabilities():
     torch.manual_seed(0)
     model = build_model(TrainConfig(width=8, blocks=2))
     rng = np.random.default_rng(1)
-    images, labels = rng.integers(0, 256, (2 * MAX_BATCH + 7, 28, 28), dtype=np.uint8), rng.integers(0, 10, 2 * MAX_BATCH + 7)
+    images, labels = (
+        rng.integers(0, 256, (2 * MAX_BATCH + 7, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 2 * MAX_BATCH + 7),
+    )
     proba = predict_proba(model, images).astype(np.float64)
     loss, accuracy = evaluate(model, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
     assert accuracy == (proba.argmax(1) == labels).mean()

@@ -67,7 +67,11 @@ def test_digits_with_gaps_are_read_left_to_right_with_boxes():
     assert all(a[2] <= b[0] for a, b in zip(boxes, boxes[1:]))  # left to right, not overlapping
     assert boxes[1][0] == pytest.approx(100, abs=4) and boxes[1][2] == pytest.approx(160, abs=4)
     assert reading.confidence == pytest.approx(np.prod([d.confidence for d in reading.digits]))
-    assert json.loads(reading.digits_json())[1] == {"digit": 0, "confidence": reading.digits[1].confidence, "box": list(boxes[1])}
+    assert json.loads(reading.digits_json())[1] == {
+        "digit": 0,
+        "confidence": reading.digits[1].confidence,
+        "box": list(boxes[1]),
+    }
 
 
 @pytest.mark.unit
@@ -91,6 +95,7 @@ def test_a_confident_digit_of_ordinary_width_is_not_cut():
         def wrapped(images):
             calls.append(len(images))
             return proba(images)
+
         return wrapped
 
     assert read_number(image, counting(shapes_proba)).text == "0" and calls == [1]
@@ -103,7 +108,15 @@ def test_a_confident_digit_of_ordinary_width_is_not_cut():
 @pytest.mark.unit
 def test_broken_strokes_are_one_digit():
     # A 1 drawn in two strokes with a gap, and a ring with a loose flag above it (a 5's): parts of one digit each.
-    image = picture(300, [lambda d: bar(d, 40, 40, 85), lambda d: bar(d, 42, 95, 140), lambda d: ring(d, 120, 60, 60, 80), lambda d: d.line([(125, 45), (175, 45)], fill=0, width=8)])
+    image = picture(
+        300,
+        [
+            lambda d: bar(d, 40, 40, 85),
+            lambda d: bar(d, 42, 95, 140),
+            lambda d: ring(d, 120, 60, 60, 80),
+            lambda d: d.line([(125, 45), (175, 45)], fill=0, width=8),
+        ],
+    )
     reading = read_number(image, shapes_proba)
     assert len(reading.digits) == 2 and reading.text[0] == "1"
     assert reading.digits[1].box[1] == pytest.approx(41, abs=4)  # the flag belongs to the second digit's box
@@ -114,7 +127,9 @@ def test_boxes_are_in_the_pictures_pixels_when_it_is_reduced():
     image = picture(420, [lambda d: bar(d, 40), lambda d: ring(d, 100)]).resize((1680, 720))  # 4x: worked on at 1024
     reading = read_number(image, shapes_proba)
     assert reading.text == "10"
-    assert reading.digits[1].box[0] == pytest.approx(400, abs=16) and reading.digits[1].box[2] == pytest.approx(640, abs=16)
+    assert reading.digits[1].box[0] == pytest.approx(400, abs=16) and reading.digits[1].box[2] == pytest.approx(
+        640, abs=16
+    )
 
 
 @pytest.mark.unit
@@ -125,7 +140,12 @@ def test_blank_and_too_many_digits_are_refused_in_one_line():
     with pytest.raises(InputError, match="more than the 12 digits") as caught:
         read_number(many, shapes_proba)
     assert "\n" not in str(caught.value)
-    assert read_number(picture(60 * MAX_DIGITS + 40, [lambda d, x=x: bar(d, 40 + 60 * x) for x in range(MAX_DIGITS)]), shapes_proba).text == "1" * 12
+    assert (
+        read_number(
+            picture(60 * MAX_DIGITS + 40, [lambda d, x=x: bar(d, 40 + 60 * x) for x in range(MAX_DIGITS)]), shapes_proba
+        ).text
+        == "1" * 12
+    )
     with pytest.raises(InputError, match="image 1: no digit found"):
         read_numbers([picture(200, [lambda d: ring(d, 40)]), Image.new("L", (50, 50), 0)], shapes_proba)
 
@@ -148,9 +168,19 @@ def test_mode_param_chooses_the_answer():
     assert list(out.columns) == ["text", "confidence", "digits"] and out["text"].tolist() == ["10"]
     assert [d["digit"] for d in json.loads(out["digits"][0])] == [1, 0]
     assert request_mode(None) == request_mode({}) == request_mode({"mode": None}) == "digit"
-    assert list(answer(pd.DataFrame({"image": [number]}), shapes_proba).columns) == ["digit", "confidence", "probabilities"]
-    for frame, params, message in ((pd.DataFrame({"image": [number]}), {"mode": "numbers"}, "must be one of digit, number"),
-                                   (pd.DataFrame({"image": [encoded(Image.new("L", (80, 80), 255))]}), {"mode": "number"}, "image 0: no digit found")):
+    assert list(answer(pd.DataFrame({"image": [number]}), shapes_proba).columns) == [
+        "digit",
+        "confidence",
+        "probabilities",
+    ]
+    for frame, params, message in (
+        (pd.DataFrame({"image": [number]}), {"mode": "numbers"}, "must be one of digit, number"),
+        (
+            pd.DataFrame({"image": [encoded(Image.new("L", (80, 80), 255))]}),
+            {"mode": "number"},
+            "image 0: no digit found",
+        ),
+    ):
         with pytest.raises(MlflowException, match=message) as caught:
             answer(frame, shapes_proba, params)
         assert caught.value.get_http_status_code() == 400
@@ -172,13 +202,21 @@ def test_composed_numbers_are_seeded_and_touch_or_leave_gaps():
     a = number_eval.number_set(images, labels, 1, seed=3, lengths=(3,))
     b = number_eval.number_set(images, labels, 1, seed=3, lengths=(3,))
     assert len(a) == 4 and all(x.text == y.text and np.array_equal(x.picture, y.picture) for x, y in zip(a, b))
-    assert {(s.spacing, s.renderer) for s in a} == {("gap", "canvas"), ("gap", "photo"), ("touching", "canvas"), ("touching", "photo")}
+    assert {(s.spacing, s.renderer) for s in a} == {
+        ("gap", "canvas"),
+        ("gap", "photo"),
+        ("touching", "canvas"),
+        ("touching", "photo"),
+    }
 
 
 @pytest.mark.unit
 def test_number_metrics():
     assert number_eval.edit_distance("90210", "9021") == 1 and number_eval.edit_distance("123", "321") == 2
-    samples = [number_eval.NumberSample(np.zeros((2, 2), np.uint8), t, s, "canvas") for t, s in (("123", "gap"), ("4567", "touching"))]
+    samples = [
+        number_eval.NumberSample(np.zeros((2, 2), np.uint8), t, s, "canvas")
+        for t, s in (("123", "gap"), ("4567", "touching"))
+    ]
     values = number_eval.number_metrics(samples, [("123", 0.9), ("457", 0.5)])
     assert values["number_exact_match"] == 0.5 and values["number_length_accuracy"] == 0.5
     assert values["number_digit_accuracy"] == pytest.approx((1 + 0.75) / 2)
@@ -210,7 +248,14 @@ def test_evaluation_on_a_small_slice_logs_the_metrics(mnist, network, tracking_u
     with mlflow.start_run() as run:
         values = number_eval.log_number_evaluation(samples, readings)
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
-    for key in ("number_exact_match", "number_digit_accuracy", "number_length_accuracy", "number_exact_match_len5", "number_digit_accuracy_touching", "number_exact_match_gap"):
+    for key in (
+        "number_exact_match",
+        "number_digit_accuracy",
+        "number_length_accuracy",
+        "number_exact_match_len5",
+        "number_digit_accuracy_touching",
+        "number_exact_match_gap",
+    ):
         assert 0 <= logged[key] <= 1 and logged[key] == pytest.approx(values[key])
     assert values["number_digit_accuracy"] > 0.6, values
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "numbers")}
@@ -228,14 +273,20 @@ def composed_png(mnist, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def registered_number_model(mnist, network, tmp_path_factory):
-    from digits.serve.model import save_checkpoint
     from digits.mlops.registry import log_cnn_model, register_model
+    from digits.serve.model import save_checkpoint
 
     root = tmp_path_factory.mktemp("numbers-serving")
     with isolated_store(root, "numbers-tests") as (uri, experiment):
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_cnn_model(save_checkpoint(network[1], network[0], root / "ckpt"))
-        register_model(info.model_uri, model_name="digits-numbers", test_accuracy=0.95, run_id=run.info.run_id, data_digest=mnist.digest)
+        register_model(
+            info.model_uri,
+            model_name="digits-numbers",
+            test_accuracy=0.95,
+            run_id=run.info.run_id,
+            data_digest=mnist.digest,
+        )
         yield {"uri": uri, "root": root, "model_uri": "models:/digits-numbers@champion"}
 
 
@@ -244,8 +295,11 @@ def test_served_number_mode_over_http(registered_number_model, mnist):
     model = registered_number_model
     picture = composed_png(mnist, "90210")
     with scoring_server(model["model_uri"], model["root"] / "server.log", MLFLOW_TRACKING_URI=model["uri"]) as (url, _):
+
         def post(payload):
-            return requests.post(f"{url}/invocations", data=json.dumps(payload), headers={"Content-Type": "application/json"}, timeout=60)
+            return requests.post(
+                f"{url}/invocations", data=json.dumps(payload), headers={"Content-Type": "application/json"}, timeout=60
+            )
 
         response = post({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, "params": {"mode": "number"}})
         assert response.status_code == 200, response.text[:500]
@@ -260,9 +314,11 @@ def test_served_number_mode_over_http(registered_number_model, mnist):
         # Old clients (no mode) still get digits.
         plain = post({"inputs": mnist.test_images[:2].tolist()})
         assert plain.status_code == 200 and {"digit", "probabilities"} <= set(plain.json()["predictions"][0])
-        for payload, message in (({"inputs": [picture], "params": {"mode": "numbers"}}, "must be one of digit, number"),
-                                 ({"inputs": [picture], "params": {"mode": "number", "other": 1}}, "no params other than mode"),
-                                 ({"inputs": [encoded(Image.new("L", (90, 60), 255))], "params": {"mode": "number"}}, "no digit found")):
+        for payload, message in (
+            ({"inputs": [picture], "params": {"mode": "numbers"}}, "must be one of digit, number"),
+            ({"inputs": [picture], "params": {"mode": "number", "other": 1}}, "no params other than mode"),
+            ({"inputs": [encoded(Image.new("L", (90, 60), 255))], "params": {"mode": "number"}}, "no digit found"),
+        ):
             refused = post(payload)
             assert refused.status_code == 400 and message in refused.json()["message"], refused.text[:300]
         assert post({"inputs": [picture], "params": {"mode": "number"}}).status_code == 200  # still answering
@@ -276,28 +332,72 @@ def test_cli_predict_number(registered_number_model, mnist, tmp_path):
     blank = tmp_path / "blank.png"
     Image.new("L", (200, 80), 255).save(blank)
     env = {**os.environ, "MLFLOW_TRACKING_URI": model["uri"]}
-    done = subprocess.run(digits_command("predict", "--number", str(path), "--model_uri", model["model_uri"]), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        digits_command("predict", "--number", str(path), "--model_uri", model["model_uri"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout.strip().rpartition(": ")[2].split()[0]
     assert len(text) == 4 and sum(a == b for a, b in zip(text, "4711")) >= 3, done.stdout
-    refused = subprocess.run(digits_command("predict", "--number", str(blank), "--model_uri", model["model_uri"]), env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1 and "blank.png: no digit found" in refused.stderr and "Traceback" not in refused.stderr
+    refused = subprocess.run(
+        digits_command("predict", "--number", str(blank), "--model_uri", model["model_uri"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        refused.returncode == 1 and "blank.png: no digit found" in refused.stderr and "Traceback" not in refused.stderr
+    )
 
 
 @pytest.mark.e2e
 def test_cli_evaluate_number_logs_a_run(registered_number_model, mnist_dir):
     model = registered_number_model
-    env = {**os.environ, "MLFLOW_TRACKING_URI": model["uri"], "MLFLOW_EXPERIMENT_NAME": "numbers-tests", "MPLBACKEND": "Agg"}
-    done = subprocess.run(digits_command("evaluate", "--number", "--number_size", "1", "--model_uri", model["model_uri"], "--data_dir", str(mnist_dir)),
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": model["uri"],
+        "MLFLOW_EXPERIMENT_NAME": "numbers-tests",
+        "MPLBACKEND": "Agg",
+    }
+    done = subprocess.run(
+        digits_command(
+            "evaluate",
+            "--number",
+            "--number_size",
+            "1",
+            "--model_uri",
+            model["model_uri"],
+            "--data_dir",
+            str(mnist_dir),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     client = mlflow.MlflowClient(model["uri"])
-    (run,) = client.search_runs([client.get_experiment_by_name("numbers-tests").experiment_id], "tags.pipeline_step = 'evaluate'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("numbers-tests").experiment_id], "tags.pipeline_step = 'evaluate'"
+    )
     assert run.info.run_name == "evaluate-numbers" and run.data.params["number_set_size"] == "1"
     metrics = run.data.metrics
-    for key in ("number_exact_match", "number_digit_accuracy", "number_length_accuracy", *(f"number_exact_match_len{n}" for n in range(3, 9)), "number_exact_match_touching"):
+    for key in (
+        "number_exact_match",
+        "number_digit_accuracy",
+        "number_length_accuracy",
+        *(f"number_exact_match_len{n}" for n in range(3, 9)),
+        "number_exact_match_touching",
+    ):
         assert 0 <= metrics[key] <= 1, key
-    assert {f.path for f in client.list_artifacts(run.info.run_id, "numbers")} == {"numbers/readings.csv", "numbers/worst_misreads.png"}
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "numbers")} == {
+        "numbers/readings.csv",
+        "numbers/worst_misreads.png",
+    }
 
 
 # --- the app's number mode ---------------------------------------------------------------------------------------
@@ -327,13 +427,18 @@ def test_app_number_mode_reads_the_drawing_and_boxes_each_digit():
     from digits.app.numbers import NUMBER_EMPTY_MESSAGE, read_number_drawing
 
     predictor = ShapesPredictor()
-    drawing = picture(420, [lambda d: bar(d, 40), lambda d: ring(d, 100), lambda d: bar(d, 220), lambda d: ring(d, 280)])
+    drawing = picture(
+        420, [lambda d: bar(d, 40), lambda d: ring(d, 100), lambda d: bar(d, 220), lambda d: ring(d, 280)]
+    )
     message, seen = read_number_drawing({"composite": drawing}, predictor)
     assert message.startswith("**1010**") and seen.size == drawing.size
     red = np.asarray(seen)[..., 0].astype(int) - np.asarray(seen)[..., 1]
     assert (red > 100).sum() > 100  # the boxes are drawn in red over the drawing
     assert base64.b64decode(predictor.pictures[0])[:4] == b"\x89PNG"
-    assert read_number_drawing({"composite": Image.new("L", (400, 100), 255)}, predictor) == (NUMBER_EMPTY_MESSAGE, None)
+    assert read_number_drawing({"composite": Image.new("L", (400, 100), 255)}, predictor) == (
+        NUMBER_EMPTY_MESSAGE,
+        None,
+    )
     assert read_number_drawing(None, predictor) == (NUMBER_EMPTY_MESSAGE, None)
 
 
@@ -358,9 +463,9 @@ def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
 
     from digits.core.config import TrainConfig
     from digits.learn.data import split_train_val
-    from digits.serve.model import save_checkpoint
-    from digits.mlops.registry import log_cnn_model, register_model
     from digits.learn.train import fit
+    from digits.mlops.registry import log_cnn_model, register_model
+    from digits.serve.model import save_checkpoint
 
     root = tmp_path_factory.mktemp("number-app")
     with isolated_store(root, "app-tests") as (uri, experiment):
@@ -391,8 +496,12 @@ def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
                             page.mouse.move(left + (1.1 * i + x) * side, top + y * side, steps=STEPS)
                         page.mouse.up()
                 page.click("#read-number")
-                page.wait_for_function("() => document.querySelector('#number-message')?.innerText.includes('confidence')")
-                page.wait_for_function("() => [...document.querySelectorAll('#number-boxes img')].some(i => i.complete && i.naturalWidth > 0)")
+                page.wait_for_function(
+                    "() => document.querySelector('#number-message')?.innerText.includes('confidence')"
+                )
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('#number-boxes img')].some(i => i.complete && i.naturalWidth > 0)"
+                )
                 page.screenshot(path=str(root / "number-app.png"), full_page=True)
                 if os.environ.get("DIGITS_NUMBER_APP_SCREENSHOT"):  # the README's picture
                     page.locator("#number-boxes").screenshot(path=os.environ["DIGITS_NUMBER_APP_SCREENSHOT"])

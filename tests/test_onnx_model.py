@@ -15,9 +15,8 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from digits.mlops import export
-from digits.mlops import registry
 from digits.core.config import TrainConfig
+from digits.mlops import export, registry
 from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import ROOT, bundle_problems, import_closure, isolated_store, zero_size_png
 
@@ -92,7 +91,9 @@ def test_the_onnx_model_answers_what_the_torch_model_answers_and_refuses_what_it
         want, got = torch_model.predict(request), onnx_model.predict(request)
         assert list(got.columns) == ["digit", "confidence", "probabilities"], name
         assert got["digit"].tolist() == want["digit"].tolist(), name
-        np.testing.assert_allclose(np.stack(got["probabilities"]), np.stack(want["probabilities"]), atol=export.PARITY_ATOL)
+        np.testing.assert_allclose(
+            np.stack(got["probabilities"]), np.stack(want["probabilities"]), atol=export.PARITY_ATOL
+        )
     for name, request in bad_requests().items():
         messages = []
         for model in (torch_model, onnx_model):
@@ -112,15 +113,17 @@ sys.modules["torch"] = None
 sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", type(f).__module__)]
 sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
 import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model({logged['onnx']!r})
+model = mlflow.pyfunc.load_model({logged["onnx"]!r})
 import digits.serve.onnx_model
 assert "/code/digits/" in digits.serve.onnx_model.__file__.replace("\\\\", "/"), digits.serve.onnx_model.__file__
-example = pd.read_json({str(tmp_path / 'example.json')!r}, orient="split")
+example = pd.read_json({str(tmp_path / "example.json")!r}, orient="split")
 print(model.predict(example)["digit"].tolist())
 """
     registry.input_example().to_json(tmp_path / "example.json", orient="split")
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"], "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     expected = mlflow.pyfunc.load_model(logged["torch"]).predict(registry.input_example())["digit"].tolist()
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected

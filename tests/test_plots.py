@@ -28,7 +28,13 @@ def data() -> dict:
     logits[np.arange(N), labels] += 2.5  # about 80% right: some mistakes to show
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     history = [
-        {"train_loss": 1 / e, "train_accuracy": 1 - 0.2 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 0.25 / e, "lr": 0.1}
+        {
+            "train_loss": 1 / e,
+            "train_accuracy": 1 - 0.2 / e,
+            "val_loss": 1.1 / e,
+            "val_accuracy": 1 - 0.25 / e,
+            "lr": 0.1,
+        }
         for e in range(1, 6)
     ]
     return {"images": images, "labels": labels, "proba": proba, "pred": proba.argmax(1), "history": history}
@@ -64,7 +70,9 @@ def _decode(fig: Figure) -> np.ndarray:
 SLOW_BUILDERS = {"embedding_tsne"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.data if n in SLOW_BUILDERS else pytest.mark.unit) for n in BUILDERS])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.data if n in SLOW_BUILDERS else pytest.mark.unit) for n in BUILDERS]
+)
 def test_figure_renders_to_a_readable_png(name, data):
     fig = BUILDERS[name](data)
     assert isinstance(fig, Figure)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from digits.serve import decode
-from digits.serve import preprocess
+from digits.serve import decode, preprocess
 from digits.serve.model import MAX_BATCH
 from digits.serve.preprocess import InputError, check_mnist_arrays, decode_image, stroke_width, to_mnist, to_mnist_batch
 from tests.conftest import png_header, zero_size_png
@@ -144,7 +143,14 @@ def test_arrays_and_pil_images_and_bytes_agree(reference):
     picture = draw()
     raw = base64.b64decode(encode(picture))
     rgb = np.stack([np.asarray(picture)] * 3, axis=-1)
-    for variant in (picture, np.asarray(picture), rgb, raw, encode(picture), "data:image/png;base64," + encode(picture)):
+    for variant in (
+        picture,
+        np.asarray(picture),
+        rgb,
+        raw,
+        encode(picture),
+        "data:image/png;base64," + encode(picture),
+    ):
         np.testing.assert_array_equal(to_mnist(variant), reference)
 
 
@@ -212,7 +218,9 @@ def test_truncated_headers_are_named():
             decode_image(data)
 
 
-@pytest.mark.parametrize("image", [Image.new("L", (64, 64), 255), Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 120)])
+@pytest.mark.parametrize(
+    "image", [Image.new("L", (64, 64), 255), Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 120)]
+)
 def test_blank_pictures_have_no_digit(image):
     with pytest.raises(InputError, match="no digit found"):
         to_mnist(image)
@@ -282,7 +290,10 @@ def test_batch_mixes_pictures_and_pixel_values(reference):
         (["GOOD", 5], "image 1: .*got a number"),
         (["GOOD", True], "image 1: .*got a boolean"),
         (["GOOD", "GOOD", "%%%"], "image 2: the text is not valid base64"),
-        (["GOOD", "PIXELS", [[0] * 28] * 27], r"image 2: expected 28x28 or 784 pixel values per image, got shape \(27, 28\)"),
+        (
+            ["GOOD", "PIXELS", [[0] * 28] * 27],
+            r"image 2: expected 28x28 or 784 pixel values per image, got shape \(27, 28\)",
+        ),
         (["PIXELS", "PIXELS", "INVERTED"], "image 2: the border is light"),
     ],
 )

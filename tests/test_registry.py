@@ -18,11 +18,19 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from digits.mlops import registry
-from digits.serve import serving
 from digits.core.config import TrainConfig
+from digits.mlops import registry
+from digits.mlops.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    log_cnn_model,
+    register_baseline,
+    register_model,
+    set_alias,
+)
+from digits.serve import serving
 from digits.serve.model import build_model, predict_proba, save_checkpoint
-from digits.mlops.registry import CHALLENGER, CHAMPION, RegistryError, log_cnn_model, register_baseline, register_model, set_alias
 from tests.conftest import bundle_problems, import_closure, isolated_store
 
 
@@ -31,10 +39,18 @@ def store(tmp_path_factory, mlflow_db_template):
     """One sqlite store and one logged (untrained, tiny) CNN for the module; each test registers its own model name."""
     root = tmp_path_factory.mktemp("registry")
     with isolated_store(root, "registry-tests", mlflow_db_template) as (_, experiment):
-        checkpoint = save_checkpoint(build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt")
+        checkpoint = save_checkpoint(
+            build_model(TrainConfig(width=4, blocks=2)), TrainConfig(width=4, blocks=2), root / "ckpt"
+        )
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_cnn_model(checkpoint)
-        yield {"uri": info.model_uri, "run_id": run.info.run_id, "experiment": experiment, "root": root, "checkpoint": checkpoint}
+        yield {
+            "uri": info.model_uri,
+            "run_id": run.info.run_id,
+            "experiment": experiment,
+            "root": root,
+            "checkpoint": checkpoint,
+        }
 
 
 @pytest.fixture
@@ -43,7 +59,14 @@ def name(request) -> str:
 
 
 def register(store, name, accuracy):
-    return register_model(store["uri"], model_name=name, test_accuracy=accuracy, run_id=store["run_id"], data_digest="d1g3st", git_commit="abc123")
+    return register_model(
+        store["uri"],
+        model_name=name,
+        test_accuracy=accuracy,
+        run_id=store["run_id"],
+        data_digest="d1g3st",
+        git_commit="abc123",
+    )
 
 
 # --- the logged model ----------------------------------------------------------------------------------------
@@ -63,7 +86,13 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
     model = mlflow.pyfunc.load_model(store["uri"])
     assert model.metadata.get_input_schema().input_names() == ["image"]
     assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [("mode", "digit")]
-    assert model.metadata.get_output_schema().input_names() == ["digit", "confidence", "probabilities", "text", "digits"]
+    assert model.metadata.get_output_schema().input_names() == [
+        "digit",
+        "confidence",
+        "probabilities",
+        "text",
+        "digits",
+    ]
     example = json.loads((path / "serving_input_example.json").read_text())
     rows = example["dataframe_split"]["data"]
     assert isinstance(rows[0][0], str) and np.asarray(rows[1][0]).shape == (28, 28)  # a picture and pixel values
@@ -92,7 +121,16 @@ def test_inference_model_gives_the_networks_probabilities():
 
 @pytest.mark.unit
 def test_serving_code_imports_nothing_from_training():
-    allowed_third_party = {"numpy", "torch", "PIL", "pandas", "mlflow", "orjson", "scipy", "starlette"}  # starlette: the scoring server's own web framework
+    allowed_third_party = {
+        "numpy",
+        "torch",
+        "PIL",
+        "pandas",
+        "mlflow",
+        "orjson",
+        "scipy",
+        "starlette",
+    }  # starlette: the scoring server's own web framework
     assert bundle_problems(import_closure("serve/serving.py"), allowed_third_party) == []  # the torch model
     # The whole bundle: the same, and the ONNX model's onnxruntime (its own test checks it needs no torch).
     assert bundle_problems(registry.serving_files(), allowed_third_party | {"onnxruntime"}) == []
@@ -130,7 +168,7 @@ def test_a_version_that_does_not_beat_the_champion_is_challenger(store, name, ac
     register(store, name, 0.9)
     promotion = register(store, name, accuracy)
     assert (promotion.version, promotion.promoted, promotion.alias) == (2, False, CHALLENGER)
-    assert f"does not beat champion version 1 (0.9000)" in promotion.reason
+    assert "does not beat champion version 1 (0.9000)" in promotion.reason
     client = MlflowClient()
     assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
     assert int(client.get_model_version_by_alias(name, CHALLENGER).version) == 2
@@ -207,7 +245,9 @@ def test_git_commit_is_the_checked_out_commit_and_none_without_a_checkout_or_git
 
     def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         identity = ["-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
-        return subprocess.run([git_path, *identity, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [git_path, *identity, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+        )
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -251,7 +291,10 @@ def test_cli_register_moves_an_alias_and_refuses_a_missing_version(store, name, 
     err = capsys.readouterr().err.strip()
     assert err == f"digits register: error: {name} has no version 7 (versions: 1, 2)"
     assert main(["register", "--model_name", name]) == 2  # no --version: a usage error, one line
-    assert capsys.readouterr().err.strip() == "digits register: error: --version must be the number of a registered version (1, 2, ...), got 0"
+    assert (
+        capsys.readouterr().err.strip()
+        == "digits register: error: --version must be the number of a registered version (1, 2, ...), got 0"
+    )
 
 
 @pytest.mark.unit
@@ -263,7 +306,9 @@ def test_cli_predict_reads_image_files_through_the_registered_model(store, name,
     example = registry.input_example()
     picture.write_bytes(base64.b64decode(example["image"][0]))
     assert main(["predict", str(picture), "--model_uri", f"models:/{name}@champion"]) == 0
-    assert re.fullmatch(rf"{re.escape(str(picture))}: \d \(confidence (0|1)\.\d{{3}}\)", capsys.readouterr().out.strip())
+    assert re.fullmatch(
+        rf"{re.escape(str(picture))}: \d \(confidence (0|1)\.\d{{3}}\)", capsys.readouterr().out.strip()
+    )
     (tmp_path / "notes.txt").write_text("not a picture")
     assert main(["predict", str(tmp_path / "notes.txt"), "--model_uri", f"models:/{name}@champion"]) == 1
     assert "notes.txt: the data is not a PNG or JPEG image" in capsys.readouterr().err
@@ -282,15 +327,17 @@ sys.path = [p for p in sys.path if p not in ("", {str(Path(registry.__file__).pa
 import importlib.util
 assert importlib.util.find_spec("digits") is None, "digits is still importable"
 import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model({store['uri']!r})
+model = mlflow.pyfunc.load_model({store["uri"]!r})
 import digits.serve.preprocess
 assert "/code/digits/" in digits.serve.preprocess.__file__.replace("\\\\", "/"), digits.serve.preprocess.__file__
-example = pd.read_json({str(tmp_path / 'example.json')!r}, orient="split")
+example = pd.read_json({str(tmp_path / "example.json")!r}, orient="split")
 print(model.predict(example)["digit"].tolist())
 """
     registry.input_example().to_json(tmp_path / "example.json", orient="split")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.fullmatch(r"\[\d, \d\]", result.stdout.strip().splitlines()[-1])
 
@@ -306,5 +353,5 @@ def test_a_long_model_card_is_cut_to_mlflows_description_column_at_a_section():
     assert len(short) <= MAX_DESCRIPTION
     assert short.startswith("# Model card") and "`model_card.md` in run `abc123`" in short
     body = short.split("\n\n(The full model card")[0]
-    assert card.startswith(body) and card[len(body):].startswith("\n\n## Section")  # cut where a section starts
+    assert card.startswith(body) and card[len(body) :].startswith("\n\n## Section")  # cut where a section starts
     assert fit_description("small card", "r") == "small card"

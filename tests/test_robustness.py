@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from digits.evaluate import corruptions
-from digits.evaluate import render
-from digits.evaluate import robustness
-from digits.learn.augment import augment
 from digits.core.config import ConfigError, TrainConfig
 from digits.core.errors import DigitsError
+from digits.evaluate import corruptions, render, robustness
+from digits.learn.augment import augment
 from digits.serve.preprocess import to_mnist
 from tests.conftest import fake_digits
 
@@ -39,7 +37,20 @@ def test_each_corruption_is_deterministic_per_seed_and_changes_the_image(name):
     np.testing.assert_array_equal(a, b)
     changed = np.abs(a.astype(int) - images).mean(axis=(1, 2))
     assert (changed > 1.0).all(), f"{name} left an image (almost) as it was: {changed.min():.2f}"
-    if name not in ("scale_60", "scale_140", "thin_1", "thin_2", "thick_1", "thick_2", "blur_07", "blur_12", "contrast_40", "contrast_20", "invert", "jpeg_20"):
+    if name not in (
+        "scale_60",
+        "scale_140",
+        "thin_1",
+        "thin_2",
+        "thick_1",
+        "thick_2",
+        "blur_07",
+        "blur_12",
+        "contrast_40",
+        "contrast_20",
+        "invert",
+        "jpeg_20",
+    ):
         assert not np.array_equal(a, corruptions.corrupt(name, images, seed=1)), f"{name} ignores its seed"
 
 
@@ -52,7 +63,22 @@ def test_unknown_corruption_is_refused():
 @pytest.mark.unit
 def test_every_family_has_a_mild_severity_and_both_kinds_exist():
     families = {c.family for c in corruptions.CORRUPTIONS.values()}
-    assert families >= {"rotate", "shear", "scale", "shift", "thin", "thick", "noise", "salt_pepper", "blur", "contrast", "invert", "jpeg", "canvas", "photo"}
+    assert families >= {
+        "rotate",
+        "shear",
+        "scale",
+        "shift",
+        "thin",
+        "thick",
+        "noise",
+        "salt_pepper",
+        "blur",
+        "contrast",
+        "invert",
+        "jpeg",
+        "canvas",
+        "photo",
+    }
     assert all(any(c.mild for c in corruptions.CORRUPTIONS.values() if c.family == f) for f in families)
     assert {c.kind for c in corruptions.CORRUPTIONS.values()} == {"array", "image"}
 
@@ -74,7 +100,9 @@ def test_robustness_table_and_metrics_measure_the_model(monkeypatch):
     values = robustness.robust_metrics(table)
     assert values["robust_mean_accuracy"] == pytest.approx(table["accuracy"].mean())
     assert set(values) == {f"robust_{n}_accuracy" for n in corruptions.names()} | {"robust_mean_accuracy"}
-    perfect = robustness.robustness_table(lambda x: np.eye(10)[np.zeros(len(x), int)], images, np.zeros(200, np.uint8), size=50)
+    perfect = robustness.robustness_table(
+        lambda x: np.eye(10)[np.zeros(len(x), int)], images, np.zeros(200, np.uint8), size=50
+    )
     assert (perfect["accuracy"] == 1).all()
 
 
@@ -99,7 +127,9 @@ def test_log_robustness_logs_metrics_table_and_figure(tracking_uri, monkeypatch)
     images, labels = fake_digits(100, np.random.default_rng(0))
     guess = lambda x: np.full((len(x), 10), 0.1)  # noqa: E731
     with mlflow.start_run() as run:
-        values = robustness.log_robustness(guess, images, labels, label="CNN", reference=("baseline", {"robust_rotate_15_accuracy": 0.5}))
+        values = robustness.log_robustness(
+            guess, images, labels, label="CNN", reference=("baseline", {"robust_rotate_15_accuracy": 0.5})
+        )
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged["robust_mean_accuracy"] == values["robust_mean_accuracy"]
     assert "robust_canvas_accuracy" in logged and "robust_photo_accuracy" in logged
@@ -132,7 +162,9 @@ def test_augment_policy_is_validated():
 def test_thin_drawing_and_grey_photo_preprocess_close_to_the_mnist_original(mnist):
     rng = np.random.default_rng(0)
     images = mnist.test_images[:60]
-    baseline = np.array([np.abs(to_mnist(d).astype(float) - d).mean() for d in images])  # the MNIST digit itself, re-framed
+    baseline = np.array(
+        [np.abs(to_mnist(d).astype(float) - d).mean() for d in images]
+    )  # the MNIST digit itself, re-framed
     for kind in ("canvas", "photo"):
         diffs = np.array([np.abs(to_mnist(getattr(render, kind)(d, rng)).astype(float) - d).mean() for d in images])
         # Mean absolute difference in grey levels of 255: about 17 for the digit itself, 18 drawn, 25 photographed.

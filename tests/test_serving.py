@@ -18,17 +18,17 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
 
-from digits.evaluate import render
 from digits.core.config import TrainConfig
+from digits.core.names import ONNX_SUFFIX
+from digits.evaluate import render
 from digits.learn.data import split_train_val
+from digits.learn.train import fit
+from digits.mlops.export import export_onnx
+from digits.mlops.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
 from digits.serve.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
 from digits.serve.guard import install as guard_scoring_server
 from digits.serve.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
 from digits.serve.preprocess import to_mnist
-from digits.mlops.export import export_onnx
-from digits.core.names import ONNX_SUFFIX
-from digits.mlops.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
-from digits.learn.train import fit
 from tests.conftest import ROOT, digits_command, isolated_store, scoring_server, zero_size_png
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,11 @@ def encode(image: Image.Image, fmt: str = "PNG") -> str:
 
 def venv_env(uri: str) -> dict[str, str]:
     # The scoring server starts `uvicorn` from PATH: this venv's bin must come first.
-    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +86,16 @@ def registered(mnist, tmp_path_factory):
             with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
                 info = log_cnn_model(save_checkpoint(model, config, root / label))
                 onnx = log_onnx_model(export_onnx(model, config, root / label / "model.onnx"))  # as main does
-            register_model(onnx.model_uri, model_name=MODEL + ONNX_SUFFIX, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
-            promotions[label] = register_model(info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest)
+            register_model(
+                onnx.model_uri,
+                model_name=MODEL + ONNX_SUFFIX,
+                test_accuracy=accuracy,
+                run_id=run.info.run_id,
+                data_digest=mnist.digest,
+            )
+            promotions[label] = register_model(
+                info.model_uri, test_accuracy=accuracy, run_id=run.info.run_id, data_digest=mnist.digest
+            )
             promotions[label + "_accuracy"] = accuracy
         yield {"uri": uri, "root": root, "model": trained, "promotions": promotions}
 
@@ -112,7 +124,9 @@ def predictions(response: requests.Response) -> list[dict]:
     for p in out:
         assert isinstance(p["digit"], int) and 0 <= p["digit"] <= 9
         assert len(p["probabilities"]) == 10 and abs(sum(p["probabilities"]) - 1) < 1e-4
-        assert p["confidence"] == pytest.approx(max(p["probabilities"])) and p["digit"] == int(np.argmax(p["probabilities"]))
+        assert p["confidence"] == pytest.approx(max(p["probabilities"])) and p["digit"] == int(
+            np.argmax(p["probabilities"])
+        )
     return out
 
 
@@ -149,7 +163,9 @@ def test_drawings_as_png_and_jpeg_in_split_and_records(server, mnist):
     images, labels = mnist.test_images[-N_DRAWINGS:], mnist.test_labels[-N_DRAWINGS:]
     pictures = [encode(drawing(image, rng), "PNG" if i % 3 else "JPEG") for i, image in enumerate(images)]
     half = N_DRAWINGS // 2
-    split = predictions(invoke(server, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in pictures[:half]]}}))
+    split = predictions(
+        invoke(server, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in pictures[:half]]}})
+    )
     records = predictions(invoke(server, {"dataframe_records": [{"image": p} for p in pictures[half:]]}))
     digits = np.array([p["digit"] for p in split + records])
     assert (digits == labels).mean() > 0.85  # about 0.94 with this small model; pixel values give about 0.95
@@ -161,9 +177,16 @@ def test_canvas_drawings_and_photos_are_read_through_the_server(server, register
     images, labels = mnist.test_images[:40], mnist.test_labels[:40]
     for kind, fmt in (("canvas", "PNG"), ("photo", "JPEG")):
         pictures = [getattr(render, kind)(image, rng) for image in images]
-        served = np.array([p["digit"] for p in predictions(invoke(server, {"inputs": [encode(Image.fromarray(p), fmt) for p in pictures]}))])
+        served = np.array(
+            [
+                p["digit"]
+                for p in predictions(invoke(server, {"inputs": [encode(Image.fromarray(p), fmt) for p in pictures]}))
+            ]
+        )
         # The server's path is preprocess.to_mnist and the network: the same answers as taking that path here.
-        direct = predict_proba(registered["model"], np.stack([to_mnist(encode(Image.fromarray(p), fmt)) for p in pictures])).argmax(1)
+        direct = predict_proba(
+            registered["model"], np.stack([to_mnist(encode(Image.fromarray(p), fmt)) for p in pictures])
+        ).argmax(1)
         np.testing.assert_array_equal(served, direct)
         # The small test model (3,000 images, 2 epochs) reads the originals at about 95%, these at 85-95%.
         assert (served == labels).mean() >= 0.8, kind
@@ -189,7 +212,11 @@ def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
         "malformed JSON": ('{"inputs": [[0, 1,', "application/json", "valid JSON"),
         "wrong content type": ("inputs=1", "text/plain", "content types"),
         "no content type": ('{"inputs": []}', None, "no Content-Type header"),
-        "deeply nested JSON": ('{"inputs": ' + "[" * 100_000 + "]" * 100_000 + "}", "application/json", "nested too deeply"),
+        "deeply nested JSON": (
+            '{"inputs": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "application/json",
+            "nested too deeply",
+        ),
         "783 values": ({"inputs": [flat[:783]]}, "application/json", "got shape (783,)"),
         "27x28": ({"inputs": [digit[:27].tolist()]}, "application/json", "got shape (27, 28)"),
         "strings": ({"inputs": [[str(v) for v in flat]]}, "application/json", "got strings"),
@@ -199,21 +226,45 @@ def bad_inputs(mnist) -> dict[str, tuple[object, str, str]]:
         "over 255": ({"inputs": [[300.0] + flat[1:]]}, "application/json", "from 0 to 255"),
         "negative": ({"inputs": [[-1.0] + flat[1:]]}, "application/json", "from 0 to 255"),
         "0-1 scale": ({"inputs": [(np.array(flat) / 255).tolist()]}, "application/json", "not 0-1"),
-        "inverted pixels": ({"inputs": [(255 - np.array(flat)).tolist()]}, "application/json", "light ink on a dark background"),
+        "inverted pixels": (
+            {"inputs": [(255 - np.array(flat)).tolist()]},
+            "application/json",
+            "light ink on a dark background",
+        ),
         "empty batch": ({"inputs": []}, "application/json", "empty batch"),
         "empty split": ({"dataframe_split": {"columns": ["image"], "data": []}}, "application/json", "empty batch"),
         "not base64": (split("this is not base64!"), "application/json", "not valid base64"),
-        "base64 of text": (split(base64.b64encode(b"just some text, not a picture").decode()), "application/json", "not a PNG or JPEG"),
-        "truncated PNG": (split(base64.b64encode(png[: len(png) // 2]).decode()), "application/json", "truncated or corrupt"),
+        "base64 of text": (
+            split(base64.b64encode(b"just some text, not a picture").decode()),
+            "application/json",
+            "not a PNG or JPEG",
+        ),
+        "truncated PNG": (
+            split(base64.b64encode(png[: len(png) // 2]).decode()),
+            "application/json",
+            "truncated or corrupt",
+        ),
         "0x0 image": (split(base64.b64encode(zero_size_png()).decode()), "application/json", "0x0"),
-        "huge image": (split(encode(Image.new("L", (5000, 4000), 255))), "application/json", "over the limit of 16,777,216"),
+        "huge image": (
+            split(encode(Image.new("L", (5000, 4000), 255))),
+            "application/json",
+            "over the limit of 16,777,216",
+        ),
         "blank image": (split(encode(Image.new("L", (300, 300), 255))), "application/json", "no digit found"),
-        "batch over the limit": ({"inputs": np.zeros((MAX_BATCH + 1, 784), np.uint8).tolist()}, "application/json", "over the limit of 1,000"),
+        "batch over the limit": (
+            {"inputs": np.zeros((MAX_BATCH + 1, 784), np.uint8).tolist()},
+            "application/json",
+            "over the limit of 1,000",
+        ),
         "null image": ({"dataframe_records": [{"image": None}]}, "application/json", "got nothing"),
         "number as image": ({"dataframe_records": [{"image": 7}]}, "application/json", "got a number"),
         "no image column": ({"dataframe_records": [{"picture": "x"}]}, "application/json", "missing inputs ['image']"),
         "not an object": ("[1, 2, 3]", "application/json", "JSON dictionary"),
-        "body over the limit": ('{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}", "application/json", f"over the limit of {MAX_REQUEST_BYTES:,}"),
+        "body over the limit": (
+            '{"inputs": [' + "0," * (MAX_REQUEST_BYTES // 2) + "0]}",
+            "application/json",
+            f"over the limit of {MAX_REQUEST_BYTES:,}",
+        ),
     }
 
 
@@ -270,16 +321,38 @@ def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_
     good, bad = registered["promotions"]["trained"].version, registered["promotions"]["untrained"].version
     client = MlflowClient(registered["uri"])
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "register", "-P", f"version={bad}"],
-        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "run",
+            str(ROOT),
+            "--env-manager",
+            "local",
+            "-e",
+            "register",
+            "-P",
+            f"version={bad}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == bad
-    back = subprocess.run(digits_command("register", "--version", str(good)), env=env, capture_output=True, text=True, timeout=300)
+    back = subprocess.run(
+        digits_command("register", "--version", str(good)), env=env, capture_output=True, text=True, timeout=300
+    )
     assert back.returncode == 0 and f"-> version {good} (it was on version {bad})" in back.stdout
     assert int(client.get_model_version_by_alias(MODEL, CHAMPION).version) == good
-    missing = subprocess.run(digits_command("register", "--version", "99"), env=env, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1] == f"digits register: error: {MODEL} has no version 99 (versions: 1, 2)"
+    missing = subprocess.run(
+        digits_command("register", "--version", "99"), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert (
+        missing.returncode == 1
+        and missing.stderr.strip().splitlines()[-1]
+        == f"digits register: error: {MODEL} has no version 99 (versions: 1, 2)"
+    )
 
 
 # --- the guard and the MLflow version it was tested on -------------------------------------------------------------
@@ -287,17 +360,27 @@ def test_digits_predict_and_register_on_the_command_line(registered, mnist, tmp_
 
 def test_installed_mlflow_is_the_one_the_guard_was_tested_on():
     # Fails on a new MLflow: the guard wraps scoring-server internals; re-test it, then move TESTED_MLFLOW.
-    assert mlflow.__version__ == TESTED_MLFLOW, f"MLflow {mlflow.__version__}: re-test digits/guard.py, then set TESTED_MLFLOW"
+    assert mlflow.__version__ == TESTED_MLFLOW, (
+        f"MLflow {mlflow.__version__}: re-test digits/guard.py, then set TESTED_MLFLOW"
+    )
 
 
 def test_guard_falls_back_loudly_on_another_mlflow(monkeypatch, caplog):
     from mlflow.pyfunc import scoring_server
 
     monkeypatch.setattr(mlflow, "__version__", "99.0.0")
-    before = scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception
+    before = (
+        scoring_server.invocations,
+        scoring_server.predictions_to_json,
+        scoring_server._async_catch_mlflow_exception,
+    )
     with caplog.at_level("WARNING", logger="digits.serve.guard"):
         guard_scoring_server()
-    assert (scoring_server.invocations, scoring_server.predictions_to_json, scoring_server._async_catch_mlflow_exception) == before
+    assert (
+        scoring_server.invocations,
+        scoring_server.predictions_to_json,
+        scoring_server._async_catch_mlflow_exception,
+    ) == before
     assert "MLflow 99.0.0 is not the tested" in caplog.text
 
 

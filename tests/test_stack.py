@@ -23,11 +23,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from digits.ops import stack as stack_mod
-from workflow.cli import build_parser
 from digits.core.config import SearchConfig, TrainConfig
+from digits.ops import stack as stack_mod
 from tests.conftest import ROOT, digits_command
 from tuning import workers
+from workflow.cli import build_parser
 
 TINY = ["--subset", "1000", "--val_size", "500", "--threads", "1", "--trial_epochs", "1"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -48,7 +48,13 @@ def test_missing_postgresql_binaries_are_one_line_naming_the_package(tmp_path, m
 
 @pytest.mark.unit
 def test_status_of_a_stopped_stack_exits_3_and_prints_what_to_export(tmp_path):
-    result = subprocess.run(digits_command("stack", "status", "--dir", str(tmp_path), "--pg_port", "6543", "--mlflow_port", "6544"), capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        digits_command("stack", "status", "--dir", str(tmp_path), "--pg_port", "6543", "--mlflow_port", "6544"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 3, result.stderr
     assert "stopped" in result.stdout
     assert f"export PGPASSFILE={tmp_path / 'pgpass'}" in result.stdout
@@ -69,7 +75,9 @@ def test_trials_and_cores_are_shared_between_workers(monkeypatch):
 @pytest.mark.unit
 def test_a_worker_command_carries_every_setting_of_the_study():
     base = TrainConfig(optimizer="adamw", batch_norm=False, subset=1000, lr=0.003)
-    search = SearchConfig(n_trials=12, trial_epochs=1, storage="postgresql://digits@127.0.0.1:1/optuna", study_name="s", workers=3)
+    search = SearchConfig(
+        n_trials=12, trial_epochs=1, storage="postgresql://digits@127.0.0.1:1/optuna", study_name="s", workers=3
+    )
     command = workers.worker_command(base, search, 4, 1, "abc123")
     assert command[:4] == [sys.executable, "-m", "digits", "tune"]
     args = build_parser().parse_args(command[3:])
@@ -83,7 +91,13 @@ def test_a_worker_command_carries_every_setting_of_the_study():
 
 
 def _stack(directory: Path, action: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(digits_command("stack", action, "--dir", str(directory), *args), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        digits_command("stack", action, "--dir", str(directory), *args),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def _processes_of(directory: Path) -> list[str]:
@@ -120,24 +134,47 @@ def live(tmp_path_factory):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
         env.update(PGPASSFILE=str(directory / "pgpass"), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")
         yield SimpleNamespace(
-            dir=directory, env=env, tracking=env["MLFLOW_TRACKING_URI"], storage=f"postgresql://digits@127.0.0.1:{pg_port}/optuna",
-            password=(directory / "pgpass").read_text().strip().rsplit(":", 1)[1], pg_port=pg_port, work=tmp_path_factory.mktemp("work"),
+            dir=directory,
+            env=env,
+            tracking=env["MLFLOW_TRACKING_URI"],
+            storage=f"postgresql://digits@127.0.0.1:{pg_port}/optuna",
+            password=(directory / "pgpass").read_text().strip().rsplit(":", 1)[1],
+            pg_port=pg_port,
+            work=tmp_path_factory.mktemp("work"),
         )
     finally:
         stopped = _stack(directory, "down", "--purge")
         left = _processes_of(directory) + _processes_of(pgdata)
         assert stopped.returncode == 0, stopped.stderr[-3000:]
         assert not left, f"left running after stack down: {left}"
-        assert not (server and stack_mod._group_alive(server)), "processes of the mlflow server's group outlived stack down"
+        assert not (server and stack_mod._group_alive(server)), (
+            "processes of the mlflow server's group outlived stack down"
+        )
         assert not pgdata.exists() and not directory.exists()
 
 
-def _tune(live, data_dir: Path, study: str, n_trials: int, *extra: str, storage: str | None = None, env: dict | None = None) -> subprocess.Popen:
-    command = digits_command("tune", "--data_dir", str(data_dir), *TINY, "--n_trials", str(n_trials), "--storage", storage or live.storage, "--study_name", study, *extra)
+def _tune(
+    live, data_dir: Path, study: str, n_trials: int, *extra: str, storage: str | None = None, env: dict | None = None
+) -> subprocess.Popen:
+    command = digits_command(
+        "tune",
+        "--data_dir",
+        str(data_dir),
+        *TINY,
+        "--n_trials",
+        str(n_trials),
+        "--storage",
+        storage or live.storage,
+        "--study_name",
+        study,
+        *extra,
+    )
     # Output to a file, not a pipe: a pipe nobody reads while the worker runs could fill and block it.
     log = live.work / f"{study}-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=live.work, env=env or live.env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=live.work, env=env or live.env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     process.log = log
     return process
 
@@ -166,7 +203,11 @@ def three_workers(live, mnist_dir):
     """3 ``digits tune`` workers x 4 trials started together on one new study; one gives its password in the URL."""
     inline = live.storage.replace("digits@", f"digits:{live.password}@")
     no_pgpass = {k: v for k, v in live.env.items() if k != "PGPASSFILE"}
-    processes = [_tune(live, mnist_dir, "three", 4), _tune(live, mnist_dir, "three", 4), _tune(live, mnist_dir, "three", 4, storage=inline, env=no_pgpass)]
+    processes = [
+        _tune(live, mnist_dir, "three", 4),
+        _tune(live, mnist_dir, "three", 4),
+        _tune(live, mnist_dir, "three", 4, storage=inline, env=no_pgpass),
+    ]
     outputs = [_finish(p) for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
@@ -181,8 +222,16 @@ def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(
     assert all(t.state in FINISHED for t in study.trials)
     assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 3
     runs = _runs(live)
-    searches = [r for r in runs if r.data.tags.get("pipeline_step") == "search" and r.data.tags.get("optuna_study_name") == "three"]
-    trials = [r for r in runs if r.data.tags.get("pipeline_step") == "trial" and r.data.tags.get("optuna_study_name") == "three"]
+    searches = [
+        r
+        for r in runs
+        if r.data.tags.get("pipeline_step") == "search" and r.data.tags.get("optuna_study_name") == "three"
+    ]
+    trials = [
+        r
+        for r in runs
+        if r.data.tags.get("pipeline_step") == "trial" and r.data.tags.get("optuna_study_name") == "three"
+    ]
     assert len(searches) == 3 and len(trials) == 12
     assert sorted(int(r.data.tags["optuna_trial_number"]) for r in trials) == list(range(12))
     search_ids = {r.info.run_id for r in searches}
@@ -192,7 +241,9 @@ def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(
     # Artifacts go through the server (proxied) into the stack's artifacts folder.
     trial = trials[0]
     assert trial.info.artifact_uri.startswith("mlflow-artifacts:")
-    local = mlflow.artifacts.download_artifacts(run_id=trial.info.run_id, artifact_path="config.json", dst_path=str(tmp_path), tracking_uri=live.tracking)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=trial.info.run_id, artifact_path="config.json", dst_path=str(tmp_path), tracking_uri=live.tracking
+    )
     assert json.loads(Path(local).read_text())["subset"] == 1000
     assert list(live.dir.glob(f"artifacts/*/{trial.info.run_id}/artifacts/config.json"))
 
@@ -200,10 +251,13 @@ def test_three_workers_fill_one_study_with_twelve_trials_and_runs_on_the_server(
 @pytest.mark.scale
 @pytest.mark.e2e
 def test_optuna_dashboard_shows_the_shared_study(live, three_workers):
-    import optuna_dashboard
     from wsgiref.util import setup_testing_defaults
 
-    app = optuna_dashboard.wsgi(live.storage.replace("digits@", f"digits:{live.password}@"))  # what `optuna-dashboard URL` serves
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(
+        live.storage.replace("digits@", f"digits:{live.password}@")
+    )  # what `optuna-dashboard URL` serves
 
     def get(path: str) -> dict:
         environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
@@ -235,7 +289,9 @@ def _running_trials(live, study: str, pid: int) -> list[int]:
         trials = _study(live, study).get_trials(states=(TrialState.RUNNING,))
     except KeyError:  # the study is not created yet
         return []
-    return [t.number for t in trials if t.user_attrs.get("worker", {}).get("pid") == pid and "mlflow_run_id" in t.user_attrs]
+    return [
+        t.number for t in trials if t.user_attrs.get("worker", {}).get("pid") == pid and "mlflow_run_id" in t.user_attrs
+    ]
 
 
 def _wait_for(condition, what: str, timeout: float = 180) -> None:
@@ -268,7 +324,9 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_by_the_heartbeat_and_ret
     assert killed.state == TrialState.FAIL
     retries = [t for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == number]
     assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == killed.params
-    assert TrialState.RUNNING not in {t.state for t in study.trials} and TrialState.WAITING not in {t.state for t in study.trials}
+    assert TrialState.RUNNING not in {t.state for t in study.trials} and TrialState.WAITING not in {
+        t.state for t in study.trials
+    }
     runs = {r.info.run_id: r for r in _runs(live)}
     assert "RUNNING" not in {r.info.status for r in runs.values()}
     killed_run = runs[killed.user_attrs["mlflow_run_id"]]
@@ -290,15 +348,33 @@ def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, thre
     assert {r.info.run_id: r.info.status for r in _runs(live)} == before
     assert len(_study(live, "three").trials) == 12
     trial = next(r for r in _runs(live) if r.data.tags.get("pipeline_step") == "trial")
-    assert Path(mlflow.artifacts.download_artifacts(run_id=trial.info.run_id, artifact_path="config.json", dst_path=str(tmp_path), tracking_uri=live.tracking)).is_file()
+    assert Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=trial.info.run_id, artifact_path="config.json", dst_path=str(tmp_path), tracking_uri=live.tracking
+        )
+    ).is_file()
 
 
 @pytest.mark.scale
 @pytest.mark.e2e
 def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     command = digits_command(
-        "main", "--data_dir", str(mnist_dir), *TINY, "--epochs", "1", "--n_trials", "4", "--workers", "2",
-        "--storage", live.storage, "--study_name", "main2", "--model_name", "digits-cnn-scale-test",
+        "main",
+        "--data_dir",
+        str(mnist_dir),
+        *TINY,
+        "--epochs",
+        "1",
+        "--n_trials",
+        "4",
+        "--workers",
+        "2",
+        "--storage",
+        live.storage,
+        "--study_name",
+        "main2",
+        "--model_name",
+        "digits-cnn-scale-test",
     )
     result = subprocess.run(command, cwd=live.work, env=live.env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -309,7 +385,11 @@ def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     searches = [r for r in children if r.info.run_name == "search"]
     assert len(searches) == 2 and len({json.loads(r.data.tags["optuna_worker"])["pid"] for r in searches}) == 2
     assert [r.info.run_name for r in children if r.info.run_name == "cnn-final"] == ["cnn-final"]
-    trials = [r for r in runs if r.data.tags.get("pipeline_step") == "trial" and r.data.tags.get("optuna_study_name") == "main2"]
+    trials = [
+        r
+        for r in runs
+        if r.data.tags.get("pipeline_step") == "trial" and r.data.tags.get("optuna_study_name") == "main2"
+    ]
     assert len(trials) == 4 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {r.info.run_id for r in searches}
     study = _study(live, "main2")
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)

@@ -23,7 +23,11 @@ def test_one_tier_each_passes_whatever_else_a_test_is_marked_with():
 
 
 def test_no_tier_or_two_tiers_is_a_problem_named_by_test():
-    items = [fake_item("t.py::none", "parametrize"), fake_item("t.py::both", "e2e", "data"), fake_item("t.py::ok", "data")]
+    items = [
+        fake_item("t.py::none", "parametrize"),
+        fake_item("t.py::both", "e2e", "data"),
+        fake_item("t.py::ok", "data"),
+    ]
     assert tier_problems(items) == ["t.py::none: no tier marker", "t.py::both: tiers data and e2e"]
 
 

@@ -64,18 +64,37 @@ def all_runs() -> list:
 
 
 def children(parent) -> list:
-    return sorted((r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id), key=lambda r: r.info.start_time)
+    return sorted(
+        (r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: r.info.start_time,
+    )
 
 
 def load(storage: str, name: str = "digits-cnn") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def tune(storage: str, data_dir: Path, *args: str, n_trials: int = 2, trial_epochs: int = 1, subset: int = 1000) -> list[str]:
+def tune(
+    storage: str, data_dir: Path, *args: str, n_trials: int = 2, trial_epochs: int = 1, subset: int = 1000
+) -> list[str]:
     """The ``digits tune`` command line of a tiny search."""
     return digits_command(
-        "tune", "--data_dir", str(data_dir), "--subset", str(subset), "--val_size", "500",
-        "--threads", "1", "--n_trials", str(n_trials), "--trial_epochs", str(trial_epochs), "--storage", storage, *args,
+        "tune",
+        "--data_dir",
+        str(data_dir),
+        "--subset",
+        str(subset),
+        "--val_size",
+        "500",
+        "--threads",
+        "1",
+        "--n_trials",
+        str(n_trials),
+        "--trial_epochs",
+        str(trial_epochs),
+        "--storage",
+        storage,
+        *args,
     )
 
 
@@ -133,7 +152,13 @@ def test_base_params_reproduce_the_base_config():
 @pytest.mark.unit
 def test_sampler_is_seeded_and_a_resumed_study_draws_new_configs(tmp_path):
     def draw(storage, n, seed=0):
-        study = optuna.create_study(storage=storage, study_name="s", direction="maximize", sampler=study_mod.make_sampler(seed), load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage,
+            study_name="s",
+            direction="maximize",
+            sampler=study_mod.make_sampler(seed),
+            load_if_exists=True,
+        )
         study.optimize(lambda t: suggest_config(t, TrainConfig()).lr, n_trials=n)
         return [t.params for t in study.trials]
 
@@ -159,7 +184,10 @@ def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
     not_a_db.write_text("this is not a database\n" * 100)
     result = subprocess.run(
         digits_command("tune", "--storage", f"sqlite:///{not_a_db}", "--data_dir", str(tmp_path / "none")),
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -174,7 +202,9 @@ def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
     study = study_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=2), data, storage)
     assert [t.state for t in study.trials] == [TrialState.WAITING]  # the untuned base, enqueued once
     assert study.trials[0].user_attrs["base"] is True
-    again = study_mod.open_study(TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage)
+    again = study_mod.open_study(
+        TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage
+    )
     assert len(again.trials) == 1  # searched values, the machine and n_trials may change; nothing is enqueued again
     with pytest.raises(study_mod.StudyMismatchError, match=r"trial_epochs=2 \(this run: trial_epochs=3\)"):
         study_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=3), data, storage)
@@ -195,20 +225,33 @@ def test_zombies_of_dead_workers_fail_and_are_retried_once_but_a_live_workers_tr
         zombie, alive, other_host = study.ask(), study.ask(), study.ask()
         zombie.suggest_float("lr", 0.01, 0.3)
         zombie.set_user_attr("worker", {"host": host, "pid": dead.pid, "started": None, "trial": zombie.number})
-        alive.set_user_attr("worker", {"host": host, "pid": live.pid, "started": liveness._process_start(live.pid), "trial": alive.number})
-        other_host.set_user_attr("worker", {"host": "elsewhere", "pid": 1, "started": None, "trial": other_host.number})  # heartbeat only
+        alive.set_user_attr(
+            "worker",
+            {"host": host, "pid": live.pid, "started": liveness._process_start(live.pid), "trial": alive.number},
+        )
+        other_host.set_user_attr(
+            "worker", {"host": "elsewhere", "pid": 1, "started": None, "trial": other_host.number}
+        )  # heartbeat only
         assert liveness.fail_zombies(study, storage) == [zombie.number]
         states = {t.number: t.state for t in study.trials}
         retry = len(states) - 1
         assert states == {
-            zombie.number: TrialState.FAIL, alive.number: TrialState.RUNNING, other_host.number: TrialState.RUNNING, retry: TrialState.WAITING,
+            zombie.number: TrialState.FAIL,
+            alive.number: TrialState.RUNNING,
+            other_host.number: TrialState.RUNNING,
+            retry: TrialState.WAITING,
         }
         assert "died" in study.trials[zombie.number].user_attrs["fail_reason"]
         # The retry is the same configuration, waiting for the next worker; its inherited worker is not its own.
-        assert study.trials[retry].params == zombie.params and study.trials[retry].system_attrs["failed_trial"] == zombie.number
+        assert (
+            study.trials[retry].params == zombie.params
+            and study.trials[retry].system_attrs["failed_trial"] == zombie.number
+        )
         assert "fail_reason" not in study.trials[retry].user_attrs
         taken = study.ask()
-        assert taken.number == retry and liveness.fail_zombies(study, storage) == []  # RUNNING, with the dead worker's attrs
+        assert (
+            taken.number == retry and liveness.fail_zombies(study, storage) == []
+        )  # RUNNING, with the dead worker's attrs
         # A trial that kills its worker twice is not tried a third time.
         taken.set_user_attr("worker", {"host": host, "pid": dead.pid, "started": None, "trial": taken.number})
         assert liveness.fail_zombies(study, storage) == [taken.number]
@@ -221,7 +264,9 @@ def test_zombies_of_dead_workers_fail_and_are_retried_once_but_a_live_workers_tr
 @pytest.mark.unit
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() by hand
 def test_an_interrupted_worker_fails_its_own_running_trials_only(tmp_path):
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'i.db'}"), study_name="i", direction="maximize")
+    study = optuna.create_study(
+        storage=open_storage(f"sqlite:///{tmp_path / 'i.db'}"), study_name="i", direction="maximize"
+    )
     mine, another = study.ask(), study.ask()
     mine.set_user_attr("worker", liveness.this_worker(mine.number))
     another.set_user_attr("worker", {**liveness.this_worker(another.number), "pid": os.getpid() + 1})
@@ -244,7 +289,9 @@ def test_the_space_suggest_config_and_the_stored_setup_are_one_declaration(optim
             assert tuple(distribution.choices) == tuple(bounds)
         else:
             assert (distribution.low, distribution.high) == tuple(bounds[:2])
-            assert getattr(distribution, "log", False) == param.log and getattr(distribution, "step", None) == (bounds[2] if param.kind == "int" else None)
+            assert getattr(distribution, "log", False) == param.log and getattr(distribution, "step", None) == (
+                bounds[2] if param.kind == "int" else None
+            )
         assert getattr(config, param.name) == trial.params[param.name]
     # The study stores exactly these ranges, and no searched field among its fixed settings.
     setup = study_mod.study_setup(base, SearchConfig(), SimpleNamespace(digest="d"))
@@ -262,7 +309,12 @@ def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_el
     client = mlflow.MlflowClient()
 
     def search_run(worker: str, study: str = "s", storage: str = "sqlite:///x.db", parent: str | None = None) -> str:
-        tags = {"pipeline_step": "search", "optuna_study_name": study, "optuna_storage": storage, liveness.WORKER_TAG: worker}
+        tags = {
+            "pipeline_step": "search",
+            "optuna_study_name": study,
+            "optuna_storage": storage,
+            liveness.WORKER_TAG: worker,
+        }
         if parent:
             tags["mlflow.parentRunId"] = parent
         return client.create_run(experiment, tags=tags).info.run_id
@@ -275,8 +327,17 @@ def test_search_runs_of_dead_workers_end_killed_with_their_parent_and_nothing_el
     other_study = search_run(gone, study="t")
     mine = search_run(gone)
     assert liveness.kill_dead_search_runs(experiment, "s", "sqlite:///x.db", keep=mine) == [orphan]
-    status = {run_id: client.get_run(run_id).info.status for run_id in (parent, orphan, alive, elsewhere, other_study, mine)}
-    assert status == {parent: "KILLED", orphan: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", other_study: "RUNNING", mine: "RUNNING"}
+    status = {
+        run_id: client.get_run(run_id).info.status for run_id in (parent, orphan, alive, elsewhere, other_study, mine)
+    }
+    assert status == {
+        parent: "KILLED",
+        orphan: "KILLED",
+        alive: "RUNNING",
+        elsewhere: "RUNNING",
+        other_study: "RUNNING",
+        mine: "RUNNING",
+    }
     assert "died between trials" in client.get_run(orphan).data.tags["end_reason"]
 
 
@@ -325,12 +386,19 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
         assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
     metrics, params = search_run.data.metrics, search_run.data.params
-    assert metrics["n_complete"] == 3 and metrics["n_pruned"] == 0 and metrics["n_failed"] == 0 and metrics["n_trials"] == 3
+    assert (
+        metrics["n_complete"] == 3
+        and metrics["n_pruned"] == 0
+        and metrics["n_failed"] == 0
+        and metrics["n_trials"] == 3
+    )
     assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
     assert metrics["default_val_accuracy"] == pytest.approx(study.trials[0].value)
     assert {f"best_{p}" for p in SEARCHED} <= set(params) and params["best_width"] == str(study.best_params["width"])
     figures = {a.path for a in client.list_artifacts(search_run.info.run_id, "figures")}
-    assert {f"figures/{n}.png" for n in ("optimization_history", "param_importances", "parallel_coordinate", "slice")} <= figures
+    assert {
+        f"figures/{n}.png" for n in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
+    } <= figures
 
     # A second run continues the study: trials add up, finished ones are not redone.
     with tracking.run("main"):
@@ -348,14 +416,23 @@ def test_pruned_trials_end_killed_and_tagged_not_failed(mnist, stores, monkeypat
 
     monkeypatch.setattr(study_mod, "make_pruner", lambda trial_epochs: AlwaysPrune())
     with tracking.run("main") as main:
-        search_once(TrainConfig(**TINY), SearchConfig(n_trials=3, trial_epochs=2, storage=stores.optuna), mnist, tiny_split(mnist))
+        search_once(
+            TrainConfig(**TINY),
+            SearchConfig(n_trials=3, trial_epochs=2, storage=stores.optuna),
+            mnist,
+            tiny_split(mnist),
+        )
     study = load(stores.optuna)
     # The untuned reference is never pruned; every other trial is, after its first epoch.
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     assert all(list(t.intermediate_values) == [1] for t in study.trials[1:])
     (search_run,) = children(main)
     runs = children(search_run)
-    assert [(r.info.status, r.data.tags["optuna_state"]) for r in runs] == [("FINISHED", "COMPLETE"), ("KILLED", "PRUNED"), ("KILLED", "PRUNED")]
+    assert [(r.info.status, r.data.tags["optuna_state"]) for r in runs] == [
+        ("FINISHED", "COMPLETE"),
+        ("KILLED", "PRUNED"),
+        ("KILLED", "PRUNED"),
+    ]
     assert "after epoch 1 of 2" in runs[1].data.tags["prune_reason"]
     assert search_run.data.metrics["n_pruned"] == 2 and search_run.data.metrics["n_failed"] == 0
     assert search_run.info.status == "FINISHED"
@@ -368,7 +445,9 @@ def test_a_diverging_trial_fails_with_a_reason_and_the_search_goes_on(mnist, sto
     # Without batch norm, lr=10 turns the loss into NaN in the first epoch; the base is trial 0.
     base = TrainConfig(lr=10.0, batch_norm=False, batch_size=64, **TINY)
     with tracking.run("main") as main:
-        best = search_once(base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, tiny_split(mnist))
+        best = search_once(
+            base, SearchConfig(n_trials=2, trial_epochs=1, storage=stores.optuna), mnist, tiny_split(mnist)
+        )
     study = load(stores.optuna)
     assert len(study.trials) == 2 and study.trials[0].state == TrialState.FAIL
     assert "nan" in study.trials[0].user_attrs["fail_reason"].lower()
@@ -376,7 +455,11 @@ def test_a_diverging_trial_fails_with_a_reason_and_the_search_goes_on(mnist, sto
     assert best.lr == study.trials[1].params["lr"]
     (search_run,) = children(main)
     failed = children(search_run)[0]
-    assert failed.info.status == "FAILED" and failed.data.tags["optuna_state"] == "FAIL" and "nan" in failed.data.tags["fail_reason"].lower()
+    assert (
+        failed.info.status == "FAILED"
+        and failed.data.tags["optuna_state"] == "FAIL"
+        and "nan" in failed.data.tags["fail_reason"].lower()
+    )
     assert search_run.info.status == "FINISHED" and search_run.data.metrics["n_failed"] == 1
 
 
@@ -392,7 +475,11 @@ def wait_mid_trial(process: subprocess.Popen, storage: str, min_finished: int = 
             trials = load(storage).trials
         except Exception:  # the study is not created yet
             trials = []
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs]
+        running = [
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs
+        ]
         if running and sum(t.state.is_finished() for t in trials) >= min_finished:
             return running[0].number
         time.sleep(0.2)
@@ -408,7 +495,9 @@ def start_tune(stores, data_dir: Path, n_trials: int = 20) -> subprocess.Popen:
     """
     command = tune(stores.optuna, data_dir, n_trials=n_trials, trial_epochs=2, subset=2000)
     reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 - runs in the child before exec
-    return subprocess.Popen(command, cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=reset)
+    return subprocess.Popen(
+        command, cwd=stores.dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=reset
+    )
 
 
 def assert_no_running_runs() -> dict:
@@ -436,7 +525,9 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
     assert runs[interrupted.user_attrs["mlflow_search_run_id"]].info.status == "KILLED"
 
     # 2. SIGKILL mid-trial: no clean-up can run, the trial is left RUNNING (a zombie)...
-    for attempt in range(3):  # a pruned trial can end between the poll and the kill: then there is no zombie, try again
+    for _attempt in range(
+        3
+    ):  # a pruned trial can end between the poll and the kill: then there is no zombie, try again
         process = start_tune(stores, mnist_dir)
         wait_mid_trial(process, stores.optuna, min_finished=len(study.trials))
         process.kill()
@@ -449,7 +540,13 @@ def test_interrupted_then_killed_then_resumed_search_keeps_the_study_consistent(
     count = len(study.trials)
 
     # 3. ...until the next start marks it failed, before adding its own trial.
-    rerun = subprocess.run(tune(stores.optuna, mnist_dir, n_trials=1, trial_epochs=2, subset=2000), cwd=stores.dir, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        tune(stores.optuna, mnist_dir, n_trials=1, trial_epochs=2, subset=2000),
+        cwd=stores.dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = load(stores.optuna)
     assert [t.number for t in study.trials] == list(range(count + 1))
@@ -482,11 +579,20 @@ def two_workers(mnist_dir, mlflow_db_template, tmp_path_factory) -> SimpleNamesp
     """Two ``digits tune`` processes started together on one new study, 3 trials each (run once for two tests)."""
     directory = tmp_path_factory.mktemp("two-workers")
     shutil.copy(mlflow_db_template, directory / "mlflow.db")
-    stores = SimpleNamespace(tracking=f"sqlite:///{directory / 'mlflow.db'}", optuna=f"sqlite:///{directory / 'optuna.db'}")
+    stores = SimpleNamespace(
+        tracking=f"sqlite:///{directory / 'mlflow.db'}", optuna=f"sqlite:///{directory / 'optuna.db'}"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = stores.tracking
     workers = [
-        subprocess.Popen(tune(stores.optuna, mnist_dir, n_trials=3), cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            tune(stores.optuna, mnist_dir, n_trials=3),
+            cwd=directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     for worker in workers:
@@ -550,7 +656,14 @@ def test_the_stored_study_opens_in_a_fresh_process_and_in_optuna_dashboard(two_w
 @pytest.mark.e2e
 def test_mlflow_run_tune_nests_the_search_under_its_run(mnist_dir, stores):
     args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "tune"]
-    params = {"n_trials": 2, "trial_epochs": 1, "subset": 1000, "timeout": 0, "data_dir": mnist_dir, "storage": stores.optuna}
+    params = {
+        "n_trials": 2,
+        "trial_epochs": 1,
+        "subset": 1000,
+        "timeout": 0,
+        "data_dir": mnist_dir,
+        "storage": stores.optuna,
+    }
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -564,5 +677,8 @@ def test_mlflow_run_tune_nests_the_search_under_its_run(mnist_dir, stores):
     assert top.data.params["n_trials"] == "2" and top.data.params["timeout"] == "0"
     (search_run,) = children(top)
     assert search_run.info.run_name == "search" and search_run.info.status == "FINISHED"
-    assert search_run.data.metrics["n_trials"] == 2 and [r.info.run_name for r in children(search_run)] == ["trial-0", "trial-1"]
+    assert search_run.data.metrics["n_trials"] == 2 and [r.info.run_name for r in children(search_run)] == [
+        "trial-0",
+        "trial-1",
+    ]
     assert len(load(stores.optuna).trials) == 2

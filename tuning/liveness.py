@@ -111,15 +111,24 @@ def fail_zombies(study: optuna.Study, storage: optuna.storages.BaseStorage) -> l
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         stale_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)  # calls on_stale_trial for each
-    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in stale_before)
+    failed += sorted(
+        t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in stale_before
+    )
     if failed:
-        log.warning("study %s: marked %d trial(s) of dead workers failed (each retried once): %s", study.study_name, len(failed), failed)
+        log.warning(
+            "study %s: marked %d trial(s) of dead workers failed (each retried once): %s",
+            study.study_name,
+            len(failed),
+            failed,
+        )
     return failed
 
 
 def _fail_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: FrozenTrial, reason: str) -> bool:
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), trial.number
+        )
         storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=False)
     except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
@@ -128,7 +137,9 @@ def _fail_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial
     return True
 
 
-def on_stale_trial(study: optuna.Study, trial: FrozenTrial, reason: str = "its worker stopped sending heartbeats") -> None:
+def on_stale_trial(
+    study: optuna.Study, trial: FrozenTrial, reason: str = "its worker stopped sending heartbeats"
+) -> None:
     """For a trial failed because its worker died: end its MLflow runs KILLED and enqueue it once more.
 
     The storage's ``heartbeat_stale_trial_callback`` (then the trial is finished already, so ``reason`` goes to
@@ -160,7 +171,9 @@ def fail_own_trials(study: optuna.Study) -> None:
 def _kill_mlflow_runs(trial: FrozenTrial, reason: str) -> None:
     """End a dead worker's trial run and the runs above it KILLED (they would otherwise show RUNNING forever)."""
     client = mlflow.MlflowClient()
-    run_id = trial.user_attrs.get("mlflow_run_id") if _worker_of(trial) else None  # an inherited id is the dead predecessor's
+    run_id = (
+        trial.user_attrs.get("mlflow_run_id") if _worker_of(trial) else None
+    )  # an inherited id is the dead predecessor's
     try:
         if run_id:
             client.set_tag(run_id, "optuna_state", "FAIL")
@@ -191,10 +204,16 @@ def kill_dead_search_runs(experiment_id: str, study_name: str, storage: str, kee
     client = mlflow.MlflowClient()
     ended = []
     try:
-        runs = client.search_runs([experiment_id], "tags.pipeline_step = 'search' AND attributes.status = 'RUNNING'", max_results=1000)
+        runs = client.search_runs(
+            [experiment_id], "tags.pipeline_step = 'search' AND attributes.status = 'RUNNING'", max_results=1000
+        )
         for run in runs:
             tags = run.data.tags
-            if run.info.run_id == keep or tags.get("optuna_study_name") != study_name or tags.get("optuna_storage") != storage:
+            if (
+                run.info.run_id == keep
+                or tags.get("optuna_study_name") != study_name
+                or tags.get("optuna_storage") != storage
+            ):
                 continue
             worker = json.loads(tags.get(WORKER_TAG, "{}"))
             if not worker or not died_here(worker):
@@ -205,5 +224,7 @@ def kill_dead_search_runs(experiment_id: str, study_name: str, storage: str, kee
     except Exception as exc:  # a tracking server that cannot search: the new search goes on regardless
         log.warning("could not look for the search runs of dead workers: %s", first_line(exc))
     if ended:
-        log.warning("study %s: ended KILLED %d search run(s) of dead workers: %s", study_name, len(ended), ", ".join(ended))
+        log.warning(
+            "study %s: ended KILLED %d search run(s) of dead workers: %s", study_name, len(ended), ", ".join(ended)
+        )
     return ended

@@ -9,18 +9,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
 import optuna
 from mlflow.entities import RunStatus
 
-from digits.mlops import tracking
 from digits.core.config import TrainConfig
 from digits.core.errors import first_line
 from digits.learn.train import NonFiniteLossError, fit
+from digits.mlops import tracking
 from tuning.liveness import this_worker
 from tuning.space import suggest_config
 from tuning.study import OBJECTIVE
@@ -47,7 +48,12 @@ class Objective:
             tracking.log_config(config)
             reference = bool(trial.user_attrs.get("base"))
             try:
-                result = fit(config, self.train, self.val, callbacks=[tracking.epoch_logger(), pruning_callback(trial, config.epochs, reference)])
+                result = fit(
+                    config,
+                    self.train,
+                    self.val,
+                    callbacks=[tracking.epoch_logger(), pruning_callback(trial, config.epochs, reference)],
+                )
             except NonFiniteLossError as exc:
                 # A diverging config is a failed trial with a reason, not a crash of the search: NaN makes Optuna
                 # mark it FAIL and go on to the next trial.
@@ -93,8 +99,11 @@ def trial_run(trial: optuna.Trial, study_name: str, search_run_id: str) -> Itera
     (``tracking.run`` would end a pruned trial FAILED: ``TrialPruned`` is an exception like any other to it.)
     """
     tags = {
-        "pipeline_step": "trial", "model_family": "cnn", "optuna_study_name": study_name,
-        "optuna_trial_number": str(trial.number), "optuna_state": "RUNNING",
+        "pipeline_step": "trial",
+        "model_family": "cnn",
+        "optuna_study_name": study_name,
+        "optuna_trial_number": str(trial.number),
+        "optuna_state": "RUNNING",
     }
     active = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags)
     trial.set_user_attr("mlflow_run_id", active.info.run_id)

@@ -31,16 +31,22 @@ def candidates(epochs: int) -> dict[str, Callable[[], optuna.pruners.BasePruner]
         "percentile 75 (prune worst quarter)": lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=4),
         "successive halving rf=2": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
         "successive halving rf=3": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-        "hyperband rf=3": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3),
+        "hyperband rf=3": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=epochs, reduction_factor=3
+        ),
     }
 
 
-def replay(curves: Sequence[Curve], make_pruner: Callable[[], optuna.pruners.BasePruner], budget: float, order: Sequence[int]) -> tuple[float, int]:
+def replay(
+    curves: Sequence[Curve], make_pruner: Callable[[], optuna.pruners.BasePruner], budget: float, order: Sequence[int]
+) -> tuple[float, int]:
     """One search of the trials ``curves[order[0]], curves[order[1]], ...`` under ``budget`` seconds.
 
     Returns the best final value and the number of trials run.
     """
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(), sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=make_pruner(), sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     spent, best, n = 0.0, -np.inf, 0
     for index in order:
         values, seconds = curves[index]
@@ -66,26 +72,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuning.pruner_replay", description=__doc__.splitlines()[0])
     parser.add_argument("storage")
     parser.add_argument("study_name")
-    parser.add_argument("--budget_trials", type=float, default=12, help="budget in unpruned trials of mean length (default: 12)")
+    parser.add_argument(
+        "--budget_trials", type=float, default=12, help="budget in unpruned trials of mean length (default: 12)"
+    )
     parser.add_argument("--replays", type=int, default=2000)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
     study = optuna.load_study(study_name=args.study_name, storage=args.storage)
     curves = [
-        ([t.intermediate_values[s] for s in sorted(t.intermediate_values)], t.user_attrs["seconds"] / len(t.intermediate_values))
+        (
+            [t.intermediate_values[s] for s in sorted(t.intermediate_values)],
+            t.user_attrs["seconds"] / len(t.intermediate_values),
+        )
         for t in study.trials
         if t.state == TrialState.COMPLETE and t.intermediate_values and "seconds" in t.user_attrs
     ]
     epochs = max(len(c[0]) for c in curves)
     budget = args.budget_trials * float(np.mean([s * len(v) for v, s in curves]))
     top = max(v[-1] for v, _ in curves)
-    print(f"{len(curves)} curves of {epochs} epochs; budget {budget:.0f}s = {args.budget_trials:g} mean trials; pool best {top:.4f}")
+    print(
+        f"{len(curves)} curves of {epochs} epochs; budget {budget:.0f}s = {args.budget_trials:g} mean trials; pool best {top:.4f}"
+    )
     # The same random trial sequences for every pruner; a pruner that saves time gets further along each.
     orders = np.random.default_rng(0).integers(len(curves), size=(args.replays, int(10 * args.budget_trials) + 10))
     for name, make in candidates(epochs).items():
         runs = [replay(curves, make, budget, order) for order in orders]
         best = np.array([b for b, _ in runs])
-        print(f"{name:38s} mean best {best.mean():.5f}  found pool best {np.mean(best >= top):5.1%}  trials {np.mean([n for _, n in runs]):5.1f}")
+        print(
+            f"{name:38s} mean best {best.mean():.5f}  found pool best {np.mean(best >= top):5.1%}  trials {np.mean([n for _, n in runs]):5.1f}"
+        )
     return 0
 
 

@@ -25,18 +25,25 @@ import json
 import logging
 import time
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from digits.mlops import tracking
 from digits.core.config import SearchConfig, TrainConfig
-from digits.learn.data import MNIST, Split
 from digits.core.errors import first_line, quiet_loggers
-from tuning.liveness import WORKER_TAG, fail_own_trials, fail_zombies, kill_dead_search_runs, on_stale_trial, this_worker
+from digits.learn.data import MNIST, Split
+from digits.mlops import tracking
+from tuning.liveness import (
+    WORKER_TAG,
+    fail_own_trials,
+    fail_zombies,
+    kill_dead_search_runs,
+    on_stale_trial,
+    this_worker,
+)
 from tuning.objective import Objective
 from tuning.space import SEARCHED, suggest_config
 from tuning.storage import open_storage, redact
@@ -51,7 +58,9 @@ def connect(search: SearchConfig) -> optuna.storages.RDBStorage:
     return open_storage(search.storage, on_stale_trial=on_stale_trial)
 
 
-def open_search(base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: optuna.storages.RDBStorage) -> optuna.Study:
+def open_search(
+    base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: optuna.storages.RDBStorage
+) -> optuna.Study:
     """The study this search adds to, created or checked (``StudyMismatchError``), its dead workers' trials failed."""
     study = open_study(base, search, mnist, storage)
     fail_zombies(study, storage)
@@ -61,7 +70,14 @@ def open_search(base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: 
 # --- the search ---------------------------------------------------------------------------------------------------
 
 
-def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Split, parent_run_id: str | None = None) -> TrainConfig:
+def run_search(
+    study: optuna.Study,
+    base: TrainConfig,
+    search: SearchConfig,
+    mnist: MNIST,
+    split: Split,
+    parent_run_id: str | None = None,
+) -> TrainConfig:
     """Add ``search.n_trials`` trials to ``study`` and return the study's best config, with ``epochs=base.epochs``.
 
     Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_accuracy`` on
@@ -72,24 +88,44 @@ def run_search(study: optuna.Study, base: TrainConfig, search: SearchConfig, mni
     """
     before = len([t for t in study.trials if t.state != TrialState.WAITING])  # an enqueued trial is not run yet
     trial_base = base.replace(epochs=search.trial_epochs)
-    with tracking.model_run("search", nested=True, model_family="cnn", pipeline_step="search", parent_run_id=parent_run_id) as active:
+    with tracking.model_run(
+        "search", nested=True, model_family="cnn", pipeline_step="search", parent_run_id=parent_run_id
+    ) as active:
         run_id = active.info.run_id
-        mlflow.set_tags({
-            "optuna_study_name": search.study_name, "optuna_storage": redact(search.storage),
-            "optuna_sampler": type(study.sampler).__name__, "optuna_pruner": type(study.pruner).__name__,
-            WORKER_TAG: json.dumps(this_worker()),
-        })
+        mlflow.set_tags(
+            {
+                "optuna_study_name": search.study_name,
+                "optuna_storage": redact(search.storage),
+                "optuna_sampler": type(study.sampler).__name__,
+                "optuna_pruner": type(study.pruner).__name__,
+                WORKER_TAG: json.dumps(this_worker()),
+            }
+        )
         kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=run_id)
-        tracking.log_new_params({**search.to_dict(), "storage": redact(search.storage), **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"}})
+        tracking.log_new_params(
+            {
+                **search.to_dict(),
+                "storage": redact(search.storage),
+                **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"},
+            }
+        )
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "train", split.val, "validation")
         objective = Objective(
-            trial_base, (mnist.train_images[split.train], mnist.train_labels[split.train]),
-            (mnist.train_images[split.val], mnist.train_labels[split.val]), search.study_name, run_id,
+            trial_base,
+            (mnist.train_images[split.train], mnist.train_labels[split.train]),
+            (mnist.train_images[split.val], mnist.train_labels[split.val]),
+            search.study_name,
+            run_id,
         )
         log.info(
             "search: study %s in %s holds %d trial(s); adding %d of %d epoch(s) on %d images%s",
-            search.study_name, redact(search.storage), before, search.n_trials, search.trial_epochs, len(split.train),
+            search.study_name,
+            redact(search.storage),
+            before,
+            search.n_trials,
+            search.trial_epochs,
+            len(split.train),
             f" (timeout {search.timeout:g}s)" if search.timeout else "",
         )
         t0 = time.perf_counter()
@@ -130,7 +166,13 @@ def _quiet_optuna() -> Iterator[None]:
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Number of trials per state: complete, pruned, failed, running, waiting."""
     counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+    names = {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "waiting",
+    }
     for trial in study.get_trials(deepcopy=False):
         counts[names[trial.state]] += 1
     return counts
@@ -154,8 +196,13 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     log.info(
         "search: %d trials (%d complete, %d pruned, %d failed); best trial %s %s=%s%s",
-        len(study.trials), counts["complete"], counts["pruned"], counts["failed"],
-        best.number if best else "-", OBJECTIVE, f"{best.value:.4f}" if best else "-",
+        len(study.trials),
+        counts["complete"],
+        counts["pruned"],
+        counts["failed"],
+        best.number if best else "-",
+        OBJECTIVE,
+        f"{best.value:.4f}" if best else "-",
         f" (default config {reference.value:.4f})" if reference is not None else "",
     )
 

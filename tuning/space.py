@@ -11,7 +11,7 @@ so a study searched over other ranges is refused) are all derived from ``SPACE``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import optuna
 
@@ -26,7 +26,7 @@ class Param:
 
     name: str
     kind: str  # "float", "int" or "categorical"
-    bounds: Union[Bounds, dict[str, Bounds]]
+    bounds: Bounds | dict[str, Bounds]
     log: bool = False
 
     def bounds_for(self, optimizer: str) -> Bounds:

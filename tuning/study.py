@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from digits.core.config import SearchConfig, TrainConfig
-from digits.learn.data import MNIST
 from digits.core.errors import DigitsError
+from digits.learn.data import MNIST
 from tuning.space import SEARCHED, base_params, space_of
 from tuning.storage import redact
 
@@ -37,12 +37,19 @@ class StudyMismatchError(DigitsError):
 def study_setup(base: TrainConfig, search: SearchConfig, mnist: MNIST) -> dict[str, Any]:
     """What makes two trials' values comparable: the fixed training settings, the data and the search space."""
     fixed = {k: v for k, v in base.to_dict().items() if k not in SEARCHED and k not in MACHINE_FIELDS}
-    setup = {**fixed, "trial_epochs": search.trial_epochs, "data_digest": mnist.digest, "space": space_of(base.optimizer)}
+    setup = {
+        **fixed,
+        "trial_epochs": search.trial_epochs,
+        "data_digest": mnist.digest,
+        "space": space_of(base.optimizer),
+    }
     # Through JSON so that a fresh dict and one read back from storage compare equal (tuples become lists).
     return json.loads(json.dumps(setup))
 
 
-def open_study(base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def open_study(
+    base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: optuna.storages.BaseStorage
+) -> optuna.Study:
     """Create the study, or load it if it exists and was run with the same setup (else ``StudyMismatchError``).
 
     A new study gets the untuned ``base`` enqueued as its first trial: the reference the tuned trials must beat.
@@ -50,7 +57,9 @@ def open_study(base: TrainConfig, search: SearchConfig, mnist: MNIST, storage: o
     sampler, pruner = make_sampler(base.seed), make_pruner(search.trial_epochs)
     setup = study_setup(base, search, mnist)
     try:
-        study = optuna.create_study(storage=storage, study_name=search.study_name, direction="maximize", sampler=sampler, pruner=pruner)
+        study = optuna.create_study(
+            storage=storage, study_name=search.study_name, direction="maximize", sampler=sampler, pruner=pruner
+        )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         # Exactly one of several workers starting together creates the study; the others land here.
@@ -116,7 +125,9 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         return self._for(trial).sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

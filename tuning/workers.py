@@ -24,7 +24,6 @@ from tuning.liveness import ORCHESTRATOR_TAG
 log = logging.getLogger(__name__)
 
 
-
 def cores() -> int:
     """CPU cores this process may use."""
     try:
@@ -45,7 +44,9 @@ def threads_per_worker(base: TrainConfig, workers: int) -> int:
     return base.threads or max(1, cores() // workers)
 
 
-def worker_command(base: TrainConfig, search: SearchConfig, n_trials: int, threads: int, parent_run_id: str) -> list[str]:
+def worker_command(
+    base: TrainConfig, search: SearchConfig, n_trials: int, threads: int, parent_run_id: str
+) -> list[str]:
     """The ``python -m digits tune`` command line of one worker (every flag spelt out, as ``-e tune`` would)."""
     command = [sys.executable, "-m", "digits", "tune"]
     values = {**base.to_dict(), **search.to_dict(), "n_trials": n_trials, "threads": threads, "workers": 1}
@@ -59,7 +60,10 @@ def run_workers(base: TrainConfig, search: SearchConfig, parent_run_id: str) -> 
     """Run the search with ``search.workers`` local processes under ``parent_run_id``; return how many failed."""
     threads = threads_per_worker(base, search.workers)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # a worker must not resume the parent run
-    env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_EXPERIMENT_ID=mlflow.get_run(parent_run_id).info.experiment_id)
+    env.update(
+        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+        MLFLOW_EXPERIMENT_ID=mlflow.get_run(parent_run_id).info.experiment_id,
+    )
     plan = shares(search.n_trials, search.workers)
     # A worker that dies ends its own runs KILLED, not this one (its process is alive and ends it).
     mlflow.MlflowClient().set_tag(parent_run_id, ORCHESTRATOR_TAG, str(len(plan)))
@@ -76,6 +80,10 @@ def run_workers(base: TrainConfig, search: SearchConfig, parent_run_id: str) -> 
         raise
     failed = [f"pid {p.pid}: exit code {c}" for p, c in zip(processes, codes) if c != 0]
     if failed:
-        log.warning("search: %d of %d workers failed (%s); their trials were failed and retried by the others where possible", len(failed), len(plan), "; ".join(failed))
+        log.warning(
+            "search: %d of %d workers failed (%s); their trials were failed and retried by the others where possible",
+            len(failed),
+            len(plan),
+            "; ".join(failed),
+        )
     return len(failed)
-

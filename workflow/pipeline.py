@@ -15,20 +15,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.learn import baseline
-from digits.mlops import registry
-from digits.evaluate import report
-from digits.mlops import tracking
 from digits.core.config import DataConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError
-from digits.learn.data import MNIST, Split, load_mnist, split_train_val
+from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
+from digits.evaluate import report
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import log_test_evaluation
 from digits.evaluate.metrics import top_confusions
+from digits.learn import baseline
+from digits.learn.data import MNIST, Split, load_mnist, split_train_val
+from digits.learn.train import fit
+from digits.mlops import registry, tracking
 from digits.mlops.feedback_data import log_feedback_evaluation, with_extra_data
 from digits.serve.model import predict_proba, save_checkpoint
-from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
-from digits.learn.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +49,54 @@ def load_data(config: DataConfig) -> tuple[MNIST, Split]:
     t0 = time.perf_counter()
     mnist = load_mnist(config.data_dir or None)
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
-    mnist, split = with_extra_data(mnist, split, getattr(config, "extra_data", ""), config.seed)  # feedback joins training
+    mnist, split = with_extra_data(
+        mnist, split, getattr(config, "extra_data", ""), config.seed
+    )  # feedback joins training
     log.info(
         "MNIST from %s (digest %s): %d train, %d validation, %d test images (%.1fs)",
-        mnist.source, mnist.digest, len(split.train), len(split.val), len(mnist.test_labels), time.perf_counter() - t0,
+        mnist.source,
+        mnist.digest,
+        len(split.train),
+        len(split.val),
+        len(mnist.test_labels),
+        time.perf_counter() - t0,
     )
     return mnist, split
 
 
 def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
     """Fit the logistic-regression baseline on the training split, evaluate it on test, log it as ``baseline-logreg``."""
-    with tracking.model_run("baseline-logreg", nested=nested, model_family="logreg", pipeline_step="baseline") as active:
+    with tracking.model_run(
+        "baseline-logreg", nested=nested, model_family="logreg", pipeline_step="baseline"
+    ) as active:
         tracking.log_dataset(mnist, "train", split.train, "training")
         tracking.log_dataset(mnist, "test", None, "testing")
         # Fitted in blocks of lbfgs iterations, so the baseline has training curves (step = iterations) like the CNN.
         model, history, fit_seconds = baseline.fit_baseline_with_history(
-            mnist.train_images[split.train], mnist.train_labels[split.train],
-            (mnist.train_images[split.val], mnist.train_labels[split.val]), seed=config.seed, callback=tracking.epoch_logger(),
+            mnist.train_images[split.train],
+            mnist.train_labels[split.train],
+            (mnist.train_images[split.val], mnist.train_labels[split.val]),
+            seed=config.seed,
+            callback=tracking.epoch_logger(),
         )
         # Once, from the fitted model (MLflow refuses a parameter logged again with another value).
         mlflow.log_params({**baseline.params(model), **DataConfig.to_dict(config)})
         proba = baseline.predict_proba(model, mnist.test_images)
         metrics = log_test_evaluation(
-            mnist.test_labels, proba, images=mnist.test_images, history=history, family="logreg",
+            mnist.test_labels,
+            proba,
+            images=mnist.test_images,
+            history=history,
+            family="logreg",
             predict=lambda images: baseline.predict_proba(model, images),
         )
         mlflow.log_metric("fit_seconds", fit_seconds)
         example = baseline.features(mnist.test_images[:2])
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=mlflow.models.infer_signature(example, proba[:2]), input_example=example,
+            model,
+            name="model",
+            signature=mlflow.models.infer_signature(example, proba[:2]),
+            input_example=example,
             pip_requirements=baseline.requirements(),  # inferring them costs ~10 s of import tracing per run
         )
         log.info("baseline: test accuracy %.2f%% (fit %.1fs)", 100 * metrics["test_accuracy"], fit_seconds)
@@ -87,7 +105,13 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
 
 
 def run_cnn(
-    config: TrainConfig, mnist: MNIST, split: Split, *, nested: bool, final: bool = False, reference: ModelOutcome | None = None,
+    config: TrainConfig,
+    mnist: MNIST,
+    split: Split,
+    *,
+    nested: bool,
+    final: bool = False,
+    reference: ModelOutcome | None = None,
 ) -> ModelOutcome:
     """Train the CNN, evaluate it once on the test set and log config, epochs, metrics and checkpoint.
 
@@ -104,12 +128,21 @@ def run_cnn(
             tracking.log_dataset(mnist, "train", split.val, "validation")
         tracking.log_dataset(mnist, "test", None, "testing")
         val = None if final else (mnist.train_images[split.val], mnist.train_labels[split.val])
-        result = fit(config, (mnist.train_images[train_idx], mnist.train_labels[train_idx]), val, callbacks=[tracking.epoch_logger()])
+        result = fit(
+            config,
+            (mnist.train_images[train_idx], mnist.train_labels[train_idx]),
+            val,
+            callbacks=[tracking.epoch_logger()],
+        )
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
         proba = predict_proba(result.model, mnist.test_images)
         predict = functools.partial(predict_proba, result.model)  # the corrupted digits' and the feedback's readings
         metrics = log_test_evaluation(
-            mnist.test_labels, proba, images=mnist.test_images, history=result.history, predict=predict,
+            mnist.test_labels,
+            proba,
+            images=mnist.test_images,
+            history=result.history,
+            predict=predict,
             reference=("logistic regression", reference.metrics) if reference else None,
         )
         metrics.update(log_feedback_evaluation(config, predict))
@@ -118,7 +151,12 @@ def run_cnn(
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
         onnx_uri = log_onnx(result.model, config, mnist, proba) if final else None
-        log.info("cnn: test accuracy %.2f%% (train %.1fs on %s)", 100 * metrics["test_accuracy"], result.seconds, result.device)
+        log.info(
+            "cnn: test accuracy %.2f%% (train %.1fs on %s)",
+            100 * metrics["test_accuracy"],
+            result.seconds,
+            result.device,
+        )
         confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
         return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri, confusions)
 
@@ -138,9 +176,13 @@ def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray)
         mlflow.log_metrics({"onnx_max_abs_diff": check.max_abs_diff, "onnx_same_digits": float(check.same_digits)})
         if not check.ok:
             mlflow.set_tag("onnx_export", f"not logged: max |dp| {check.max_abs_diff:.2e} over {export.PARITY_ATOL:g}")
-            log.warning("onnx: the exported graph does not match PyTorch (max |dp| %.2e): not logged", check.max_abs_diff)
+            log.warning(
+                "onnx: the exported graph does not match PyTorch (max |dp| %.2e): not logged", check.max_abs_diff
+            )
             return None
-        mlflow.set_tag("onnx_export", f"opset {export.OPSET}, max |dp| {check.max_abs_diff:.1e} on {check.images:,} test images")
+        mlflow.set_tag(
+            "onnx_export", f"opset {export.OPSET}, max |dp| {check.max_abs_diff:.1e} on {check.images:,} test images"
+        )
         log.info("onnx: exported, max |dp| %.1e on the %d test images", check.max_abs_diff, check.images)
         return registry.log_onnx_model(path).model_uri
 
@@ -160,7 +202,9 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
     study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
         tracking.log_config(config)
-        tracking.log_new_params({**search.to_dict(), "storage": tuning_search.redact(search.storage), "model_name": model_name})
+        tracking.log_new_params(
+            {**search.to_dict(), "storage": tuning_search.redact(search.storage), "model_name": model_name}
+        )
         log_eda_once(mnist)  # once per data digest: a later pipeline run on the same data points to these figures
         base = run_baseline(config, mnist, split, nested=True)
         if study is None:
@@ -170,20 +214,32 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         else:
             best = tuning_search.run_search(study, config, search, mnist, split)
         cnn = run_cnn(best, mnist, split, nested=True, final=True, reference=base)
-        mlflow.log_metrics({"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]})
+        mlflow.log_metrics(
+            {"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]}
+        )
         # The card goes into the CNN run and this one; it is also the registered version's description.
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
-        registry.register_baseline(base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest)
+        registry.register_baseline(
+            base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest
+        )
         if cnn.onnx_model_uri:  # first, so that the CNN run's promotion tags end up being the torch model's
             onnx = registry.register_model(
-                cnn.onnx_model_uri, model_name=model_name + ONNX_SUFFIX, test_accuracy=cnn.metrics["test_accuracy"],
-                run_id=cnn.run_id, data_digest=mnist.digest, description=card,
+                cnn.onnx_model_uri,
+                model_name=model_name + ONNX_SUFFIX,
+                test_accuracy=cnn.metrics["test_accuracy"],
+                run_id=cnn.run_id,
+                data_digest=mnist.digest,
+                description=card,
             )
             log.info("registry: %s version %s -> %s", model_name + ONNX_SUFFIX, onnx.version, onnx.alias)
         promotion = registry.register_model(
-            cnn.model_uri, model_name=model_name, test_accuracy=cnn.metrics["test_accuracy"], run_id=cnn.run_id,
-            data_digest=mnist.digest, description=card,
+            cnn.model_uri,
+            model_name=model_name,
+            test_accuracy=cnn.metrics["test_accuracy"],
+            run_id=cnn.run_id,
+            data_digest=mnist.digest,
+            description=card,
         )
         mlflow.set_tag("promotion", promotion.reason)
         log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
@@ -203,7 +259,9 @@ def search_in_workers(study, config: TrainConfig, search: SearchConfig) -> Train
     mlflow.log_metrics({"search_seconds": time.perf_counter() - t0, "search_workers_failed": float(failed)})
     best = tuning_search.best_config(study, config)
     if best is config and failed:
-        raise DigitsError(f"no trial of study {search.study_name!r} completed ({failed} of {search.workers} workers failed): see their search runs")
+        raise DigitsError(
+            f"no trial of study {search.study_name!r} completed ({failed} of {search.workers} workers failed): see their search runs"
+        )
     tuning_search.log_figures(study, "search_figures")
     return best
 

@@ -38,7 +38,7 @@ def model_label(predictor: Any) -> str:
         return predictor._feedback_label
     if getattr(predictor, "_model", None) is None or not str(uri).startswith("models:/"):
         return str(uri)
-    name, _, alias = uri[len("models:/"):].partition("@")
+    name, _, alias = uri[len("models:/") :].partition("@")
     if not alias:
         return name  # models:/NAME/VERSION names its version
     try:
@@ -46,7 +46,11 @@ def model_label(predictor: Any) -> str:
 
         version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
         loaded = getattr(getattr(predictor._model, "metadata", None), "run_id", None)  # the run of the model in memory
-        label = f"{name}/{version.version}" if loaded in (None, version.run_id) else f"{uri} (run {loaded}: the alias moved since it was loaded)"
+        label = (
+            f"{name}/{version.version}"
+            if loaded in (None, version.run_id)
+            else f"{uri} (run {loaded}: the alias moved since it was loaded)"
+        )
     except Exception as exc:  # the registry unreachable: the URI still says what was asked for
         log.warning("feedback: cannot resolve %s to a version (%s)", uri, first_line(exc))
         label = str(uri)
@@ -62,8 +66,13 @@ def answer(picture: str | None, shown: app.Answer, predictor: Any) -> tuple[Any,
         return top, seen, message, None, ""
     best = next(iter(top))
     mnist = np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST), dtype=np.uint8)  # exact: square pixels
-    pending = {"picture": base64.b64decode(picture), "mnist": mnist, "prediction": int(best), "confidence": float(top[best]),
-               "model": model_label(predictor)}
+    pending = {
+        "picture": base64.b64decode(picture),
+        "mnist": mnist,
+        "prediction": int(best),
+        "confidence": float(top[best]),
+        "model": model_label(predictor),
+    }
     return top, seen, message, pending, ASK
 
 
@@ -91,8 +100,14 @@ def save(store: Store, pending: dict | None, label: Any) -> tuple[dict | None, s
         return pending, CHOOSE
     digit = int(label)
     try:
-        store.record(mnist=pending["mnist"], label=digit, model=pending["model"], prediction=pending["prediction"],
-                     confidence=pending["confidence"], picture=pending["picture"])
+        store.record(
+            mnist=pending["mnist"],
+            label=digit,
+            model=pending["model"],
+            prediction=pending["prediction"],
+            confidence=pending["confidence"],
+            picture=pending["picture"],
+        )
     except DigitsError as exc:
         return pending, f"Not saved: {exc}"
     if digit == pending["prediction"]:
@@ -113,7 +128,9 @@ def add_feedback(store: Store, predictor: Any, sketch: Any, upload: Any, read: A
     both = [*outputs, pending, said]
     read.click(lambda value: read_drawing(value, predictor), inputs=sketch, outputs=both)
     upload.upload(lambda path: read_upload(path, predictor), inputs=upload, outputs=both)
-    right.click(lambda p: save(store, p, None if p is None else p["prediction"]), inputs=pending, outputs=[pending, said])
+    right.click(
+        lambda p: save(store, p, None if p is None else p["prediction"]), inputs=pending, outputs=[pending, said]
+    )
     wrong.click(lambda p, d: _save_wrong(store, p, d), inputs=[pending, digit], outputs=[pending, said, digit])
 
 

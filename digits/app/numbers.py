@@ -14,7 +14,9 @@ from PIL import Image, ImageDraw
 
 from digits.core.errors import DigitsError
 
-NUMBER_EMPTY_MESSAGE = "The canvas is empty: write a number (1 to 12 digits) on one line, then press **Read the number**."
+NUMBER_EMPTY_MESSAGE = (
+    "The canvas is empty: write a number (1 to 12 digits) on one line, then press **Read the number**."
+)
 NUMBER_CANVAS = (1120, 280)
 _BOX_COLOUR = (220, 30, 30)
 
@@ -45,7 +47,9 @@ def read_number_drawing(editor_value: dict[str, Any] | None, predictor: Any) -> 
     digits = json.loads(answer["digits"]) if isinstance(answer["digits"], str) else answer["digits"]
     doubtful = [str(i + 1) for i, d in enumerate(digits) if d["confidence"] < 0.5]
     note = f" Doubtful: digit {', '.join(doubtful)}." if doubtful else ""
-    return f"**{answer['text']}** (confidence {100 * float(answer['confidence']):.0f}%).{note}", boxed(composite, digits)
+    return f"**{answer['text']}** (confidence {100 * float(answer['confidence']):.0f}%).{note}", boxed(
+        composite, digits
+    )
 
 
 def number_section(predictor: Any) -> None:

@@ -162,7 +162,9 @@ class EndpointModel:
         """The ten probabilities the endpoint answers for one base64 PNG/JPEG picture (mode ``number``: its answer)."""
         request_params = {} if mode == "digit" else {"params": {"mode": mode}}
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, **request_params}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - a URL the user chose
                 payload = json.load(response)
@@ -173,9 +175,15 @@ class EndpointModel:
             raise AppError(f"the endpoint {self.base} failed (HTTP {exc.code}): {message}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise AppError(f"cannot reach the endpoint {self.base} ({reason}): is `mlflow models serve` running there?") from None
+            raise AppError(
+                f"cannot reach the endpoint {self.base} ({reason}): is `mlflow models serve` running there?"
+            ) from None
         try:
-            return payload["predictions"][0] if mode != "digit" else np.asarray(payload["predictions"][0]["probabilities"], dtype=np.float64)
+            return (
+                payload["predictions"][0]
+                if mode != "digit"
+                else np.asarray(payload["predictions"][0]["probabilities"], dtype=np.float64)
+            )
         except (KeyError, IndexError, TypeError, ValueError):
             raise AppError(f"the endpoint {self.base} answered something that is not a digits-cnn prediction") from None
 
@@ -330,7 +338,14 @@ def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
             with gr.Column(scale=2, min_width=280):
                 message = gr.Markdown(elem_id="message")
                 top = gr.Label(label="Top 3", num_top_classes=TOP_K, elem_id="top")
-                seen = gr.Image(label="What the model saw (28x28)", type="pil", interactive=False, height=PREVIEW_SIDE + 40, buttons=[], elem_id="seen")
+                seen = gr.Image(
+                    label="What the model saw (28x28)",
+                    type="pil",
+                    interactive=False,
+                    height=PREVIEW_SIDE + 40,
+                    buttons=[],
+                    elem_id="seen",
+                )
                 if feedback is not None:  # the buttons under the answer; they take over the read handlers
                     from digits.app.feedback import add_feedback
 
@@ -348,7 +363,14 @@ def build_app(predictor: Predictor, feedback: Any = None) -> gr.Blocks:
     return demo
 
 
-def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, feedback: Any = None) -> None:
+def serve(
+    model_uri: str = DEFAULT_MODEL_URI,
+    endpoint: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    share: bool = False,
+    feedback: Any = None,
+) -> None:
     """Start the app and block until it is stopped (Ctrl-C); ``feedback``: the store of the feedback buttons, or None."""
     predictor = make_predictor(model_uri, endpoint)
     error = getattr(predictor, "error", None)
@@ -366,7 +388,9 @@ def serve(model_uri: str = DEFAULT_MODEL_URI, endpoint: str | None = None, host:
             share=share,
             inbrowser=False,
             footer_links=[],
-            theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
+            theme=gr.themes.Default(
+                font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+            ),
         )
     except OSError as exc:
         # Gradio says "Cannot find empty port in range" and how to set its own variables; say it in this CLI's terms.

@@ -36,16 +36,30 @@ class ConfigError(DigitsError, ValueError):
 class DataConfig:
     """Where MNIST comes from and how the 60,000 training images are split."""
 
-    data_dir: str = field(default="", metadata={"help": "directory with the four MNIST IDX files (gzipped or not); empty: $DIGITS_DATA_DIR, else ~/.cache/digits/mnist, downloading there if empty"})
-    val_size: int = field(default=5000, metadata={"help": "images held out of the 60,000 training images for validation (stratified, seeded)"})
-    subset: int = field(default=0, metadata={"help": "train on the first N training images of a stratified order; 0 = all"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation, the batch order and the augmentation"})
+    data_dir: str = field(
+        default="",
+        metadata={
+            "help": "directory with the four MNIST IDX files (gzipped or not); empty: $DIGITS_DATA_DIR, else ~/.cache/digits/mnist, downloading there if empty"
+        },
+    )
+    val_size: int = field(
+        default=5000,
+        metadata={"help": "images held out of the 60,000 training images for validation (stratified, seeded)"},
+    )
+    subset: int = field(
+        default=0, metadata={"help": "train on the first N training images of a stratified order; 0 = all"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of the split, the initialisation, the batch order and the augmentation"}
+    )
 
     def validate(self) -> None:
         _check(self.val_size >= 10, f"val_size must be at least 10, got {self.val_size}")
         _check(self.val_size <= 30000, f"val_size must be at most 30000, got {self.val_size}")
         _check(self.subset >= 0, f"subset must be 0 (all) or a positive number of images, got {self.subset}")
-        _check(self.subset == 0 or self.subset >= 100, f"subset must be 0 (all) or at least 100 images, got {self.subset}")
+        _check(
+            self.subset == 0 or self.subset >= 100, f"subset must be 0 (all) or at least 100 images, got {self.subset}"
+        )
         _check(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,27 +76,61 @@ class TrainConfig(DataConfig):
     optimizer: str = field(default="sgd", metadata={"help": "sgd (with Nesterov momentum) or adamw"})
     lr: float = field(default=0.05, metadata={"help": "peak learning rate of the schedule"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (AdamW: beta1)"})
-    weight_decay: float = field(default=5e-4, metadata={"help": "decoupled weight decay (not applied to biases and norms)"})
-    schedule: str = field(default="onecycle", metadata={"help": "onecycle (linear warm-up, cosine decay) or cosine (decay only)"})
+    weight_decay: float = field(
+        default=5e-4, metadata={"help": "decoupled weight decay (not applied to biases and norms)"}
+    )
+    schedule: str = field(
+        default="onecycle", metadata={"help": "onecycle (linear warm-up, cosine decay) or cosine (decay only)"}
+    )
     warmup: float = field(default=0.2, metadata={"help": "fraction of the steps spent warming up (onecycle only)"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 0.5)"})
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 0.5)"}
+    )
     width: int = field(default=16, metadata={"help": "channels of the first block; each later block doubles them"})
-    blocks: int = field(default=3, metadata={"help": "convolutional blocks, 1 to 4: the first is one 3x3 convolution at 28x28, each later one two 3x3 convolutions at half the resolution of the one before"})
+    blocks: int = field(
+        default=3,
+        metadata={
+            "help": "convolutional blocks, 1 to 4: the first is one 3x3 convolution at 28x28, each later one two 3x3 convolutions at half the resolution of the one before"
+        },
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout before the classifier, in [0, 0.9]"})
     batch_norm: bool = field(default=True, metadata={"help": "batch normalisation after each convolution"})
-    augment: float = field(default=0.5, metadata={"help": "augmentation strength in [0, 1] (the ranges of augment_policy times this); 0 = off"})
-    augment_policy: str = field(default="robust", metadata={"help": "robust (rotation, shear, scale, shift, elastic distortion, stroke width, low contrast, noise, blur) or affine (shifts up to 3 px, rotations up to 15 degrees, scaling up to 15%: the recipe before robustness was measured)"})
+    augment: float = field(
+        default=0.5,
+        metadata={"help": "augmentation strength in [0, 1] (the ranges of augment_policy times this); 0 = off"},
+    )
+    augment_policy: str = field(
+        default="robust",
+        metadata={
+            "help": "robust (rotation, shear, scale, shift, elastic distortion, stroke width, low contrast, noise, blur) or affine (shifts up to 3 px, rotations up to 15 degrees, scaling up to 15%: the recipe before robustness was measured)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda > mps > cpu), cpu, cuda or mps"})
-    precision: str = field(default="auto", metadata={"help": "autocast of the training step: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32; evaluation is always fp32"})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "autocast of the training step: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32; evaluation is always fp32"
+        },
+    )
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = one per available core"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the network (CUDA only: it costs more than it saves on a short CPU run)"})
-    extra_data: str = field(default="", metadata={"help": "a feedback export (NAME.npz beside its manifest NAME.json, from `digits feedback export`) whose images join the training split, a seeded 20% of them (by image digest) held out for feedback_accuracy; empty: MNIST alone"})
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the network (CUDA only: it costs more than it saves on a short CPU run)"},
+    )
+    extra_data: str = field(
+        default="",
+        metadata={
+            "help": "a feedback export (NAME.npz beside its manifest NAME.json, from `digits feedback export`) whose images join the training split, a seeded 20% of them (by image digest) held out for feedback_accuracy; empty: MNIST alone"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()
         _check(1 <= self.epochs <= 1000, f"epochs must be an integer from 1 to 1000, got {self.epochs}")
         _check(1 <= self.batch_size <= 65536, f"batch_size must be an integer from 1 to 65536, got {self.batch_size}")
-        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(
+            self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+        )
         _check(math.isfinite(self.lr) and 0 < self.lr <= 10, f"lr must be a number in (0, 10], got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(0 <= self.weight_decay < 1, f"weight_decay must be in [0, 1), got {self.weight_decay}")
@@ -93,11 +141,19 @@ class TrainConfig(DataConfig):
         _check(1 <= self.blocks <= 4, f"blocks must be an integer from 1 to 4, got {self.blocks}")
         _check(0 <= self.dropout <= 0.9, f"dropout must be in [0, 0.9], got {self.dropout}")
         _check(0 <= self.augment <= 1, f"augment must be in [0, 1], got {self.augment}")
-        _check(self.augment_policy in AUGMENT_POLICIES, f"augment_policy must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}")
+        _check(
+            self.augment_policy in AUGMENT_POLICIES,
+            f"augment_policy must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment_policy!r}",
+        )
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(
+            self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        )
         _check(self.threads >= 0, f"threads must be 0 (auto) or a positive integer, got {self.threads}")
-        _check(not self.extra_data or self.extra_data.endswith(".npz"), f"extra_data must be a feedback export NAME.npz (or empty), got {self.extra_data!r}")
+        _check(
+            not self.extra_data or self.extra_data.endswith(".npz"),
+            f"extra_data must be a feedback export NAME.npz (or empty), got {self.extra_data!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,12 +162,12 @@ class TrainConfig(DataConfig):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build a config from a dict (a saved config.json), ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -119,16 +175,38 @@ class TrainConfig(DataConfig):
 class SearchConfig:
     """The Optuna search over ``TrainConfig`` (run by ``tuning``; this module does not import optuna)."""
 
-    n_trials: int = field(default=24, metadata={"help": "trials to add to the study in this run (24: about 7-10 minutes on 2 CPU cores with the full training split, about half of the trials pruned after one epoch); 0 = no search, train the given config"})
-    timeout: float = field(default=0.0, metadata={"help": "stop starting new trials after this many seconds; 0 = no limit"})
+    n_trials: int = field(
+        default=24,
+        metadata={
+            "help": "trials to add to the study in this run (24: about 7-10 minutes on 2 CPU cores with the full training split, about half of the trials pruned after one epoch); 0 = no search, train the given config"
+        },
+    )
+    timeout: float = field(
+        default=0.0, metadata={"help": "stop starting new trials after this many seconds; 0 = no limit"}
+    )
     trial_epochs: int = field(default=2, metadata={"help": "epochs of each trial (the final model trains for epochs)"})
-    storage: str = field(default="sqlite:///optuna.db", metadata={"help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"})
+    storage: str = field(
+        default="sqlite:///optuna.db",
+        metadata={
+            "help": "Optuna storage URL; the study lives there so reruns continue it and optuna-dashboard can show it"
+        },
+    )
     study_name: str = field(default="digits-cnn", metadata={"help": "name of the Optuna study in storage"})
-    workers: int = field(default=1, metadata={"help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"})
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"
+        },
+    )
 
     def validate(self) -> None:
-        _check(0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}")
-        _check(math.isfinite(self.timeout) and self.timeout >= 0, f"timeout must be 0 (none) or a positive number of seconds, got {self.timeout}")
+        _check(
+            0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}"
+        )
+        _check(
+            math.isfinite(self.timeout) and self.timeout >= 0,
+            f"timeout must be 0 (none) or a positive number of seconds, got {self.timeout}",
+        )
         _check(1 <= self.trial_epochs <= 100, f"trial_epochs must be an integer from 1 to 100, got {self.trial_epochs}")
         _check(bool(self.storage.strip()), "storage must be an Optuna storage URL such as sqlite:///optuna.db")
         _check(bool(self.study_name.strip()), "study_name must not be empty")

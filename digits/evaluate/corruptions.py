@@ -12,8 +12,8 @@ Needs numpy, Pillow, scipy and torch (the geometric ones are one batched ``grid_
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ class Corruption:
     apply: Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def _affine(images: np.ndarray, rng: np.random.Generator, matrix: Callable[[int, np.random.Generator], np.ndarray]) -> np.ndarray:
+def _affine(
+    images: np.ndarray, rng: np.random.Generator, matrix: Callable[[int, np.random.Generator], np.ndarray]
+) -> np.ndarray:
     """Batched affine warp about the frame's centre; ``matrix(n, rng)`` gives (n, 2, 3) in ``affine_grid`` terms."""
     x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
     theta = torch.from_numpy(matrix(len(images), rng).astype(np.float32))
@@ -64,7 +66,9 @@ def rotate(degrees: float) -> Callable:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             a = np.radians(degrees) * _signs(n, rng)
             return _matrices(np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0)
+
         return _affine(images, rng, matrix)
+
     return apply
 
 
@@ -72,7 +76,9 @@ def shear(amount: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             return _matrices(np.ones(n), amount * _signs(n, rng), 0, 0, 1, 0)
+
         return _affine(images, rng, matrix)
+
     return apply
 
 
@@ -81,7 +87,9 @@ def scale(factor: float) -> Callable:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             # affine_grid maps output to input coordinates: a digit 0.6x as large samples 1/0.6 as far.
             return _matrices(np.full(n, 1 / factor), 0, 0, 0, 1 / factor, 0)
+
         return _affine(images, rng, matrix)
+
     return apply
 
 
@@ -90,7 +98,9 @@ def shift(pixels: float) -> Callable:
         def matrix(n: int, rng: np.random.Generator) -> np.ndarray:
             angle = rng.uniform(0, 2 * np.pi, n)  # off-centre by ``pixels`` in a random direction
             return _matrices(1, 0, pixels * np.cos(angle) * 2 / 28, 0, 1, pixels * np.sin(angle) * 2 / 28)
+
         return _affine(images, rng, matrix)
+
     return apply
 
 
@@ -104,12 +114,14 @@ def stroke(radius: int, thicken: bool) -> Callable:
         op = ndimage.grey_dilation if thicken else ndimage.grey_erosion
         out = op(big, footprint=disc[None])
         return np.rint(out.reshape(len(images), 28, 2, 28, 2).mean(axis=(2, 4))).astype(np.uint8)
+
     return apply
 
 
 def gaussian_noise(sigma: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.clip(np.rint(images + rng.normal(0, sigma, images.shape)), 0, 255).astype(np.uint8)
+
     return apply
 
 
@@ -119,26 +131,32 @@ def salt_pepper(fraction: float) -> Callable:
         hit = rng.random(images.shape) < fraction
         out[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255).astype(np.uint8)
         return out
+
     return apply
 
 
 def blur(sigma: float) -> Callable:
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.rint(ndimage.gaussian_filter(images.astype(np.float32), (0, sigma, sigma))).astype(np.uint8)
+
     return apply
 
 
 def contrast(factor: float) -> Callable:
     """A faint digit on a grey background: the ink's range shrunk to ``factor`` around mid-grey's lower part."""
+
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.rint(images * factor + 255 * (1 - factor) * 0.3).astype(np.uint8)
+
     return apply
 
 
 def _through_preprocess(make_picture: Callable[[np.ndarray, np.random.Generator], np.ndarray | bytes]) -> Callable:
     """An image corruption: each digit made into a picture, then read back by the served model's ``to_mnist``."""
+
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.stack([to_mnist(make_picture(image, rng)) for image in images]) if len(images) else images.copy()
+
     return apply
 
 
@@ -153,29 +171,99 @@ def _jpeg(quality: int) -> Callable:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
         return buffer.getvalue()
+
     return make
 
 
 def _catalogue() -> dict[str, Corruption]:
     spec = [  # family, kind, (name, describe, function) at the milder severity, then the harsher
-        ("rotate", "array", [("rotate_15", "rotated by 15 degrees, either way", rotate(15)), ("rotate_30", "rotated by 30 degrees", rotate(30))]),
+        (
+            "rotate",
+            "array",
+            [
+                ("rotate_15", "rotated by 15 degrees, either way", rotate(15)),
+                ("rotate_30", "rotated by 30 degrees", rotate(30)),
+            ],
+        ),
         ("shear", "array", [("shear_20", "sheared by 0.2", shear(0.2)), ("shear_40", "sheared by 0.4", shear(0.4))]),
-        ("scale", "array", [("scale_60", "scaled to 0.6x", scale(0.6)), ("scale_140", "scaled to 1.4x (cut at the frame)", scale(1.4))]),
-        ("shift", "array", [("shift_3", "moved 3 px off-centre", shift(3)), ("shift_6", "moved 6 px off-centre", shift(6))]),
-        ("thin", "array", [("thin_1", "strokes eroded by 0.5 px", stroke(1, False)), ("thin_2", "strokes eroded by 1 px", stroke(2, False))]),
-        ("thick", "array", [("thick_1", "strokes dilated by 0.5 px", stroke(1, True)), ("thick_2", "strokes dilated by 1 px", stroke(2, True))]),
-        ("noise", "array", [("noise_25", "Gaussian noise, sigma 25 grey levels", gaussian_noise(25)), ("noise_50", "Gaussian noise, sigma 50", gaussian_noise(50))]),
-        ("salt_pepper", "array", [("salt_pepper_2", "2% of pixels black or white", salt_pepper(0.02)), ("salt_pepper_5", "5% of pixels", salt_pepper(0.05))]),
-        ("blur", "array", [("blur_07", "Gaussian blur, sigma 0.7 px", blur(0.7)), ("blur_12", "Gaussian blur, sigma 1.2 px", blur(1.2))]),
-        ("contrast", "array", [("contrast_40", "contrast cut to 40% on grey", contrast(0.4)), ("contrast_20", "contrast cut to 20% on grey", contrast(0.2))]),
+        (
+            "scale",
+            "array",
+            [
+                ("scale_60", "scaled to 0.6x", scale(0.6)),
+                ("scale_140", "scaled to 1.4x (cut at the frame)", scale(1.4)),
+            ],
+        ),
+        (
+            "shift",
+            "array",
+            [("shift_3", "moved 3 px off-centre", shift(3)), ("shift_6", "moved 6 px off-centre", shift(6))],
+        ),
+        (
+            "thin",
+            "array",
+            [
+                ("thin_1", "strokes eroded by 0.5 px", stroke(1, False)),
+                ("thin_2", "strokes eroded by 1 px", stroke(2, False)),
+            ],
+        ),
+        (
+            "thick",
+            "array",
+            [
+                ("thick_1", "strokes dilated by 0.5 px", stroke(1, True)),
+                ("thick_2", "strokes dilated by 1 px", stroke(2, True)),
+            ],
+        ),
+        (
+            "noise",
+            "array",
+            [
+                ("noise_25", "Gaussian noise, sigma 25 grey levels", gaussian_noise(25)),
+                ("noise_50", "Gaussian noise, sigma 50", gaussian_noise(50)),
+            ],
+        ),
+        (
+            "salt_pepper",
+            "array",
+            [
+                ("salt_pepper_2", "2% of pixels black or white", salt_pepper(0.02)),
+                ("salt_pepper_5", "5% of pixels", salt_pepper(0.05)),
+            ],
+        ),
+        (
+            "blur",
+            "array",
+            [
+                ("blur_07", "Gaussian blur, sigma 0.7 px", blur(0.7)),
+                ("blur_12", "Gaussian blur, sigma 1.2 px", blur(1.2)),
+            ],
+        ),
+        (
+            "contrast",
+            "array",
+            [
+                ("contrast_40", "contrast cut to 40% on grey", contrast(0.4)),
+                ("contrast_20", "contrast cut to 20% on grey", contrast(0.2)),
+            ],
+        ),
         ("invert", "image", [("invert", "a PNG of dark ink on white", _through_preprocess(_inverted_png))]),
         ("jpeg", "image", [("jpeg_20", "a 28x28 JPEG at quality 20", _through_preprocess(_jpeg(20)))]),
-        ("canvas", "image", [("canvas", "a 280-px canvas drawing with a 4-8 px pen", _through_preprocess(render.canvas))]),
-        ("photo", "image", [("photo", "a photo of ink on unevenly lit grey paper, JPEG", _through_preprocess(render.photo))]),
+        (
+            "canvas",
+            "image",
+            [("canvas", "a 280-px canvas drawing with a 4-8 px pen", _through_preprocess(render.canvas))],
+        ),
+        (
+            "photo",
+            "image",
+            [("photo", "a photo of ink on unevenly lit grey paper, JPEG", _through_preprocess(render.photo))],
+        ),
     ]
     return {
         name: Corruption(name, family, kind, i == 0, describe, fn)
-        for family, kind, severities in spec for i, (name, describe, fn) in enumerate(severities)
+        for family, kind, severities in spec
+        for i, (name, describe, fn) in enumerate(severities)
     }
 
 
@@ -194,4 +282,3 @@ def corrupt(name: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
     # One stream per corruption, so adding a corruption does not change the others' images.
     rng = np.random.default_rng([seed, sum((i + 1) * ord(c) for i, c in enumerate(name))])
     return CORRUPTIONS[name].apply(np.ascontiguousarray(images, dtype=np.uint8), rng)
-

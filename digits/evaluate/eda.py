@@ -15,7 +15,13 @@ from digits.learn.data import MNIST
 log = logging.getLogger(__name__)
 
 EDA_DIR = "eda"
-EDA_FIGURES = ("class_distribution.png", "pixel_histogram.png", "mean_images.png", "embedding_pca.png", "embedding_tsne.png")
+EDA_FIGURES = (
+    "class_distribution.png",
+    "pixel_histogram.png",
+    "mean_images.png",
+    "embedding_pca.png",
+    "embedding_tsne.png",
+)
 EDA_DIGEST_TAG = "eda_data_digest"
 EDA_VERSION_TAG = "eda_version"
 EDA_VERSION = "1"  # bump when the EDA figures change, so the next pipeline run logs the new ones

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import numpy as np
 
-from digits.evaluate import metrics
-from digits.evaluate import plots
-from digits.evaluate import robustness
 from digits.core.errors import DigitsError
+from digits.evaluate import metrics, plots, robustness
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,11 @@ def log_test_evaluation(
             (Path(tmp) / name).write_bytes(plots.figure_to_png(build()))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)
     if predict is not None and images is not None:
-        values.update(robustness.log_robustness(predict, images, y_true, label=_MODEL_LABELS.get(family, family), reference=reference))
+        values.update(
+            robustness.log_robustness(
+                predict, images, y_true, label=_MODEL_LABELS.get(family, family), reference=reference
+            )
+        )
     return values
 
 

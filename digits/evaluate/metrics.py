@@ -22,7 +22,17 @@ N_CLASSES = 10
 LABELS = list(range(N_CLASSES))
 ECE_BINS = 15
 
-METRIC_NAMES = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss", "brier", "rmse", "ece")
+METRIC_NAMES = (
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "rmse",
+    "ece",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,9 @@ def _check_labels(y_true: np.ndarray) -> np.ndarray:
     if y.ndim != 1:
         raise ValueError(f"y_true must be one-dimensional (N,), got shape {y.shape}")
     if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= N_CLASSES):
-        raise ValueError(f"y_true must hold integer digits 0-{N_CLASSES - 1}, got dtype {y.dtype} with values {y.min()}..{y.max()}")
+        raise ValueError(
+            f"y_true must hold integer digits 0-{N_CLASSES - 1}, got dtype {y.dtype} with values {y.min()}..{y.max()}"
+        )
     return y.astype(np.int64, copy=False)
 
 
@@ -179,9 +191,15 @@ def top_confusions(y_true: np.ndarray, y_pred: np.ndarray, k: int = 10) -> pd.Da
     Most frequent first, ties in (true, predicted) order; fewer than ``k`` rows when there are fewer such pairs.
     """
     matrix = confusion_counts(y_true, y_pred)
-    true, predicted = np.nonzero(matrix * (1 - np.eye(N_CLASSES, dtype=np.int64)))  # row-major: already (true, predicted) order
+    true, predicted = np.nonzero(
+        matrix * (1 - np.eye(N_CLASSES, dtype=np.int64))
+    )  # row-major: already (true, predicted) order
     counts = matrix[true, predicted]
     order = np.argsort(-counts, kind="stable")[: max(0, k)]  # stable keeps the (true, predicted) order among ties
     return pd.DataFrame(
-        {"true": true[order].astype(np.int64), "predicted": predicted[order].astype(np.int64), "count": counts[order].astype(np.int64)}
+        {
+            "true": true[order].astype(np.int64),
+            "predicted": predicted[order].astype(np.int64),
+            "count": counts[order].astype(np.int64),
+        }
     )

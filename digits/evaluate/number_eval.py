@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from digits.evaluate import render
 from digits.core.errors import DigitsError
+from digits.evaluate import render
 from digits.serve.numbers import read_number
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def _digit_ink(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
 
 
-def compose(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int, spacing: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
+def compose(
+    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int, spacing: str
+) -> tuple[np.ndarray, str, tuple[int, ...]]:
     """A strip of MNIST ink (uint8, light on black) holding ``length`` random digits of ``images``, its text and the
     digits' indices."""
     if spacing not in SPACINGS:
@@ -83,8 +85,15 @@ def compose(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, le
     return strip, "".join(str(int(labels[i])) for i in picks), tuple(int(i) for i in picks)
 
 
-def number_set(images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0, lengths: Sequence[int] = LENGTHS,
-               spacings: Sequence[str] = SPACINGS, renderers: Sequence[str] = RENDERERS) -> list[NumberSample]:
+def number_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    seed: int = 0,
+    lengths: Sequence[int] = LENGTHS,
+    spacings: Sequence[str] = SPACINGS,
+    renderers: Sequence[str] = RENDERERS,
+) -> list[NumberSample]:
     """``size`` numbers for every (length, spacing, renderer): seeded, from ``images`` (pass the test set)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -148,13 +157,18 @@ def worst_misreads_figure(samples: Sequence[NumberSample], readings: Sequence[tu
     """The most confident wrong readings: each picture with its true and read text."""
     import matplotlib.pyplot as plt
 
-    wrong = sorted((i for i, (s, r) in enumerate(zip(samples, readings)) if s.text != r[0]), key=lambda i: -readings[i][1])[:n]
+    wrong = sorted(
+        (i for i, (s, r) in enumerate(zip(samples, readings)) if s.text != r[0]), key=lambda i: -readings[i][1]
+    )[:n]
     fig, axes = plt.subplots(max(1, len(wrong)), 1, figsize=(8, 1.2 * max(1, len(wrong))), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
         ax.imshow(samples[i].picture, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"true {samples[i].text}, read {readings[i][0] or '(nothing)'} ({readings[i][1]:.2f}; {samples[i].spacing}, {samples[i].renderer})", fontsize=8)
+        ax.set_title(
+            f"true {samples[i].text}, read {readings[i][0] or '(nothing)'} ({readings[i][1]:.2f}; {samples[i].spacing}, {samples[i].renderer})",
+            fontsize=8,
+        )
     if not wrong:
         axes[0, 0].set_title("no misreads")
     fig.tight_layout()
@@ -169,8 +183,15 @@ def log_number_evaluation(samples: Sequence[NumberSample], readings: Sequence[tu
 
     values = number_metrics(samples, readings)
     mlflow.log_metrics(values)
-    table = pd.DataFrame({"text": [s.text for s in samples], "read": [r[0] for r in readings], "confidence": [r[1] for r in readings],
-                          "spacing": [s.spacing for s in samples], "renderer": [s.renderer for s in samples]})
+    table = pd.DataFrame(
+        {
+            "text": [s.text for s in samples],
+            "read": [r[0] for r in readings],
+            "confidence": [r[1] for r in readings],
+            "spacing": [s.spacing for s in samples],
+            "renderer": [s.renderer for s in samples],
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         table.to_csv(Path(tmp) / "readings.csv", index=False)
         fig = worst_misreads_figure(samples, readings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -21,7 +21,18 @@ from digits.evaluate.metrics import LABELS, N_CLASSES, confusion_counts, per_cla
 
 DPI = 110
 # matplotlib's tab10, written out so that nothing is computed at import and the rcParams colour cycle cannot change it.
-_DIGIT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_DIGIT_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 # The tab10 colours alone are hard to tell apart for some readers: alternate the line style too.
 _LINESTYLES = ["-", "--", "-.", ":"]
 RELIABILITY_MIN_COUNT = 30  # reliability bins with fewer images are drawn hollow
@@ -127,7 +138,9 @@ def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
     ax = fig.add_subplot()
     if not aucs:
         ax.set_axis_off()
-        ax.text(0.5, 0.5, "ROC undefined: the labels hold a single digit", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "ROC undefined: the labels hold a single digit", ha="center", va="center", transform=ax.transAxes
+        )
         return fig
     # The smallest non-zero FPR any curve can reach: 1 / (number of negatives of the digit with the most negatives).
     floor = 1.0 / max(int(np.sum(y_true != d)) for d in aucs)
@@ -138,8 +151,12 @@ def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
         starts.append(float(tpr[fpr <= left].max()))
         # FPR 0 has no place on a log axis: draw those points at the left edge, so each curve starts where it should.
         ax.plot(
-            np.maximum(fpr, left), tpr, color=_DIGIT_COLORS[digit], linestyle=_LINESTYLES[digit % len(_LINESTYLES)],
-            linewidth=1.6, label=f"{digit}  (AUC {auc:.4f})",
+            np.maximum(fpr, left),
+            tpr,
+            color=_DIGIT_COLORS[digit],
+            linestyle=_LINESTYLES[digit % len(_LINESTYLES)],
+            linewidth=1.6,
+            label=f"{digit}  (AUC {auc:.4f})",
         )
     # Zoom the TPR axis to where the curves start at the left edge (to a multiple of 0.1): near-perfect
     # classifiers otherwise squeeze all ten curves into a thin band under 1.0. The title says so.
@@ -241,15 +258,45 @@ def reliability_figure(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) ->
     filled = rel.count > 0
     top.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1, label="perfect calibration")
     # Each bin's point sits at its mean confidence, so its distance from the diagonal is exactly the bin's gap.
-    top.plot(rel.confidence[filled], rel.accuracy[filled], "o-", color="tab:blue", markersize=5, label="bins: accuracy vs mean confidence")
+    top.plot(
+        rel.confidence[filled],
+        rel.accuracy[filled],
+        "o-",
+        color="tab:blue",
+        markersize=5,
+        label="bins: accuracy vs mean confidence",
+    )
     # A bin of a handful of images swings from 0 to 1 by chance: hollow markers say "do not read much into it".
     few = filled & (rel.count < RELIABILITY_MIN_COUNT)
     if few.any():
-        top.plot(rel.confidence[few], rel.accuracy[few], "o", color="tab:blue", markerfacecolor="white", markersize=6, zorder=3,
-                 label=f"hollow: a bin of fewer than {RELIABILITY_MIN_COUNT} images (noisy)")
-    top.vlines(rel.confidence[filled], rel.confidence[filled], rel.accuracy[filled], color="tab:red", linewidth=1.5, label="gap (what the ECE averages)")
-    top.text(0.97, 0.05, "above the diagonal: under-confident\nbelow: over-confident", transform=top.transAxes,
-             ha="right", va="bottom", fontsize=9, color="0.3")
+        top.plot(
+            rel.confidence[few],
+            rel.accuracy[few],
+            "o",
+            color="tab:blue",
+            markerfacecolor="white",
+            markersize=6,
+            zorder=3,
+            label=f"hollow: a bin of fewer than {RELIABILITY_MIN_COUNT} images (noisy)",
+        )
+    top.vlines(
+        rel.confidence[filled],
+        rel.confidence[filled],
+        rel.accuracy[filled],
+        color="tab:red",
+        linewidth=1.5,
+        label="gap (what the ECE averages)",
+    )
+    top.text(
+        0.97,
+        0.05,
+        "above the diagonal: under-confident\nbelow: over-confident",
+        transform=top.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        color="0.3",
+    )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.02)
     top.set_ylabel("accuracy")
@@ -321,7 +368,9 @@ def mean_images_figure(images: np.ndarray, labels: np.ndarray) -> Figure:
     return fig
 
 
-def embedding_figure(images: np.ndarray, labels: np.ndarray, method: str = "pca", sample: int = 2000, seed: int = 0) -> Figure:
+def embedding_figure(
+    images: np.ndarray, labels: np.ndarray, method: str = "pca", sample: int = 2000, seed: int = 0
+) -> Figure:
     """2-D PCA or t-SNE of a seeded random sample of ``sample`` images (0 = all), coloured by digit.
 
     Each digit is labelled at the median of its points, and the legend maps colours to digits.
@@ -358,13 +407,23 @@ def embedding_figure(images: np.ndarray, labels: np.ndarray, method: str = "pca"
         members = y == digit
         if not members.any():
             continue
-        ax.scatter(points[members, 0], points[members, 1], s=6, alpha=0.6, color=_DIGIT_COLORS[digit], label=str(digit), linewidths=0)
+        ax.scatter(
+            points[members, 0],
+            points[members, 1],
+            s=6,
+            alpha=0.6,
+            color=_DIGIT_COLORS[digit],
+            label=str(digit),
+            linewidths=0,
+        )
     for digit in LABELS:
         members = y == digit
         if not members.any():
             continue
         cx, cy = np.median(points[members], axis=0)
-        text = ax.text(cx, cy, str(digit), fontsize=16, fontweight="bold", ha="center", va="center", color=_DIGIT_COLORS[digit])
+        text = ax.text(
+            cx, cy, str(digit), fontsize=16, fontweight="bold", ha="center", va="center", color=_DIGIT_COLORS[digit]
+        )
         # A white outline keeps the label readable on top of its own (and other) points.
         text.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="white")])
     ax.set_xlabel(axis_names[0])

@@ -19,13 +19,18 @@ __all__ = ["CANVAS_SCALE", "PHOTO_SCALE", "canvas", "photo", "thin", "upscale"]
 
 CANVAS_SCALE = 10  # a 28x28 digit becomes the app's 280x280 canvas
 PHOTO_SCALE = 8  # a phone crop of one digit: ~224 px
-_PEN_RANGE = (2.0, 4.0)  # pen radius in canvas pixels: a mouse pen is 4-8 px wide on a 280-px canvas, MNIST's stroke ~26
+_PEN_RANGE = (
+    2.0,
+    4.0,
+)  # pen radius in canvas pixels: a mouse pen is 4-8 px wide on a 280-px canvas, MNIST's stroke ~26
 
 
 def upscale(ink: np.ndarray, scale: int) -> np.ndarray:
     """Float32 ink in [0, 1], ``scale`` times larger (bicubic, clipped)."""
     h, w = ink.shape
-    big = Image.fromarray(ink.astype(np.float32) / 255, mode="F").resize((w * scale, h * scale), Image.Resampling.BICUBIC)
+    big = Image.fromarray(ink.astype(np.float32) / 255, mode="F").resize(
+        (w * scale, h * scale), Image.Resampling.BICUBIC
+    )
     return np.clip(np.asarray(big, dtype=np.float32), 0, 1)
 
 

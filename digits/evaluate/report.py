@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from digits.evaluate import robustness
 from digits.core.config import TrainConfig
+from digits.evaluate import robustness
 from digits.learn.data import MNIST, Split
 
 CARD_FILE = "model_card.md"
@@ -39,7 +40,13 @@ _ROWS = (
 
 
 # The sentence under the table of the CNN's confusions (at most five rows) starts with the right count.
-_THESE_PAIRS = {1: "This pair is", 2: "These two pairs are", 3: "These three pairs are", 4: "These four pairs are", 5: "These five pairs are"}
+_THESE_PAIRS = {
+    1: "This pair is",
+    2: "These two pairs are",
+    3: "These three pairs are",
+    4: "These four pairs are",
+    5: "These five pairs are",
+}
 
 
 class Outcome(Protocol):
@@ -67,8 +74,14 @@ class DataSummary:
 def data_summary(mnist: MNIST, split: Split, config: TrainConfig) -> DataSummary:
     """The card's data section from the loaded MNIST and its split."""
     return DataSummary(
-        source=mnist.source, digest=mnist.digest, train=len(split.train), val=len(split.val), test=len(mnist.test_labels),
-        subset=config.subset, seed=config.seed, final_train=len(split.train) + len(split.val),
+        source=mnist.source,
+        digest=mnist.digest,
+        train=len(split.train),
+        val=len(split.val),
+        test=len(mnist.test_labels),
+        subset=config.subset,
+        seed=config.seed,
+        final_train=len(split.train) + len(split.val),
     )
 
 
@@ -95,7 +108,9 @@ def model_card(**arguments: Any) -> str:
 
 def card_template() -> string.Template:
     """The card's prose, ``digits/templates/model_card.md`` (package data; the served model does not need it)."""
-    return string.Template(resources.files("digits.evaluate").joinpath("templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8"))
+    return string.Template(
+        resources.files("digits.evaluate").joinpath("templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    )
 
 
 def card_fields(
@@ -118,7 +133,8 @@ def card_fields(
     ``selection``: how the configuration was chosen, one sentence.
     """
     metric_rows = [
-        [label, better, _fmt(baseline.get("test_" + key), how), _fmt(cnn.get("test_" + key), how)] for key, label, how, better in _ROWS
+        [label, better, _fmt(baseline.get("test_" + key), how), _fmt(cnn.get("test_" + key), how)]
+        for key, label, how, better in _ROWS
     ]
     return {
         "model_name": model_name,
@@ -134,9 +150,13 @@ def card_fields(
         "digest": data.digest,
         "seed": str(data.seed),
         "selection": selection,
-        "config_table": _table(["parameter", "value"], [[k, f"`{v}`"] for k, v in config.to_dict().items() if k != "data_dir"]),
+        "config_table": _table(
+            ["parameter", "value"], [[k, f"`{v}`"] for k, v in config.to_dict().items() if k != "data_dir"]
+        ),
         "metrics_table": _table(["metric", "better", "baseline (logistic regression)", "CNN"], metric_rows),
-        "confusions": _confusions_text(confusions, test_support, cnn.get("test_errors", float("nan")), baseline_confusions),
+        "confusions": _confusions_text(
+            confusions, test_support, cnn.get("test_errors", float("nan")), baseline_confusions
+        ),
         "robustness": robustness.card_section(dict(baseline), dict(cnn)),
         "runs_table": _table(["what", "MLflow run id"], [[k, f"`{v}`"] for k, v in runs.items()]),
         "feedback": feedback_text(config, cnn),
@@ -148,11 +168,16 @@ def feedback_text(config: TrainConfig, cnn: Mapping[str, float]) -> str:
     if not getattr(config, "extra_data", ""):
         return "None: trained on MNIST alone (`extra_data` empty)."
     trained, held = int(cnn.get("feedback_train_images", 0)), int(cnn.get("feedback_heldout_images", 0))
-    score = (f"accuracy on those {held:,} held-out feedback images (`feedback_accuracy`): **{_fmt(cnn['feedback_accuracy'], 'pct')}**"
-             if "feedback_accuracy" in cnn else "no feedback image was held out, so there is no `feedback_accuracy`")
-    return (f"From the export `{config.extra_data}`: {trained:,} images joined the training split and {held:,} "
-            f"(a seeded 20% by image digest) were never trained on; {score}. The promotion rule still compares "
-            "models on the MNIST test set alone.")
+    score = (
+        f"accuracy on those {held:,} held-out feedback images (`feedback_accuracy`): **{_fmt(cnn['feedback_accuracy'], 'pct')}**"
+        if "feedback_accuracy" in cnn
+        else "no feedback image was held out, so there is no `feedback_accuracy`"
+    )
+    return (
+        f"From the export `{config.extra_data}`: {trained:,} images joined the training split and {held:,} "
+        f"(a seeded 20% by image digest) were never trained on; {score}. The promotion rule still compares "
+        "models on the MNIST test set alone."
+    )
 
 
 def _confusions_text(
@@ -173,9 +198,14 @@ def _confusions_text(
         if total:
             top = int(confusions.head(5)["count"].sum())
             these = _THESE_PAIRS[len(rows)]
-            lines += ["", f"{these} {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`."]
+            lines += [
+                "",
+                f"{these} {top:,} of the {total:,} mistakes; the full matrix is the run's `evaluation/confusion_matrix.png`.",
+            ]
     if baseline_confusions is not None and not baseline_confusions.empty:
-        pairs = ", ".join(f"{r.true} → {r.predicted} ({int(r.count)})" for r in baseline_confusions.head(3).itertuples(index=False))
+        pairs = ", ".join(
+            f"{r.true} → {r.predicted} ({int(r.count)})" for r in baseline_confusions.head(3).itertuples(index=False)
+        )
         lines += ["", f"The baseline's most frequent confusions, for comparison: {pairs}."]
     return "\n".join(lines)
 

@@ -15,18 +15,27 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from digits.evaluate import corruptions
-from digits.evaluate import plots
-from digits.learn.data import stratified_order
 from digits.core.errors import DigitsError
+from digits.evaluate import corruptions, plots
+from digits.learn.data import stratified_order
 
-__all__ = ["DEFAULT_SIZE", "FIGURE", "TABLE", "corrupted_sets", "log_robustness", "robustness_figure", "robust_metrics", "robustness_table", "sample_size"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "FIGURE",
+    "TABLE",
+    "corrupted_sets",
+    "log_robustness",
+    "robustness_figure",
+    "robust_metrics",
+    "robustness_table",
+    "sample_size",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +69,18 @@ def corrupted_sets(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[n
     if key not in _CACHE:
         t0 = time.perf_counter()
         _CACHE[key] = {name: corruptions.corrupt(name, images[index], SEED) for name in corruptions.names()}
-        log.info("robustness: %d corruptions of %d test digits made in %.1fs", len(_CACHE[key]), size, time.perf_counter() - t0)
+        log.info(
+            "robustness: %d corruptions of %d test digits made in %.1fs",
+            len(_CACHE[key]),
+            size,
+            time.perf_counter() - t0,
+        )
     return labels[index], _CACHE[key]
 
 
-def robustness_table(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, size: int | None = None) -> pd.DataFrame:
+def robustness_table(
+    predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, size: int | None = None
+) -> pd.DataFrame:
     """Accuracy per corruption of the model behind ``predict`` (uint8 (N, 28, 28) -> probabilities (N, 10))."""
     size = sample_size(len(labels)) if size is None else size
     y, sets = corrupted_sets(images, labels, size)
@@ -72,8 +88,18 @@ def robustness_table(predict: Callable[[np.ndarray], np.ndarray], images: np.nda
     for name, x in sets.items():
         c = corruptions.CORRUPTIONS[name]
         correct = int((np.asarray(predict(x)).argmax(axis=1) == y).sum())
-        rows.append({"corruption": name, "family": c.family, "kind": c.kind, "severity": "mild" if c.mild else "harsh",
-                     "accuracy": correct / len(y), "errors": len(y) - correct, "n": len(y), "description": c.describe})
+        rows.append(
+            {
+                "corruption": name,
+                "family": c.family,
+                "kind": c.kind,
+                "severity": "mild" if c.mild else "harsh",
+                "accuracy": correct / len(y),
+                "errors": len(y) - correct,
+                "n": len(y),
+                "description": c.describe,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -85,7 +111,11 @@ def robust_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 
 def log_robustness(
-    predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, *, label: str,
+    predict: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    label: str,
     reference: tuple[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Measure, then log metrics, table and figure into the active run; return the metrics.
@@ -109,12 +139,18 @@ def log_robustness(
         (Path(tmp) / FIGURE).write_bytes(plots.figure_to_png(figure))
         mlflow.log_artifacts(tmp, "evaluation")
     worst = table.nsmallest(3, "accuracy")
-    log.info("robustness (%s, %d digits, %.1fs): mean %.2f%%; weakest %s", label, int(table["n"].iloc[0]), time.perf_counter() - t0,
-             100 * values["robust_mean_accuracy"], ", ".join(f"{r.corruption} {100 * r.accuracy:.1f}%" for r in worst.itertuples()))
+    log.info(
+        "robustness (%s, %d digits, %.1fs): mean %.2f%%; weakest %s",
+        label,
+        int(table["n"].iloc[0]),
+        time.perf_counter() - t0,
+        100 * values["robust_mean_accuracy"],
+        ", ".join(f"{r.corruption} {100 * r.accuracy:.1f}%" for r in worst.itertuples()),
+    )
     return values
 
 
-def robustness_figure(names: list[str], series: dict[str, np.ndarray], n: int) -> "matplotlib.figure.Figure":
+def robustness_figure(names: list[str], series: dict[str, np.ndarray], n: int) -> matplotlib.figure.Figure:  # noqa: F821 (matplotlib: imported where drawn)
     """Horizontal bars: accuracy per corruption, one bar per model (``series``: name -> accuracies in ``names`` order)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
@@ -124,8 +160,13 @@ def robustness_figure(names: list[str], series: dict[str, np.ndarray], n: int) -
     height = 0.8 / len(series)
     rows = np.arange(len(names))
     for i, (model, accuracy) in enumerate(series.items()):
-        ax.barh(rows + (i - (len(series) - 1) / 2) * height, 100 * np.asarray(accuracy), height=height, label=model,
-                color=("#7f7f7f", "#1f77b4", "#ff7f0e")[i % 3])
+        ax.barh(
+            rows + (i - (len(series) - 1) / 2) * height,
+            100 * np.asarray(accuracy),
+            height=height,
+            label=model,
+            color=("#7f7f7f", "#1f77b4", "#ff7f0e")[i % 3],
+        )
     ax.set_yticks(rows, names)
     ax.invert_yaxis()  # the catalogue's order, top to bottom
     low = min(float(np.nanmin(100 * np.asarray(a))) for a in series.values())
@@ -149,14 +190,20 @@ def card_section(baseline: dict[str, float], cnn: dict[str, float]) -> str:
     for c in corruptions.CORRUPTIONS.values():
         key = f"robust_{c.name}_accuracy"
         base, mine = baseline.get(key), cnn.get(key)
-        rows.append(f"| {c.name} | {c.describe} | {'-' if base is None else f'{base:.2%}'} | {'-' if mine is None else f'{mine:.2%}'} |")
+        rows.append(
+            f"| {c.name} | {c.describe} | {'-' if base is None else f'{base:.2%}'} | {'-' if mine is None else f'{mine:.2%}'} |"
+        )
         if mine is not None and mine < WEAK:
             weak.append(f"{c.name} ({mine:.1%})")
     lines = [
         "Test digits corrupted MNIST-C style at fixed seeds (`digits.evaluate.corruptions`); pictures go through the served"
-        " model's preprocessing, pixel arrays straight to the network.", "",
-        "| corruption | what | baseline | CNN |", "|---|---|---|---|", *rows,
-        f"| **mean** | all of the above | {baseline.get('robust_mean_accuracy', float('nan')):.2%} | {cnn['robust_mean_accuracy']:.2%} |", "",
+        " model's preprocessing, pixel arrays straight to the network.",
+        "",
+        "| corruption | what | baseline | CNN |",
+        "|---|---|---|---|",
+        *rows,
+        f"| **mean** | all of the above | {baseline.get('robust_mean_accuracy', float('nan')):.2%} | {cnn['robust_mean_accuracy']:.2%} |",
+        "",
         f"Still weak (under {WEAK:.0%}): {', '.join(weak)}." if weak else f"No corruption under {WEAK:.0%}.",
     ]
     return "\n".join(lines)

@@ -28,9 +28,10 @@ import os
 import uuid
 import zipfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def default_dir(tracking_uri: str | None = None) -> Path:
     default ``sqlite:///mlflow.db`` in the working directory), else ``~/.cache/digits/feedback``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db") if tracking_uri is None else tracking_uri
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).expanduser().absolute().parent / "feedback"
+        return Path(uri[len("sqlite:///") :]).expanduser().absolute().parent / "feedback"
     return Path.home() / ".cache" / "digits" / "feedback"
 
 
@@ -76,7 +77,10 @@ def _check_label(label: Any) -> int:
 
 def _line(entry: dict[str, Any]) -> bytes:
     body = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-    return (json.dumps({**entry, "sum": hashlib.sha256(body.encode()).hexdigest()}, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    return (
+        json.dumps({**entry, "sum": hashlib.sha256(body.encode()).hexdigest()}, sort_keys=True, separators=(",", ":"))
+        + "\n"
+    ).encode()
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
@@ -126,8 +130,17 @@ class Store:
     def table(self) -> Path:
         return self.root / TABLE
 
-    def record(self, *, mnist: np.ndarray, label: int, model: str, prediction: int | None = None,
-               confidence: float | None = None, picture: bytes | None = None, source: str = "app") -> dict[str, Any]:
+    def record(
+        self,
+        *,
+        mnist: np.ndarray,
+        label: int,
+        model: str,
+        prediction: int | None = None,
+        confidence: float | None = None,
+        picture: bytes | None = None,
+        source: str = "app",
+    ) -> dict[str, Any]:
         """Append one answer: the picture first (atomically), then its table line; return the entry."""
         entry = _new_entry(mnist, label, model, source, prediction, confidence)
         try:
@@ -182,15 +195,26 @@ class Store:
         return good, skipped
 
 
-def _new_entry(mnist: np.ndarray, label: int, model: str, source: str, prediction: int | None = None,
-               confidence: float | None = None) -> dict[str, Any]:
+def _new_entry(
+    mnist: np.ndarray,
+    label: int,
+    model: str,
+    source: str,
+    prediction: int | None = None,
+    confidence: float | None = None,
+) -> dict[str, Any]:
     image = _check_image(mnist)
     return {
-        "id": uuid.uuid4().hex, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "image_digest": image_digest(image), "mnist": base64.b64encode(image.tobytes()).decode("ascii"),
-        "label": _check_label(label), "model": str(model), "source": source,
+        "id": uuid.uuid4().hex,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "image_digest": image_digest(image),
+        "mnist": base64.b64encode(image.tobytes()).decode("ascii"),
+        "label": _check_label(label),
+        "model": str(model),
+        "source": source,
         "prediction": None if prediction is None else int(prediction),
-        "confidence": None if confidence is None else float(confidence), "picture": None,
+        "confidence": None if confidence is None else float(confidence),
+        "picture": None,
     }
 
 
@@ -227,14 +251,18 @@ def curate(entries: Iterable[dict[str, Any]], skipped: int = 0) -> Curated:
     kept = [d for d in first if len(labels[d]) == 1]
     conflicts = {d: sorted(labels[d]) for d in first if len(labels[d]) > 1}
     images = np.stack([first[d] for d in kept]) if kept else np.zeros((0, 28, 28), np.uint8)
-    return Curated(images, np.array([next(iter(labels[d])) for d in kept], np.uint8), kept, conflicts, count, skipped, per_model)
+    return Curated(
+        images, np.array([next(iter(labels[d])) for d in kept], np.uint8), kept, conflicts, count, skipped, per_model
+    )
 
 
 def describe(curated: Curated) -> str:
     """``digits feedback list``: counts per label and per model version, duplicates and conflicts."""
     per_label = np.bincount(curated.labels, minlength=10)
-    lines = [f"{curated.entries} entries, {len(curated.digests) + len(curated.conflicts)} distinct images: "
-             f"{len(curated.digests)} to export, {len(curated.conflicts)} with conflicting labels (not exported)"]
+    lines = [
+        f"{curated.entries} entries, {len(curated.digests) + len(curated.conflicts)} distinct images: "
+        f"{len(curated.digests)} to export, {len(curated.conflicts)} with conflicting labels (not exported)"
+    ]
     if curated.skipped:
         lines.append(f"{curated.skipped} incomplete or damaged lines skipped")
     lines.append("per label (exported images): " + ", ".join(f"{d}: {int(n)}" for d, n in enumerate(per_label)))
@@ -273,10 +301,14 @@ def export(curated: Curated, out: str | Path) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(out, buffer.getvalue())
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "version": content_version(curated.images, curated.labels),
-            "sha256": _sha256_file(out), "count": int(len(curated.labels)),
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": content_version(curated.images, curated.labels),
+            "sha256": _sha256_file(out),
+            "count": int(len(curated.labels)),
             "per_label": {str(d): int(n) for d, n in enumerate(np.bincount(curated.labels, minlength=10))},
-            "conflicts_excluded": len(curated.conflicts), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "conflicts_excluded": len(curated.conflicts),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_atomically(manifest_path(out), (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
@@ -299,12 +331,16 @@ def load_export(path: str | Path) -> Export:
     path = Path(path).expanduser()
     where = manifest_path(path)
     if not path.is_file():
-        raise FeedbackError(f"{path}: no such export file (an export is NAME.npz with its manifest NAME.json beside it)")
+        raise FeedbackError(
+            f"{path}: no such export file (an export is NAME.npz with its manifest NAME.json beside it)"
+        )
     try:
         manifest = json.loads(where.read_text())
         claimed = str(manifest["sha256"])
     except FileNotFoundError as exc:
-        raise FeedbackError(f"{exc.filename}: file not found (an export is NAME.npz with its manifest NAME.json)") from None
+        raise FeedbackError(
+            f"{exc.filename}: file not found (an export is NAME.npz with its manifest NAME.json)"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FeedbackError(f"{where}: not a feedback manifest ({type(exc).__name__})") from None
     try:
@@ -312,7 +348,9 @@ def load_export(path: str | Path) -> Export:
     except OSError as exc:
         raise FeedbackError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if actual != claimed:
-        raise FeedbackError(f"{path}: SHA-256 {actual[:16]}... does not match its manifest's {claimed[:16]}...: damaged or altered")
+        raise FeedbackError(
+            f"{path}: SHA-256 {actual[:16]}... does not match its manifest's {claimed[:16]}...: damaged or altered"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             images, labels = data["images"], data["labels"]

@@ -35,7 +35,9 @@ _ELASTIC = 3.0 / 14  # 3 px of local displacement
 _SHARE = 0.5  # of the images at strength 1 that also get a photometric corruption (each drawn on its own)
 
 
-def augment(x: torch.Tensor, strength: float, policy: str = "robust", generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, strength: float, policy: str = "robust", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Augment a float batch (N, 1, 28, 28) in [0, 1] with ``policy`` at ``strength`` in [0, 1]; 0 returns ``x``."""
     if strength <= 0:
         return x
@@ -67,7 +69,9 @@ def _warp(x: torch.Tensor, strength: float, generator: torch.Generator | None) -
     # Elastic: a random 4x4 field of displacements, smoothly interpolated to 28x28 (Simard et al.'s idea, batched).
     field = (torch.rand(n, 2, 4, 4, device=x.device, generator=generator) * 2 - 1) * (_ELASTIC * strength)
     field = field * m[:, 5:6, None, None].abs()
-    grid = grid + F.interpolate(field, size=x.shape[-2:], mode="bicubic", align_corners=False).permute(0, 2, 3, 1).to(x.dtype)
+    grid = grid + F.interpolate(field, size=x.shape[-2:], mode="bicubic", align_corners=False).permute(0, 2, 3, 1).to(
+        x.dtype
+    )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -75,7 +75,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     magic, count = struct.unpack(">II", raw[:8])
     ndim = magic & 0xFF
     if ndim not in _MAGIC or magic != _MAGIC[ndim]:
-        raise DataError(f"{path}: wrong magic number 0x{magic:08x} (expected 0x00000803 for images or 0x00000801 for labels)")
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x} (expected 0x00000803 for images or 0x00000801 for labels)"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated header")
@@ -104,7 +106,9 @@ def read_mnist_dir(directory: str | Path) -> MNIST:
     for key, stem in FILES.items():
         path = _find(directory, stem)
         if path is None:
-            raise DataError(f"{directory}: missing {stem}.gz (or {stem}); it needs the four MNIST IDX files {', '.join(FILES.values())}")
+            raise DataError(
+                f"{directory}: missing {stem}.gz (or {stem}); it needs the four MNIST IDX files {', '.join(FILES.values())}"
+            )
         arrays[key] = read_idx(path)
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
@@ -112,9 +116,13 @@ def read_mnist_dir(directory: str | Path) -> MNIST:
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise DataError(f"{directory}/{name}: images must be 28x28, got shape {images.shape}")
         if labels.ndim != 1:
-            raise DataError(f"{directory}/{FILES[f'{part}_labels']}: labels must be one-dimensional, got shape {labels.shape}")
+            raise DataError(
+                f"{directory}/{FILES[f'{part}_labels']}: labels must be one-dimensional, got shape {labels.shape}"
+            )
         if len(images) != len(labels):
-            raise DataError(f"{directory}: {name} holds {len(images)} images but {FILES[f'{part}_labels']} {len(labels)} labels")
+            raise DataError(
+                f"{directory}: {name} holds {len(images)} images but {FILES[f'{part}_labels']} {len(labels)} labels"
+            )
         if len(labels) and labels.max() > 9:
             raise DataError(f"{directory}/{FILES[f'{part}_labels']}: label {int(labels.max())} is not a digit 0-9")
     digest = hashlib.sha256()
@@ -141,7 +149,9 @@ def _download(directory: Path) -> Path:
     try:
         from torchvision.datasets import MNIST as TorchvisionMNIST
     except ImportError:
-        raise DataError(f"no MNIST files in {directory} and torchvision is not installed to download them: {hint}") from None
+        raise DataError(
+            f"no MNIST files in {directory} and torchvision is not installed to download them: {hint}"
+        ) from None
     log.info("MNIST not found in %s: downloading it with torchvision", directory)
     try:
         for train in (True, False):
@@ -183,7 +193,9 @@ def split_train_val(labels: np.ndarray, val_size: int, seed: int, subset: int = 
     val, train = order[:val_size], order[val_size:]
     if subset:
         if subset > len(train):
-            raise DataError(f"subset {subset} is larger than the {len(train)} training images left after the validation split")
+            raise DataError(
+                f"subset {subset} is larger than the {len(train)} training images left after the validation split"
+            )
         train = train[:subset]
     return Split(train=np.sort(train), val=np.sort(val))
 

@@ -11,8 +11,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from digits.core.config import ConfigError, TrainConfig
+from digits.core.errors import DigitsError
 from digits.learn.augment import augment
 from digits.learn.data import to_device
-from digits.core.errors import DigitsError
 from digits.serve.model import batched_logits, build_model, to_channels_last, to_input
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_accuracy = _train_epoch(net, optimizer, scheduler, x_train, y_train, batch_size, config, generator, autocast)
+        train_loss, train_accuracy = _train_epoch(
+            net, optimizer, scheduler, x_train, y_train, batch_size, config, generator, autocast
+        )
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(
                 f"training loss became {train_loss} in epoch {epoch} (lr={config.lr:g}, optimizer={config.optimizer}): "
@@ -229,5 +231,13 @@ def _log_epoch(epoch: int, epochs: int, m: dict, elapsed: float) -> None:
     val = f" val_loss {m['val_loss']:.4f} val_acc {m['val_accuracy']:.2%}" if "val_accuracy" in m else ""
     log.info(
         "epoch %d/%d train_loss %.4f train_acc %.2f%%%s lr %.3g %.0f img/s %.1fs ETA %.0fs",
-        epoch, epochs, m["train_loss"], 100 * m["train_accuracy"], val, m["lr"], m["images_per_second"], m["epoch_seconds"], eta,
+        epoch,
+        epochs,
+        m["train_loss"],
+        100 * m["train_accuracy"],
+        val,
+        m["lr"],
+        m["images_per_second"],
+        m["epoch_seconds"],
+        eta,
     )

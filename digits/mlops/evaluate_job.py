@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlflow
 import numpy as np
@@ -69,14 +69,18 @@ def load_model(model_uri: str) -> LoadedModel:
             from digits.learn import baseline
 
             estimator = mlflow.sklearn.load_model(model_uri)
-            return LoadedModel(lambda images: np.asarray(baseline.predict_proba(estimator, images)), "logreg", "sklearn", source)
+            return LoadedModel(
+                lambda images: np.asarray(baseline.predict_proba(estimator, images)), "logreg", "sklearn", source
+            )
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
     return LoadedModel(lambda images: _pyfunc_proba(pyfunc, images, model_uri), "cnn", "pyfunc", source)
 
 
-def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = None, log_eda: bool = True) -> dict[str, float]:
+def evaluate_model(
+    model_uri: str, mnist: MNIST, *, model: LoadedModel | None = None, log_eda: bool = True
+) -> dict[str, float]:
     """The ``digits evaluate`` job: evaluate ``model_uri`` on the test set and log it all as an evaluation run.
 
     The run (name ``evaluate-<family>``, tags ``model_family``, ``pipeline_step=evaluate``, ``evaluated_model_uri``,
@@ -87,7 +91,9 @@ def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = 
     model = model or load_model(model_uri)
     proba = model.predict_proba(mnist.test_images)
     if proba.shape != (len(mnist.test_images), metrics.N_CLASSES):
-        raise EvaluationError(f"model {model_uri!r} gave probabilities of shape {proba.shape}, expected ({len(mnist.test_images)}, 10)")
+        raise EvaluationError(
+            f"model {model_uri!r} gave probabilities of shape {proba.shape}, expected ({len(mnist.test_images)}, 10)"
+        )
     source = _source_run(model.source_run_id)
     family = (source.data.tags.get("model_family") if source else None) or model.family
     tags = {"evaluated_model_uri": model_uri, "model_loaded_as": model.kind, "data_digest": mnist.digest}
@@ -99,25 +105,52 @@ def evaluate_model(model_uri: str, mnist: MNIST, *, model: LoadedModel | None = 
             mlflow.set_tag("mlflow.runName", name)
         tracking.log_dataset(mnist, "test", None, "testing")
         history = history_from_run(source.info.run_id) if source else []  # the curves of the run that trained it
-        values = log_test_evaluation(mnist.test_labels, proba, images=mnist.test_images, history=history, family=family, predict=model.predict_proba)
+        values = log_test_evaluation(
+            mnist.test_labels,
+            proba,
+            images=mnist.test_images,
+            history=history,
+            family=family,
+            predict=model.predict_proba,
+        )
         if log_eda:
             log_eda_once(mnist)
         reported = source.data.metrics.get("test_accuracy") if source else None
         n = len(mnist.test_labels)
         correct = n - int(values["test_errors"])
         if reported is None:
-            log.info("%s: test accuracy %.2f%% (%d of %d); no source run accuracy to compare with", model_uri, 100 * values["test_accuracy"], correct, n)
+            log.info(
+                "%s: test accuracy %.2f%% (%d of %d); no source run accuracy to compare with",
+                model_uri,
+                100 * values["test_accuracy"],
+                correct,
+                n,
+            )
         elif round(reported * n) == correct:
-            log.info("%s: test accuracy %.2f%% (%d of %d), the same as source run %s", model_uri, 100 * values["test_accuracy"], correct, n, source.info.run_id)
+            log.info(
+                "%s: test accuracy %.2f%% (%d of %d), the same as source run %s",
+                model_uri,
+                100 * values["test_accuracy"],
+                correct,
+                n,
+                source.info.run_id,
+            )
         else:
-            log.warning("%s: test accuracy %.2f%% (%d of %d) differs from the %.2f%% of source run %s (other data or preprocessing?)",
-                        model_uri, 100 * values["test_accuracy"], correct, n, 100 * reported, source.info.run_id)
+            log.warning(
+                "%s: test accuracy %.2f%% (%d of %d) differs from the %.2f%% of source run %s (other data or preprocessing?)",
+                model_uri,
+                100 * values["test_accuracy"],
+                correct,
+                n,
+                100 * reported,
+                source.info.run_id,
+            )
         if reported is not None:
             mlflow.log_metric("source_test_accuracy", reported)
     return values
 
 
-def _pyfunc_proba(model: "mlflow.pyfunc.PyFuncModel", images: np.ndarray, model_uri: str) -> np.ndarray:
+def _pyfunc_proba(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray, model_uri: str) -> np.ndarray:
     import pandas as pd
 
     from digits.serve.model import MAX_BATCH  # what the served model accepts per request
@@ -169,7 +202,7 @@ def _run_id_of(model_uri: str) -> str | None:
     return run_id or None
 
 
-def _source_run(run_id: str | None) -> "mlflow.entities.Run | None":
+def _source_run(run_id: str | None) -> mlflow.entities.Run | None:
     if not run_id:
         return None
     try:
@@ -193,15 +226,31 @@ def quiet_downloads() -> Iterator[None]:
             os.environ[name] = before
 
 
-def evaluate_numbers(model_uri: str, images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0) -> dict[str, float]:
+def evaluate_numbers(
+    model_uri: str, images: np.ndarray, labels: np.ndarray, size: int, seed: int = 0
+) -> dict[str, float]:
     """The ``digits evaluate --number`` job: ``size`` numbers per (length, spacing, renderer) in a run ``evaluate-numbers``."""
     model = load_model(model_uri)
     samples = number_set(images, labels, size, seed)
     readings = read_all(samples, model.predict_proba)
-    with tracking.model_run("evaluate-numbers", nested=False, model_family=model.family, pipeline_step="evaluate", evaluated_model_uri=model_uri) as active:
+    with tracking.model_run(
+        "evaluate-numbers",
+        nested=False,
+        model_family=model.family,
+        pipeline_step="evaluate",
+        evaluated_model_uri=model_uri,
+    ) as active:
         if active.info.run_name != "evaluate-numbers":
             mlflow.set_tag("mlflow.runName", "evaluate-numbers")
-        mlflow.log_params({"number_set_size": size, "number_set_seed": seed, "number_lengths": f"{LENGTHS[0]}-{LENGTHS[-1]}"})
+        mlflow.log_params(
+            {"number_set_size": size, "number_set_seed": seed, "number_lengths": f"{LENGTHS[0]}-{LENGTHS[-1]}"}
+        )
         values = log_number_evaluation(samples, readings)
-    log.info("%s: %d numbers, exact match %.1f%%, digit accuracy %.1f%%", model_uri, len(samples), 100 * values["number_exact_match"], 100 * values["number_digit_accuracy"])
+    log.info(
+        "%s: %d numbers, exact match %.1f%%, digit accuracy %.1f%%",
+        model_uri,
+        len(samples),
+        100 * values["number_exact_match"],
+        100 * values["number_digit_accuracy"],
+    )
     return values

@@ -56,10 +56,19 @@ def export_onnx(network: nn.Module, config: TrainConfig, path: str | Path) -> Pa
     module = PixelsToProbabilities(network.cpu().eval()).eval()
     example = torch.zeros((2, 28, 28), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
-    with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("onnxscript", "onnx_ir"):  # progress prints and INFO lines
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        quiet_loggers("onnxscript", "onnx_ir"),
+    ):  # progress prints and INFO lines
         program = torch.onnx.export(
-            module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"pixels": {0: batch}}, opset_version=OPSET, dynamo=True, verbose=False,
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"pixels": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
         )
     proto = program.model_proto
     metadata = {
@@ -117,8 +126,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         # ONNX Runtime's symbolic shape inference does not follow the dynamo graph's reshape; ONNX's own does.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
         )
     return Path(out_path)
 
@@ -161,11 +175,17 @@ def export_model(model_uri: str, out_dir: str | Path, mnist=None) -> Exported:
     with tempfile.TemporaryDirectory(prefix="digits-export-") as tmp:
         network, config = load_checkpoint(checkpoint_of(model_uri, tmp))
         path = export_onnx(network, config, Path(tmp) / ONNX_FILE)
-        images = np.random.default_rng(0).integers(0, 256, (512, 28, 28), dtype=np.uint8) if mnist is None else mnist.test_images
+        images = (
+            np.random.default_rng(0).integers(0, 256, (512, 28, 28), dtype=np.uint8)
+            if mnist is None
+            else mnist.test_images
+        )
         expected = predict_proba(network, images)
         check = parity(network, session(path), images, expected)
         if not check.ok:
-            raise ExportError(f"the ONNX graph does not match PyTorch (max |dp| {check.max_abs_diff:.2e}, same digits: {check.same_digits})")
+            raise ExportError(
+                f"the ONNX graph does not match PyTorch (max |dp| {check.max_abs_diff:.2e}, same digits: {check.same_digits})"
+            )
         int8, accuracy = None, None
         if mnist is not None:
             int8, accuracy = _int8_if_kept(path, Path(tmp) / INT8_FILE, mnist, expected)

@@ -15,10 +15,10 @@ import logging
 import mlflow
 import numpy as np
 
-from digits.feedback import store as feedback
-from digits.mlops import tracking
 from digits.core.config import TrainConfig
+from digits.feedback import store as feedback
 from digits.learn.data import MNIST, Split
+from digits.mlops import tracking
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,21 @@ def with_extra_data(mnist: MNIST, split: Split, path: str, seed: int) -> tuple[M
     images, labels = export.images[~held], export.labels[~held]
     digest = hashlib.sha256(f"{mnist.digest}+{feedback.content_version(images, labels)}".encode()).hexdigest()[:16]
     merged = dataclasses.replace(
-        mnist, train_images=np.concatenate([mnist.train_images, images]), train_labels=np.concatenate([mnist.train_labels, labels]), digest=digest,
-        base_digest=mnist.base_digest or mnist.digest, extra_start=len(mnist.train_labels),
+        mnist,
+        train_images=np.concatenate([mnist.train_images, images]),
+        train_labels=np.concatenate([mnist.train_labels, labels]),
+        digest=digest,
+        base_digest=mnist.base_digest or mnist.digest,
+        extra_start=len(mnist.train_labels),
     )
     added = np.arange(len(mnist.train_labels), len(merged.train_labels))
-    log.info("extra data %s (version %s): %d images join the training split, %d held out for feedback_accuracy",
-             export.path, export.manifest.get("version"), len(labels), int(held.sum()))
+    log.info(
+        "extra data %s (version %s): %d images join the training split, %d held out for feedback_accuracy",
+        export.path,
+        export.manifest.get("version"),
+        len(labels),
+        int(held.sum()),
+    )
     return merged, Split(train=np.concatenate([split.train, added]), val=split.val)
 
 
@@ -57,7 +66,9 @@ def log_feedback_evaluation(config: TrainConfig, predict_proba) -> dict[str, flo
     for mask, context in ((~held, "feedback-training"), (held, "feedback-evaluation")):
         images, labels = export.images[mask], export.labels[mask]
         digest = hashlib.sha256(f"{version}:{context}:{feedback.content_version(images, labels)}".encode()).hexdigest()
-        tracking.log_array_dataset(images, labels, source=export.path, name=f"feedback-{version}", digest=digest, context=context)
+        tracking.log_array_dataset(
+            images, labels, source=export.path, name=f"feedback-{version}", digest=digest, context=context
+        )
     values = {"feedback_train_images": float((~held).sum()), "feedback_heldout_images": float(held.sum())}
     if held.any():
         predicted = np.asarray(predict_proba(export.images[held])).argmax(axis=1)

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from digits.core.errors import DigitsError, first_line
-from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE
 from digits.core.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
+from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE
 
 # Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
 TAG_ACCURACY = "test_accuracy"
@@ -92,9 +92,18 @@ def signature() -> ModelSignature:
     second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column.
     """
     inputs = Schema([ColSpec(AnyType(), "image")])
-    outputs = Schema([ColSpec(DataType.long, "digit", required=False), ColSpec(DataType.double, "confidence"), ColSpec(Array(DataType.double), "probabilities", required=False),
-                      ColSpec(DataType.string, "text", required=False), ColSpec(DataType.string, "digits", required=False)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("mode", DataType.string, "digit")]))
+    outputs = Schema(
+        [
+            ColSpec(DataType.long, "digit", required=False),
+            ColSpec(DataType.double, "confidence"),
+            ColSpec(Array(DataType.double), "probabilities", required=False),
+            ColSpec(DataType.string, "text", required=False),
+            ColSpec(DataType.string, "digits", required=False),
+        ]
+    )
+    return ModelSignature(
+        inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("mode", DataType.string, "digit")])
+    )
 
 
 def input_example() -> Any:
@@ -134,7 +143,9 @@ def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (checkpoint_dir / f).is_file()]
     if missing:
         raise RegistryError(f"{checkpoint_dir} is not a checkpoint: missing {', '.join(missing)}")
-    return _log_pyfunc(name, "digits.serve.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_REQUIREMENTS)
+    return _log_pyfunc(
+        name, "digits.serve.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_REQUIREMENTS
+    )
 
 
 def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo:
@@ -147,10 +158,18 @@ def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo
 
     if not Path(onnx_path).is_file():
         raise RegistryError(f"{onnx_path} is not an ONNX file")
-    return _log_pyfunc(name, "digits.serve.onnx_model", "OnnxDigitClassifier", {ONNX_ARTIFACT: str(onnx_path)}, ONNX_SERVING_REQUIREMENTS)
+    return _log_pyfunc(
+        name,
+        "digits.serve.onnx_model",
+        "OnnxDigitClassifier",
+        {ONNX_ARTIFACT: str(onnx_path)},
+        ONNX_SERVING_REQUIREMENTS,
+    )
 
 
-def _log_pyfunc(name: str, module: str, cls: str, artifacts: dict[str, str], requirements: tuple[str, ...]) -> ModelInfo:
+def _log_pyfunc(
+    name: str, module: str, cls: str, artifacts: dict[str, str], requirements: tuple[str, ...]
+) -> ModelInfo:
     if mlflow.active_run() is None:
         raise RegistryError("logging a model needs an active MLflow run (mlflow.start_run())")
     package = Path(__file__).resolve().parent.parent
@@ -209,14 +228,18 @@ def set_alias(model_name: str, alias: str, version: int | str) -> int | None:
     except MlflowException as exc:
         if not _not_found(exc):
             raise RegistryError(f"cannot read {model_name} version {version}: {first_line(exc)}") from None
-        raise RegistryError(f"{model_name} has no version {version} (versions: {_versions_text(client, model_name)})") from None
+        raise RegistryError(
+            f"{model_name} has no version {version} (versions: {_versions_text(client, model_name)})"
+        ) from None
     previous = _alias_version(client, model_name, alias)
     try:
         client.set_registered_model_alias(model_name, alias, str(version))
     except MlflowException as exc:
         raise RegistryError(f"cannot set alias {alias!r} of {model_name}: {first_line(exc)}") from None
     was = f"version {previous.version}" if previous else "no version"
-    client.set_model_version_tag(model_name, str(version), PROMOTION_TAG, f"alias {alias} set by hand (it was on {was})")
+    client.set_model_version_tag(
+        model_name, str(version), PROMOTION_TAG, f"alias {alias} set by hand (it was on {was})"
+    )
     return int(previous.version) if previous else None
 
 
@@ -265,20 +288,32 @@ def _register(
     champion = _alias_version(client, model_name, CHAMPION)
     best = _accuracy(champion) if champion else None
     if champion is None:
-        promoted, reason = True, f"version {version} (test_accuracy {accuracy:.4f}) is the first champion of {model_name}"
+        promoted, reason = (
+            True,
+            f"version {version} (test_accuracy {accuracy:.4f}) is the first champion of {model_name}",
+        )
     elif best is None:
-        promoted, reason = False, (
-            f"version {version} (test_accuracy {accuracy:.4f}) is challenger: champion version {champion.version} has no "
-            f"{TAG_ACCURACY} tag to compare with; promote by hand with `digits register`"
+        promoted, reason = (
+            False,
+            (
+                f"version {version} (test_accuracy {accuracy:.4f}) is challenger: champion version {champion.version} has no "
+                f"{TAG_ACCURACY} tag to compare with; promote by hand with `digits register`"
+            ),
         )
     elif accuracy > best:
-        promoted, reason = True, (
-            f"version {version} (test_accuracy {accuracy:.4f}) beats champion version {champion.version} ({best:.4f}): now champion"
+        promoted, reason = (
+            True,
+            (
+                f"version {version} (test_accuracy {accuracy:.4f}) beats champion version {champion.version} ({best:.4f}): now champion"
+            ),
         )
     else:
-        promoted, reason = False, (
-            f"version {version} (test_accuracy {accuracy:.4f}) does not beat champion version {champion.version} "
-            f"({best:.4f}): challenger, not promoted"
+        promoted, reason = (
+            False,
+            (
+                f"version {version} (test_accuracy {accuracy:.4f}) does not beat champion version {champion.version} "
+                f"({best:.4f}): challenger, not promoted"
+            ),
         )
     alias = CHAMPION if promoted else CHALLENGER
     client.set_registered_model_alias(model_name, alias, str(version))
@@ -349,4 +384,3 @@ def fit_description(text: str, run_id: str, limit: int = MAX_DESCRIPTION) -> str
     head = text[: limit - len(pointer)]
     cut = head.rfind("\n## ")  # end at a section's start, so no table is cut in half
     return (head[:cut] if cut > 0 else head).rstrip() + pointer
-

@@ -10,12 +10,12 @@ import hashlib
 import os
 import time
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from digits.core.config import TrainConfig
 from digits.learn.data import DATASET_NAME, MNIST
@@ -83,7 +83,13 @@ def use_default_experiment() -> None:
 
 
 @contextlib.contextmanager
-def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def run(
+    name: str | None = None,
+    *,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; end it FINISHED, KILLED on Ctrl-C/SIGTERM, else FAILED.
 
     A top-level run resumes ``MLFLOW_RUN_ID`` when ``mlflow run`` set it, so that run becomes the parent.
@@ -92,7 +98,9 @@ def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] |
     if not nested:
         use_default_experiment()
     resuming = not nested and bool(os.environ.get("MLFLOW_RUN_ID"))
-    active = mlflow.start_run(run_name=None if resuming else name, nested=nested, tags=tags, parent_run_id=parent_run_id)
+    active = mlflow.start_run(
+        run_name=None if resuming else name, nested=nested, tags=tags, parent_run_id=parent_run_id
+    )
     if resuming and name:
         mlflow.set_tag("mlflow.runName", name)  # mlflow run names its run at random; the UI should say what it is
     try:
@@ -107,9 +115,16 @@ def run(name: str | None = None, *, nested: bool = False, tags: dict[str, str] |
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def model_run(name: str, *, nested: bool, model_family: str, pipeline_step: str, parent_run_id: str | None = None, **tags: str):
+def model_run(
+    name: str, *, nested: bool, model_family: str, pipeline_step: str, parent_run_id: str | None = None, **tags: str
+):
     """A model's run (a child of the pipeline's run when ``nested``), with the tags the MLflow UI compares by."""
-    return run(name, nested=nested, tags={"model_family": model_family, "pipeline_step": pipeline_step, **tags}, parent_run_id=parent_run_id)
+    return run(
+        name,
+        nested=nested,
+        tags={"model_family": model_family, "pipeline_step": pipeline_step, **tags},
+        parent_run_id=parent_run_id,
+    )
 
 
 def log_config(config: TrainConfig) -> None:
@@ -149,7 +164,9 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
     if indices is not None:
         images, labels = images[indices], labels[indices]
     source_digest = mnist.digest  # MNIST's own, unless these rows include appended feedback images
-    if mnist.base_digest and (part == "test" or (indices is not None and not (np.asarray(indices) >= mnist.extra_start).any())):
+    if mnist.base_digest and (
+        part == "test" or (indices is not None and not (np.asarray(indices) >= mnist.extra_start).any())
+    ):
         source_digest = mnist.base_digest
     digest = hashlib.sha256(source_digest.encode() + part.encode())
     if indices is not None:
@@ -158,12 +175,18 @@ def log_dataset(mnist: MNIST, part: str, indices: np.ndarray | None, context: st
         # MLflow registers two equivalent local-file source classes and warns that a path matches both.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         dataset = mlflow.data.from_numpy(
-            images, targets=labels, source=mnist.source, name=f"{DATASET_NAME}-{context}", digest=digest.hexdigest()[:16]
+            images,
+            targets=labels,
+            source=mnist.source,
+            name=f"{DATASET_NAME}-{context}",
+            digest=digest.hexdigest()[:16],
         )
     _log_input(dataset, context)
 
 
-def log_array_dataset(images: np.ndarray, labels: np.ndarray, *, source: str, name: str, digest: str, context: str) -> None:
+def log_array_dataset(
+    images: np.ndarray, labels: np.ndarray, *, source: str, name: str, digest: str, context: str
+) -> None:
     """Log images and labels that are not MNIST's (a feedback export's part) as a run input named ``name``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")

@@ -138,10 +138,15 @@ def free_port() -> int:
 
 def pg_bin() -> Path:
     """The folder of PostgreSQL's server binaries (the newest of Debian's, else PATH), or ``StackError``."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     found = candidates[-1] if candidates else shutil.which("pg_ctl")
     if not found or not (Path(found).parent / "initdb").exists():
-        raise StackError("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql (Debian's package)")
+        raise StackError(
+            "PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql (Debian's package)"
+        )
     return Path(found).parent
 
 
@@ -152,7 +157,9 @@ def _as_pg(command: list[str]) -> list[str]:
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:
-        raise StackError(f"PostgreSQL cannot run as root and there is no {PG_USER!r} user: apt-get install postgresql creates it") from None
+        raise StackError(
+            f"PostgreSQL cannot run as root and there is no {PG_USER!r} user: apt-get install postgresql creates it"
+        ) from None
     return ["runuser", "-u", PG_USER, "--", *command]
 
 
@@ -194,7 +201,21 @@ def _init_postgres(stack: Stack, bin_dir: Path) -> Path:
     data = _data_dir(stack)
     if (data / "PG_VERSION").exists():
         return data
-    _pg([str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--no-instructions"], "initdb")
+    _pg(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            "--auth-local=trust",
+            "--auth-host=reject",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ],
+        "initdb",
+    )
     hba = data / "pg_hba.conf"
     hba.write_text(HBA.format(pg_user=PG_USER, databases=",".join(DATABASES), role=ROLE))
     if os.geteuid() == 0:
@@ -219,15 +240,21 @@ def _start_postgres(stack: Stack, bin_dir: Path, data: Path) -> int:
     if not _alive(pid):
         if not _port_free(stack.pg_port):
             raise StackError(f"port {stack.pg_port} on 127.0.0.1 is taken (another PostgreSQL?): pass --pg_port")
-        options = f"-c listen_addresses=127.0.0.1 -p {stack.pg_port} -c unix_socket_directories={shlex.quote(str(data))}"
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {stack.pg_port} -c unix_socket_directories={shlex.quote(str(data))}"
+        )
         # No -l: the server writes to pg_ctl's stdout, a file we opened (postgres itself may not reach this folder).
         with open(stack.dir / "postgres.log", "ab") as log:
             result = subprocess.run(
                 _as_pg([str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-o", options]),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         if result.returncode != 0:
-            raise StackError(f"PostgreSQL did not start (exit code {result.returncode}): see {stack.dir / 'postgres.log'}")
+            raise StackError(
+                f"PostgreSQL did not start (exit code {result.returncode}): see {stack.dir / 'postgres.log'}"
+            )
         pid = _read_pid(data / "postmaster.pid")
     (stack.dir / "postgres.pid").write_text(f"{pid}\n")
     _create_databases(stack, bin_dir, data)
@@ -238,9 +265,27 @@ def _create_databases(stack: Stack, bin_dir: Path, data: Path) -> None:
     sql = [f"SELECT 'CREATE ROLE {ROLE} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}')\\gexec"]
     sql.append(f"ALTER ROLE {ROLE} PASSWORD '{_password(stack)}';")
     for db in DATABASES:
-        sql.append(f"SELECT 'CREATE DATABASE {db} OWNER {ROLE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec")
+        sql.append(
+            f"SELECT 'CREATE DATABASE {db} OWNER {ROLE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}')\\gexec"
+        )
     # On stdin, so that the password is on no command line.
-    psql = [str(bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(data), "-p", str(stack.pg_port), "-U", PG_USER, "-d", "postgres", "-f", "-"]
+    psql = [
+        str(bin_dir / "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(data),
+        "-p",
+        str(stack.pg_port),
+        "-U",
+        PG_USER,
+        "-d",
+        "postgres",
+        "-f",
+        "-",
+    ]
     _pg(psql, "creating the databases", input="\n".join(sql) + "\n", timeout=60)
 
 
@@ -248,7 +293,10 @@ def _stop_postgres(stack: Stack) -> bool:
     if not (stack.pgdata.exists() and _alive(_read_pid(stack.pgdata / "postmaster.pid"))):
         return False
     pid = _read_pid(stack.pgdata / "postmaster.pid")
-    _pg([str(pg_bin() / "pg_ctl"), "stop", "-D", str(stack.pgdata.resolve()), "-m", "fast", "-w", "-t", "60"], "pg_ctl stop")
+    _pg(
+        [str(pg_bin() / "pg_ctl"), "stop", "-D", str(stack.pgdata.resolve()), "-m", "fast", "-w", "-t", "60"],
+        "pg_ctl stop",
+    )
     _wait_gone([pid], 30)
     return True
 
@@ -270,20 +318,35 @@ def _start_mlflow(stack: Stack, workers: int) -> int:
     if _alive(pid) and _healthy(stack):
         return pid
     if _alive(pid):
-        raise StackError(f"mlflow server (pid {pid}) runs but does not answer on {stack.tracking_uri}: digits stack down, then up")
+        raise StackError(
+            f"mlflow server (pid {pid}) runs but does not answer on {stack.tracking_uri}: digits stack down, then up"
+        )
     if not _port_free(stack.mlflow_port):
         raise StackError(f"port {stack.mlflow_port} on 127.0.0.1 is taken: pass --mlflow_port")
     (stack.dir / "artifacts").mkdir(exist_ok=True)
     command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.storage_url("mlflow"),
-        "--artifacts-destination", str(stack.dir / "artifacts"), "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
-        "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        stack.storage_url("mlflow"),
+        "--artifacts-destination",
+        str(stack.dir / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(stack.mlflow_port),
+        "--workers",
+        str(workers),
     ]
     # No job runner: its three huey processes (~250 MB each) serve MLflow's GenAI jobs, which this workflow has none of.
     env = {**os.environ, "PGPASSFILE": str(stack.pgpass), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(stack.dir / "mlflow.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
     (stack.dir / "mlflow.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while not _healthy(stack):
@@ -330,9 +393,13 @@ def up(stack: Stack, mlflow_workers: int = 2) -> Stack:
     bin_dir = pg_bin()  # first: a missing package is said before anything is created
     was = open_stack(stack.dir)
     if any(running(was).values()) and (was.pg_port, was.mlflow_port) != (stack.pg_port, stack.mlflow_port):
-        raise StackError(f"the stack in {stack.dir} runs on ports {was.pg_port} and {was.mlflow_port}: digits stack down first to change them")
+        raise StackError(
+            f"the stack in {stack.dir} runs on ports {was.pg_port} and {was.mlflow_port}: digits stack down first to change them"
+        )
     stack.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (stack.dir / "stack.json").write_text(json.dumps({"pg_port": stack.pg_port, "mlflow_port": stack.mlflow_port}) + "\n")
+    (stack.dir / "stack.json").write_text(
+        json.dumps({"pg_port": stack.pg_port, "mlflow_port": stack.mlflow_port}) + "\n"
+    )
     data = _init_postgres(stack, bin_dir)
     _start_postgres(stack, bin_dir, data)
     _start_mlflow(stack, mlflow_workers)
@@ -369,8 +436,12 @@ def describe(stack: Stack) -> str:
     """What ``status`` prints: each part's state, then the lines to export in a worker's shell."""
     pids = running(stack)
     lines = [f"stack in {stack.dir}"]
-    lines.append(f"postgresql    {_state(pids['postgresql'])}  127.0.0.1:{stack.pg_port}, databases {', '.join(DATABASES)}, data {stack.pgdata.resolve() if stack.pgdata.exists() else stack.pgdata}")
-    lines.append(f"mlflow server {_state(pids['mlflow server'])}  {stack.tracking_uri}, artifacts {stack.dir / 'artifacts'}")
+    lines.append(
+        f"postgresql    {_state(pids['postgresql'])}  127.0.0.1:{stack.pg_port}, databases {', '.join(DATABASES)}, data {stack.pgdata.resolve() if stack.pgdata.exists() else stack.pgdata}"
+    )
+    lines.append(
+        f"mlflow server {_state(pids['mlflow server'])}  {stack.tracking_uri}, artifacts {stack.dir / 'artifacts'}"
+    )
     lines += [
         "# in each worker's shell:",
         f"export PGPASSFILE={stack.pgpass}",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from digits.core.config import MAX_BATCH
-from digits.serve.guard import INPUT_COLUMN, install as install_guard
+from digits.serve.guard import INPUT_COLUMN
+from digits.serve.guard import install as install_guard
 from digits.serve.numbers import read_numbers
 from digits.serve.preprocess import InputError, to_mnist_batch
 
@@ -27,14 +29,18 @@ MODE_PARAM = "mode"
 MODES = ("digit", "number")
 
 
-def answer(model_input: Any, proba: Callable[[np.ndarray], np.ndarray], params: dict[str, Any] | None = None) -> pd.DataFrame:
+def answer(
+    model_input: Any, proba: Callable[[np.ndarray], np.ndarray], params: dict[str, Any] | None = None
+) -> pd.DataFrame:
     """The served answer to a request in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10))."""
     try:
         mode = request_mode(params)
         if mode == "number":
             items = image_column(model_input)
             if len(items) > MAX_BATCH:
-                raise InputError(f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it")
+                raise InputError(
+                    f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it"
+                )
             return numbers_frame(read_numbers(items, proba))
     except InputError as exc:
         raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
@@ -51,7 +57,13 @@ def request_mode(params: dict[str, Any] | None) -> str:
 
 def numbers_frame(readings: Sequence[Any]) -> pd.DataFrame:
     """The endpoint's output for numbers: columns text, confidence, digits (JSON: digit, confidence, box per digit)."""
-    return pd.DataFrame({"text": [r.text for r in readings], "confidence": [r.confidence for r in readings], "digits": [r.digits_json() for r in readings]})
+    return pd.DataFrame(
+        {
+            "text": [r.text for r in readings],
+            "confidence": [r.confidence for r in readings],
+            "digits": [r.digits_json() for r in readings],
+        }
+    )
 
 
 def request_images(model_input: Any) -> np.ndarray:
@@ -68,13 +80,17 @@ def image_column(model_input: Any) -> Sequence[Any]:
     """The items of the ``image`` column (a DataFrame from MLflow; a direct caller may pass an array or a list)."""
     if isinstance(model_input, pd.DataFrame):
         if INPUT_COLUMN not in model_input.columns:
-            raise InputError(f"the input needs a column named {INPUT_COLUMN!r}, got columns {list(map(str, model_input.columns))}")
+            raise InputError(
+                f"the input needs a column named {INPUT_COLUMN!r}, got columns {list(map(str, model_input.columns))}"
+            )
         return model_input[INPUT_COLUMN].tolist()
     if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
         return list(model_input[INPUT_COLUMN])
     if isinstance(model_input, (np.ndarray, list, tuple)):
         return list(model_input)
-    raise InputError(f"expected a table with an {INPUT_COLUMN!r} column or an array of images, got {type(model_input).__name__}")
+    raise InputError(
+        f"expected a table with an {INPUT_COLUMN!r} column or an array of images, got {type(model_input).__name__}"
+    )
 
 
 def predictions_frame(probabilities: np.ndarray) -> pd.DataFrame:

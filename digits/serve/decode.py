@@ -50,7 +50,9 @@ def decode_image(data: str | bytes) -> Image.Image:
         kind = "PNG" if data[:8] == _PNG_SIGNATURE else "JPEG" if data[:3] == b"\xff\xd8\xff" else None
         if kind:
             raise InputError(f"the {kind} data is truncated or corrupt") from None
-        raise InputError(f"the data is not a {' or '.join(FORMATS)} image ({len(data):,} bytes starting {bytes(data[:8])!r})") from None
+        raise InputError(
+            f"the data is not a {' or '.join(FORMATS)} image ({len(data):,} bytes starting {bytes(data[:8])!r})"
+        ) from None
     check_size(*image.size)
     scale = WORK_SIDE / max(image.size)
     if image.format == "JPEG" and scale < 1:
@@ -100,4 +102,6 @@ def check_size(width: int, height: int) -> None:
     if width <= 0 or height <= 0:
         raise InputError(f"the image is {width}x{height} pixels: empty")
     if width * height > MAX_PIXELS:
-        raise InputError(f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,} (4096x4096)")
+        raise InputError(
+            f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,} (4096x4096)"
+        )

@@ -65,14 +65,25 @@ _log = logging.getLogger(__name__)
 def install() -> None:
     """Guard the scoring server of this process (see the module docstring). Idempotent; a no-op outside it."""
     if mlflow.__version__ != TESTED_MLFLOW:
-        _log.warning("digits: MLflow %s is not the tested %s: serving through MLflow's own request path, without "
-                     "the request guard and the faster JSON path", mlflow.__version__, TESTED_MLFLOW)
+        _log.warning(
+            "digits: MLflow %s is not the tested %s: serving through MLflow's own request path, without "
+            "the request guard and the faster JSON path",
+            mlflow.__version__,
+            TESTED_MLFLOW,
+        )
         return
     try:
         from mlflow.pyfunc import scoring_server as server
     except ImportError:
         return
-    needed = ("invocations", "predictions_to_json", "_async_catch_mlflow_exception", "InvocationsResponse", "NumpyEncoder", "_get_jsonable_obj")
+    needed = (
+        "invocations",
+        "predictions_to_json",
+        "_async_catch_mlflow_exception",
+        "InvocationsResponse",
+        "NumpyEncoder",
+        "_get_jsonable_obj",
+    )
     if not all(hasattr(server, name) for name in needed) or getattr(server.invocations, "_digits_guard", False):
         return
     server.predictions_to_json = _fast_answers(server)
@@ -82,12 +93,18 @@ def install() -> None:
 
 def refusal(status: int, message: str, code: str | None = None) -> dict[str, str]:
     """The JSON body of a refusal: MLflow's own shape (``error_code``, ``message``), the message cut short."""
-    code = code or {408: "REQUEST_TIMEOUT", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    code = code or {408: "REQUEST_TIMEOUT", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}.get(
+        status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+    )
     return {"error_code": str(code)[:100], "message": _cut(message)}
 
 
 def _cut(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 25] + f"... ({len(message):,} chars)"
+    return (
+        message
+        if len(message) <= MAX_ERROR_CHARS
+        else message[: MAX_ERROR_CHARS - 25] + f"... ({len(message):,} chars)"
+    )
 
 
 # --- the route: headers, the body as it arrives, the answer's size --------------------------------------------
@@ -119,7 +136,9 @@ def check_media(content_type: str | None) -> None:
 
 
 def _too_large(size: int) -> str:
-    return f"the request body has {size:,} bytes, over the limit of {MAX_REQUEST_BYTES:,}: send fewer images per request"
+    return (
+        f"the request body has {size:,} bytes, over the limit of {MAX_REQUEST_BYTES:,}: send fewer images per request"
+    )
 
 
 async def _read_body(request: Any) -> bytes:
@@ -127,7 +146,12 @@ async def _read_body(request: Any) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_REQUEST_BYTES:
-            raise _Refused(413, _too_large(size) if size < 2 * MAX_REQUEST_BYTES else f"the request body is over the limit of {MAX_REQUEST_BYTES:,} bytes")
+            raise _Refused(
+                413,
+                _too_large(size)
+                if size < 2 * MAX_REQUEST_BYTES
+                else f"the request body is over the limit of {MAX_REQUEST_BYTES:,} bytes",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -160,7 +184,9 @@ def _guarded_route(server: Any) -> Any:
             except (asyncio.TimeoutError, TimeoutError):
                 return respond(408, f"the request body did not arrive within {body_seconds:g} s")
             except ClientDisconnect:
-                _log.warning("client %s hung up before its request body arrived", request.client.host if request.client else "?")
+                _log.warning(
+                    "client %s hung up before its request body arrived", request.client.host if request.client else "?"
+                )
                 return Response(status_code=400)  # nobody is there to read it
             sent = False
 
@@ -173,9 +199,14 @@ def _guarded_route(server: Any) -> Any:
 
             left = timeout - (asyncio.get_running_loop().time() - start) - 0.5
             try:
-                response = await asyncio.wait_for(caught(Request(request.scope, receive=replay)), timeout=max(left, 0.1))
+                response = await asyncio.wait_for(
+                    caught(Request(request.scope, receive=replay)), timeout=max(left, 0.1)
+                )
             except (asyncio.TimeoutError, TimeoutError):
-                return respond(504, f"the answer took over {timeout:g} s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT): send fewer or smaller images")
+                return respond(
+                    504,
+                    f"the answer took over {timeout:g} s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT): send fewer or smaller images",
+                )
             if response.status_code >= 400:
                 response = respond(response.status_code, *_message(response.body))
             return response
@@ -202,7 +233,9 @@ def _guarded_invocations(server: Any) -> Any:
     original = server.invocations
 
     def answer(status: int, message: str) -> Any:
-        return server.InvocationsResponse(response=json.dumps(refusal(status, message)), status=status, mimetype=MEDIA_TYPE)
+        return server.InvocationsResponse(
+            response=json.dumps(refusal(status, message)), status=status, mimetype=MEDIA_TYPE
+        )
 
     @functools.wraps(original)
     def invocations(data: Any, content_type: str | None, model: Any, input_schema: Any) -> Any:
@@ -240,7 +273,9 @@ def _short(exc: MlflowException) -> MlflowException:
     """The exception as the client should see it: its own message, without the echoed request or a stack trace."""
     if exc.get_http_status_code() >= 500:
         _log.error("internal error while answering a request: %s", _cut(exc.message))
-        return MlflowException("internal error while answering the request (see the server's log)", error_code=INTERNAL_ERROR)
+        return MlflowException(
+            "internal error while answering the request (see the server's log)", error_code=INTERNAL_ERROR
+        )
     # MLflow prefixes its messages with the input: "Failed to predict data '<DataFrame>'. \nError: Failed to enforce
     # schema of data '<DataFrame>' with schema '...'. Error: Model is missing inputs ['image']."; the last part is the point.
     message = exc.message.rsplit("Error: ", 1)[-1] if exc.message.startswith("Failed to ") else exc.message
@@ -268,16 +303,30 @@ def parse_request(data: Any) -> dict[str, Any]:
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError included
             raise _Refused(400, f"the body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(data, dict):
-        raise _Refused(400, f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}")
+        raise _Refused(
+            400,
+            f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}",
+        )
     params = data.get("params")
     if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode"}):  # mode: digit or number
-        raise _Refused(400, f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}")
+        raise _Refused(
+            400,
+            f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
+        )
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
         raise _Refused(400, f"batch of {len(rows):,} images is over the limit of {MAX_BATCH:,} per request: split it")
     inputs = data.get("inputs")
-    if isinstance(inputs, list) and inputs and set(data) <= {"inputs", "params"} and not any(isinstance(i, dict) for i in inputs):
-        data = {"dataframe_split": {"columns": [INPUT_COLUMN], "data": [[item] for item in inputs]}, **({"params": params} if params else {})}
+    if (
+        isinstance(inputs, list)
+        and inputs
+        and set(data) <= {"inputs", "params"}
+        and not any(isinstance(i, dict) for i in inputs)
+    ):
+        data = {
+            "dataframe_split": {"columns": [INPUT_COLUMN], "data": [[item] for item in inputs]},
+            **({"params": params} if params else {}),
+        }
     return data
 
 
@@ -296,7 +345,9 @@ def _rows(data: dict[str, Any]) -> list | None:
 
 
 def _json_kind(value: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number", dict: "object"}.get(type(value), "null")
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number", dict: "object"}.get(
+        type(value), "null"
+    )
 
 
 def _fast_answers(server: Any) -> Any:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -102,7 +102,9 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def batched_logits(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = MAX_BATCH) -> Iterator[torch.Tensor]:
+def batched_logits(
+    model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = MAX_BATCH
+) -> Iterator[torch.Tensor]:
     """The one inference loop: fp32 logits of uint8 images (N, 28, 28) or (N, 1, 28, 28), 0-255, ``batch_size`` at a time.
 
     Runs ``model`` in eval mode (and restores its mode after the last batch) on the device of its parameters;

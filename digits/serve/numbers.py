@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -108,11 +109,19 @@ def read_numbers(items: Sequence[Any], proba: Proba) -> list[NumberReading]:
     budget, out = MAX_BATCH_PIXELS, []
     for i, item in enumerate(items):
         try:
-            image = decode_image(item) if isinstance(item, (str, bytes, bytearray)) else np.asarray(item) if isinstance(item, (list, tuple)) else item
+            image = (
+                decode_image(item)
+                if isinstance(item, (str, bytes, bytearray))
+                else np.asarray(item)
+                if isinstance(item, (list, tuple))
+                else item
+            )
             size = image.size if hasattr(image, "getpixel") else getattr(image, "shape", (0, 0))[:2]
             budget -= int(size[0]) * int(size[1])
             if budget < 0:
-                raise InputError(f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request")
+                raise InputError(
+                    f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request"
+                )
             out.append(read_number(image, proba))
         except InputError as exc:
             raise InputError(f"image {i}: {exc}") from None
@@ -137,7 +146,10 @@ def read_number(image: Any, proba: Proba) -> NumberReading:
         raise InputError("no number found: the ink is too small to be digits")
     if len(read) > MAX_DIGITS:
         raise InputError(f"read {len(read)} digits, more than the {MAX_DIGITS} a number may have")
-    digits = tuple(DigitReading(int(row.argmax()), float(row.max()), tuple(int(round(v * scale)) for v in box)) for box, row in read)  # type: ignore[misc]
+    digits = tuple(
+        DigitReading(int(row.argmax()), float(row.max()), tuple(int(round(v * scale)) for v in box))
+        for box, row in read
+    )  # type: ignore[misc]
     return NumberReading("".join(str(d.digit) for d in digits), float(np.prod([d.confidence for d in digits])), digits)
 
 
@@ -156,7 +168,11 @@ def _groups(labels: np.ndarray, n: int) -> tuple[list[_Group], float]:
     Small components (under ``_SPECK`` of the largest's area, or a third of the tallest's height) join a group
     they overlap horizontally (a flag drawn apart); elsewhere, and when tiny, they are noise and dropped."""
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    parts = [_Group(w[1].start, w[1].stop, w[0].start, w[0].stop, [i]) for i, w in enumerate(ndimage.find_objects(labels), start=1) if w is not None]
+    parts = [
+        _Group(w[1].start, w[1].stop, w[0].start, w[0].stop, [i])
+        for i, w in enumerate(ndimage.find_objects(labels), start=1)
+        if w is not None
+    ]
     tallest = max(g.height for g in parts)
     small = [(areas[g.ids[0] - 1] < _SPECK * areas.max() or g.height < tallest / 3) for g in parts]
     groups = _merge([g for g, s in zip(parts, small) if not s])
@@ -165,7 +181,12 @@ def _groups(labels: np.ndarray, n: int) -> tuple[list[_Group], float]:
             continue
         host = max(groups, key=lambda h: min(h.x1, g.x1) - max(h.x0, g.x0))
         if min(host.x1, g.x1) - max(host.x0, g.x0) >= _MERGE_OVERLAP * g.width:
-            host.x0, host.x1, host.y0, host.y1 = min(host.x0, g.x0), max(host.x1, g.x1), min(host.y0, g.y0), max(host.y1, g.y1)
+            host.x0, host.x1, host.y0, host.y1 = (
+                min(host.x0, g.x0),
+                max(host.x1, g.x1),
+                min(host.y0, g.y0),
+                max(host.y1, g.y1),
+            )
             host.ids.append(g.ids[0])
     return groups, float(np.median([g.height for g in groups]))
 
@@ -199,13 +220,21 @@ def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height
     digits (wider than one digit, or as wide as one but read with doubt). A confident digit of ordinary width is
     not cut: cutting it only made candidates (two thirds of the time) and misreads (a 0 read as 10)."""
     runs = _runs(groups, height)
-    singles = {span: _piece(_group_ink(ink, labels, g), 0, g.width, g) for span, g in runs.items() if g.width <= (_SINGLE_MAX if span[1] == span[0] + 1 else _RUN_MAX) * height}
+    singles = {
+        span: _piece(_group_ink(ink, labels, g), 0, g.width, g)
+        for span, g in runs.items()
+        if g.width <= (_SINGLE_MAX if span[1] == span[0] + 1 else _RUN_MAX) * height
+    }
     singles = {span: piece for span, piece in singles.items() if piece is not None}
     options: dict[tuple[int, int], tuple[list[_Read], float]] = {}
     for (span, (_, box)), row in zip(singles.items(), _classify([piece[0] for piece in singles.values()], proba)):
         options[span] = ([(box, row)], _score(row, box, height))
     wide = [span for span, g in runs.items() if span[1] == span[0] + 1 and g.width > _SPLIT_MIN * height]
-    doubtful = [span for span in wide if runs[span].width > _SURE_WIDTH * height or span not in options or options[span][0][0][1].max() < _SURE]
+    doubtful = [
+        span
+        for span in wide
+        if runs[span].width > _SURE_WIDTH * height or span not in options or options[span][0][0][1].max() < _SURE
+    ]
     cuts = {span: _split_candidates(ink, labels, runs[span], height) for span in doubtful}
     rows = iter(_classify([piece[0] for _, pieces in cuts.values() for piece in pieces.values()], proba))
     for span, (paths, pieces) in cuts.items():
@@ -217,7 +246,9 @@ def _read_line(ink: np.ndarray, labels: np.ndarray, groups: list[_Group], height
                 options[span] = ([read[cut] for cut in chain], value)
     best: dict[int, tuple[float, list[_Read]]] = {0: (0.0, [])}
     for j in range(1, len(groups) + 1):
-        chains = [(best[i][0] + options[(i, j)][1], best[i][1] + options[(i, j)][0]) for i in range(j) if (i, j) in options]
+        chains = [
+            (best[i][0] + options[(i, j)][1], best[i][1] + options[(i, j)][0]) for i in range(j) if (i, j) in options
+        ]
         best[j] = max(chains, key=lambda c: c[0]) if chains else best[j - 1]  # a group nothing reads is skipped
     return best[len(groups)][1]
 
@@ -263,11 +294,18 @@ def _piece(ink: np.ndarray, a: int, b: int, group: _Group) -> _Piece | None:
     if rows.size == 0 or max(rows[-1] - rows[0], cols[-1] - cols[0]) < 2:
         return None
     crop = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    box = (group.x0 + a + int(cols[0]), group.y0 + int(rows[0]), group.x0 + a + int(cols[-1]) + 1, group.y0 + int(rows[-1]) + 1)
+    box = (
+        group.x0 + a + int(cols[0]),
+        group.y0 + int(rows[0]),
+        group.x0 + a + int(cols[-1]) + 1,
+        group.y0 + int(rows[-1]) + 1,
+    )
     return ink_to_mnist(crop), box
 
 
-def _split_candidates(ink: np.ndarray, labels: np.ndarray, group: _Group, height: float) -> tuple[list[list[list[int]]], dict[tuple[int, int], _Piece]]:
+def _split_candidates(
+    ink: np.ndarray, labels: np.ndarray, group: _Group, height: float
+) -> tuple[list[list[list[int]]], dict[tuple[int, int], _Piece]]:
     """A wide group's candidate cut columns (the minima of its vertical ink profile, and the even shares of the
     width for k near width / the usual digit width) and the piece between every two of them that could be a digit."""
     own = _group_ink(ink, labels, group)
@@ -276,7 +314,9 @@ def _split_candidates(ink: np.ndarray, labels: np.ndarray, group: _Group, height
     profile = ndimage.uniform_filter1d(own.sum(axis=0), size=max(1, int(height / 12)))
     minima = np.flatnonzero((profile[1:-1] <= profile[:-2]) & (profile[1:-1] < profile[2:])) + 1
     shares = {round(i * w / k) for k in range(k0, k0 + 2) for i in range(1, k)}
-    cuts = _thin_out(sorted({*shares, *(int(c) for c in minima[np.argsort(profile[minima])][: _MAX_MINIMA])}), _CUT_MERGE * height, w)
+    cuts = _thin_out(
+        sorted({*shares, *(int(c) for c in minima[np.argsort(profile[minima])][:_MAX_MINIMA])}), _CUT_MERGE * height, w
+    )
     spans = [(a, b) for a in cuts for b in cuts if _PIECE_MIN * height <= b - a <= _PIECE_MAX * height]
     pieces = {span: _piece(own, span[0], span[1], group) for span in spans}
     return [[[c] for c in cuts]], {span: piece for span, piece in pieces.items() if piece is not None}
@@ -296,7 +336,9 @@ def _width_penalty(relative_width: float) -> float:
     return max(0.0, relative_width - 1.05) / 0.1
 
 
-def _best_path(options: list[list[int]], score: dict[tuple[int, int], float]) -> tuple[list[tuple[int, int]] | None, float]:
+def _best_path(
+    options: list[list[int]], score: dict[tuple[int, int], float]
+) -> tuple[list[tuple[int, int]] | None, float]:
     """The chain of spans from the first cut to the last, through any of the cuts between, with the highest total
     score (dynamic programming over the cuts in order)."""
     cuts = [c for option in options for c in option]

@@ -13,8 +13,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.serve.answers import answer, prepare_server
 from digits.core.config import MAX_BATCH
+from digits.serve.answers import answer, prepare_server
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"
@@ -34,7 +34,9 @@ def session(path: Any, threads: int = 0):
 def onnx_probabilities(sess: Any, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
     """Probabilities (N, 10) from an exported graph for uint8 images (N, 28, 28)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    out = [
+        sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 

@@ -7,7 +7,8 @@ Pixel values are used as they are, so anything that is not already MNIST-like is
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,9 @@ def numeric_array(values: Any, what: str) -> np.ndarray:
         try:
             array = np.asarray(values)  # let NumPy infer the type: asking for float would turn "1" and True into 1.0
         except (ValueError, TypeError):
-            raise InputError(f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)") from None
+            raise InputError(
+                f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)"
+            ) from None
         if array.dtype.kind == "O":
             array = _object_array(array, what)
         if array.dtype.kind == "b":
@@ -97,7 +100,9 @@ def _object_array(array: np.ndarray, what: str) -> np.ndarray:
     except (ValueError, TypeError):
         stacked = None
     if stacked is None or stacked.dtype.kind == "O":
-        raise InputError(f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)")
+        raise InputError(
+            f"{what} must be a rectangular array of numbers from 0 to 255 (rows of different lengths, nulls, or values that are not numbers)"
+        )
     return stacked
 
 

@@ -15,7 +15,8 @@ validation of pixel values in ``digits.serve.pixels``. Needs numpy, Pillow and s
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,7 +25,18 @@ from scipy import ndimage
 from digits.serve.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
 from digits.serve.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
-__all__ = ["InputError", "MAX_PIXELS", "check_mnist_arrays", "decode_image", "ink_map", "ink_to_mnist", "max_pool", "stroke_width", "to_mnist", "to_mnist_batch"]
+__all__ = [
+    "InputError",
+    "MAX_PIXELS",
+    "check_mnist_arrays",
+    "decode_image",
+    "ink_map",
+    "ink_to_mnist",
+    "max_pool",
+    "stroke_width",
+    "to_mnist",
+    "to_mnist_batch",
+]
 
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
 # All the pictures of one request together, decoded: one full-size phone photo or 16 pictures of 1024x1024. Caps
@@ -68,7 +80,9 @@ def ink_map(image: Image.Image | np.ndarray | bytes | str) -> tuple[np.ndarray, 
     elif isinstance(image, np.ndarray):
         image = _image_from_array(image)
     elif not isinstance(image, Image.Image):
-        raise InputError(f"expected an image (PIL image, array, PNG/JPEG bytes or base64 text), got {type(image).__name__}")
+        raise InputError(
+            f"expected an image (PIL image, array, PNG/JPEG bytes or base64 text), got {type(image).__name__}"
+        )
     check_size(*image.size)
     ink = _ink(_grey(image))
     return ink, max(image.size) / max(ink.shape)
@@ -109,7 +123,9 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int) -> np.ndarray:
             image = decode_image(items[i])
             budget -= image.size[0] * image.size[1]
             if budget < 0:
-                raise InputError(f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request")
+                raise InputError(
+                    f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request"
+                )
             out[i] = to_mnist(image)
         except InputError as exc:
             raise InputError(f"image {i}: {exc}") from None
@@ -172,7 +188,9 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     if peak < _MIN_CONTRAST:
         peak = float(ink.max())
     if peak < _MIN_CONTRAST:
-        raise InputError(f"no digit found: the image is blank or has too little contrast (under {_MIN_CONTRAST:.0f} grey levels)")
+        raise InputError(
+            f"no digit found: the image is blank or has too little contrast (under {_MIN_CONTRAST:.0f} grey levels)"
+        )
     # Grey levels are kept, not saturated: MNIST's own anti-aliased edges carry information (saturating them
     # cost 4 points of accuracy on MNIST digits fed through here).
     ink = np.clip((ink / peak - _INK_FLOOR) / (1 - _INK_FLOOR), 0, 1)
@@ -208,7 +226,9 @@ def _background(grey: np.ndarray, level: float) -> np.ndarray | float:
     small = np.asarray(Image.fromarray(grey, mode="F").resize((sw, sh), Image.Resampling.BOX), dtype=np.float64).ravel()
     v, u = np.mgrid[0:sh, 0:sw]
     terms = _quadratic(u.ravel() / sw - 0.5, v.ravel() / sh - 0.5)
-    paper = small <= np.median(small)  # the ink is bright and rarely covers half the picture: start from the darker half
+    paper = small <= np.median(
+        small
+    )  # the ink is bright and rarely covers half the picture: start from the darker half
     for _ in range(4):
         coef = np.linalg.lstsq(terms[paper], small[paper], rcond=None)[0]
         residual = small - terms @ coef  # the ink is bright here, so it lies above the surface
@@ -220,7 +240,9 @@ def _background(grey: np.ndarray, level: float) -> np.ndarray | float:
     # broadcasting a row against a column (no (h * w, 6) matrix for a big picture).
     x = ((np.arange(w) + 0.5) / w - 0.5 / sw - 0.5)[None, :]
     y = ((np.arange(h) + 0.5) / h - 0.5 / sh - 0.5)[:, None]
-    lighting = (coef[0] + coef[1] * x + coef[2] * y + coef[3] * x * x + coef[4] * x * y + coef[5] * y * y).astype(np.float32)
+    lighting = (coef[0] + coef[1] * x + coef[2] * y + coef[3] * x * x + coef[4] * x * y + coef[5] * y * y).astype(
+        np.float32
+    )
     if float(lighting.max() - lighting.min()) < _MIN_CONTRAST:
         return level  # even lighting (a canvas, a scan): one level is exact, the surface would only add its error
     return lighting
@@ -290,7 +312,9 @@ def _normalise_stroke(ink: np.ndarray) -> np.ndarray:
     width, target = stroke_width(ink), _STROKE_REL * side
     if width < _STROKE_REL_MIN * side:
         radius = max(1, round((target - width) / 2))
-        ink = _rank(np.pad(ink, radius), radius, ndimage.maximum_filter)  # padded: room to grow at the edges of the crop
+        ink = _rank(
+            np.pad(ink, radius), radius, ndimage.maximum_filter
+        )  # padded: room to grow at the edges of the crop
     elif width > _STROKE_REL_MAX * side:
         # Thin a marker stroke, but never by so much that the thinnest parts vanish.
         radius = min(round((width - target) / 2), math.floor(width / 4))

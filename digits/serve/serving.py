@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -26,11 +27,11 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from digits.serve.answers import answer, prepare_server
 from digits.core.errors import DigitsError, first_line
+from digits.core.names import CHAMPION_URI
+from digits.serve.answers import answer, prepare_server
 from digits.serve.guard import INPUT_COLUMN
 from digits.serve.model import load_checkpoint, predict_proba
-from digits.core.names import CHAMPION_URI
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -78,7 +79,9 @@ class PredictError(DigitsError):
     """``digits predict`` could not read an image file or load the model; one line for the user."""
 
 
-def predict_files(paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI, number: bool = False) -> pd.DataFrame:
+def predict_files(
+    paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI, number: bool = False
+) -> pd.DataFrame:
     """Predict image files (PNG/JPEG) with the model at ``model_uri``, through the served model's own preprocessing.
 
     Returns one row per file: path, digit, confidence, probabilities; with ``number`` (the served mode ``number``):
