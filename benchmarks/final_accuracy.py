@@ -25,7 +25,7 @@ from digits.core.config import ConfigError, TrainConfig  # noqa: E402
 from digits.learn.data import load_mnist  # noqa: E402
 from digits.learn.train import fit, resolve_device  # noqa: E402
 from digits.serve.model import predict_proba  # noqa: E402
-from workflow.cli import parse_overrides  # noqa: E402
+from workflow.flags import parse_overrides  # noqa: E402
 
 
 def main() -> None:

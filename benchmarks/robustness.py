@@ -31,7 +31,7 @@ from digits.evaluate import (
 from digits.learn.data import load_mnist  # noqa: E402
 from digits.learn.train import fit  # noqa: E402
 from digits.serve.model import predict_proba  # noqa: E402
-from workflow.cli import parse_overrides  # noqa: E402
+from workflow.flags import parse_overrides  # noqa: E402
 
 DEFAULT_RECIPES = ["affine:augment_policy=affine", "robust:augment_policy=robust"]
 

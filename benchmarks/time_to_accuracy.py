@@ -41,7 +41,7 @@ from digits.core.config import ConfigError, TrainConfig  # noqa: E402
 from digits.learn.data import load_mnist, to_device  # noqa: E402
 from digits.learn.train import configure_threads, evaluate, fit, resolve_device  # noqa: E402
 from digits.serve.model import build_model  # noqa: E402
-from workflow.cli import parse_overrides  # noqa: E402
+from workflow.flags import parse_overrides  # noqa: E402
 
 THRESHOLDS = (0.990, 0.995)
 

@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from digits.app import clients, reading
 from digits.app import page as app
-from digits.app.page import AppError, EndpointModel, RegistryModel
+from digits.app.clients import AppError, EndpointModel, RegistryModel
 from digits.serve.preprocess import InputError, to_mnist
 from tests.conftest import free_port, isolated_store
 from workflow.cli import build_parser
@@ -96,17 +97,17 @@ class FakePredictor:
 @pytest.mark.unit
 def test_top_three_best_first_as_label_values():
     p = np.array([0.01, 0.02, 0.05, 0.6, 0.02, 0.2, 0.03, 0.04, 0.02, 0.01])
-    top = app.top_k(p)
+    top = reading.top_k(p)
     assert list(top) == ["3", "5", "2"]
     assert top == pytest.approx({"3": 0.6, "5": 0.2, "2": 0.05})
-    assert app.summary(top) == "The model reads **3** (60.0% sure)."
+    assert reading.summary(top) == "The model reads **3** (60.0% sure)."
 
 
 @pytest.mark.unit
 def test_a_doubtful_answer_names_the_runner_up():
-    top = app.top_k([0.0, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.15, 0.0])
+    top = reading.top_k([0.0, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.15, 0.0])
     assert (
-        app.summary(top)
+        reading.summary(top)
         == "The model reads **1** (45.0% sure). It might also be a 7 (40.0%): try drawing it larger and clearer."
     )
 
@@ -115,7 +116,7 @@ def test_a_doubtful_answer_names_the_runner_up():
 @pytest.mark.parametrize("bad", [np.ones(9) / 9, [float("nan")] * 10])
 def test_top_three_rejects_what_is_not_ten_probabilities(bad):
     with pytest.raises(AppError, match="expected ten finite probabilities"):
-        app.top_k(bad)
+        reading.top_k(bad)
 
 
 @pytest.mark.unit
@@ -126,7 +127,7 @@ def test_top_three_rejects_what_is_not_ten_probabilities(bad):
 )
 def test_an_empty_canvas_gets_a_message_not_a_prediction(value):
     predictor = FakePredictor()
-    assert app.read_drawing(value, predictor) == (None, None, app.EMPTY_MESSAGE)
+    assert reading.read_drawing(value, predictor) == (None, None, reading.EMPTY_MESSAGE)
     assert predictor.sent == []
 
 
@@ -135,7 +136,7 @@ def test_a_speck_is_no_digit_either():
     speck = Image.new("L", (448, 448), 255)
     speck.putpixel((200, 200), 0)
     predictor = FakePredictor()
-    top, seen, message = app.read_drawing({"composite": speck}, predictor)
+    top, seen, message = reading.read_drawing({"composite": speck}, predictor)
     assert top is None and seen is None and message.startswith("No digit found: ")
     assert predictor.sent == []
 
@@ -145,7 +146,7 @@ def test_a_drawing_is_sent_as_base64_png_and_previewed_with_the_models_preproces
     predictor = FakePredictor()
     for digit, strokes in STROKES.items():  # each drawing gets its own answer: the model's, for that drawing
         drawing = ink_on_paper(strokes)
-        top, seen, message = app.read_drawing({"background": None, "layers": [], "composite": drawing}, predictor)
+        top, seen, message = reading.read_drawing({"background": None, "layers": [], "composite": drawing}, predictor)
         assert list(top)[0] == digit and message.startswith(f"The model reads **{digit}** (91.0% sure)")
         sent = predictor.sent[-1]
         assert base64.b64decode(sent)[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,7 +154,7 @@ def test_a_drawing_is_sent_as_base64_png_and_previewed_with_the_models_preproces
             np.asarray(Image.open(io.BytesIO(base64.b64decode(sent)))), np.asarray(drawing)
         )  # lossless
         # The preview is exactly preprocess.to_mnist of what was sent, blown up with square pixels.
-        assert seen.size == (app.PREVIEW_SIDE, app.PREVIEW_SIDE)
+        assert seen.size == (reading.PREVIEW_SIDE, reading.PREVIEW_SIDE)
         assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(sent))
     assert len(predictor.sent) == len(STROKES)  # one request per drawing
 
@@ -164,12 +165,12 @@ def test_an_upload_is_sent_as_its_own_bytes(tmp_path):
     for digit, strokes in STROKES.items():
         path = tmp_path / f"drawn-{digit}.jpg"
         ink_on_paper(strokes).save(path, format="JPEG", quality=80)
-        top, seen, message = app.read_upload(str(path), predictor)
+        top, seen, message = reading.read_upload(str(path), predictor)
         assert base64.b64decode(predictor.sent[-1]) == path.read_bytes()
         assert list(top)[0] == digit and seen is not None
         assert np.array_equal(np.asarray(seen.resize((28, 28), Image.Resampling.NEAREST)), to_mnist(path.read_bytes()))
     sent = len(predictor.sent)
-    assert app.read_upload(None, predictor)[2] == app.NO_UPLOAD_MESSAGE
+    assert reading.read_upload(None, predictor)[2] == reading.NO_UPLOAD_MESSAGE
     assert len(predictor.sent) == sent  # no upload: nothing is sent
 
 
@@ -177,7 +178,7 @@ def test_an_upload_is_sent_as_its_own_bytes(tmp_path):
 def test_an_upload_that_is_not_png_or_jpeg_says_so(tmp_path):
     path = tmp_path / "seven.gif"
     ink_on_paper(SEVEN).save(path, format="GIF")
-    top, seen, message = app.read_upload(str(path), FakePredictor())
+    top, seen, message = reading.read_upload(str(path), FakePredictor())
     assert top is None and seen is None
     assert message.startswith("The data is not a PNG or JPEG image")
 
@@ -185,28 +186,30 @@ def test_an_upload_that_is_not_png_or_jpeg_says_so(tmp_path):
 @pytest.mark.unit
 def test_model_errors_become_the_message_and_the_preview_stays():
     predictor = FakePredictor(error=AppError("cannot reach the endpoint http://127.0.0.1:9 (refused)"))
-    top, seen, message = app.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
+    top, seen, message = reading.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
     assert top is None and seen is not None
     assert message == "Cannot reach the endpoint http://127.0.0.1:9 (refused)."
 
 
 @pytest.mark.unit
 def test_no_champion_message_says_how_to_make_one():
-    no_model = app.load_error_message(
+    no_model = clients.load_error_message(
         "models:/digits-cnn@champion", "RESOURCE_DOES_NOT_EXIST", "Registered Model with name=digits-cnn not found"
     )
     assert (
         no_model
         == "`models:/digits-cnn@champion` is not in the registry yet: train and register one with `make run` (or `digits main`), then read again (no restart needed)."
     )
-    no_alias = app.load_error_message(
+    no_alias = clients.load_error_message(
         "models:/digits-cnn@champion", "INVALID_PARAMETER_VALUE", "Registered model alias champion not found."
     )
     assert no_alias.startswith(
         "no version of `digits-cnn` has the alias `champion` yet: train and register one with `make run`"
     )
     assert "`digits register --model_name digits-cnn --alias champion --version N`" in no_alias
-    other = app.load_error_message("models:/digits-cnn@champion", "INTERNAL_ERROR", "database is locked\ntraceback...")
+    other = clients.load_error_message(
+        "models:/digits-cnn@champion", "INTERNAL_ERROR", "database is locked\ntraceback..."
+    )
     assert other == "cannot load `models:/digits-cnn@champion`: database is locked"
 
 
@@ -217,7 +220,7 @@ def test_no_champion_in_a_real_empty_registry(tracking_uri):
     assert predictor.status().startswith(
         "**No model to ask yet:** `models:/digits-cnn@champion` is not in the registry yet"
     )
-    top, seen, message = app.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
+    top, seen, message = reading.read_drawing({"composite": ink_on_paper(SEVEN)}, predictor)
     assert top is None and seen is not None and "make run" in message
 
 
@@ -524,7 +527,7 @@ def press_read(page, expect: str) -> str:
 def clear(page) -> None:
     """Empty the canvas, and the message with it: reading an empty canvas must answer with the empty-canvas message."""
     page.click('#sketch button[aria-label="Clear canvas"]')
-    assert press_read(page, "The canvas is empty") == app.EMPTY_MESSAGE.replace("**", "")
+    assert press_read(page, "The canvas is empty") == reading.EMPTY_MESSAGE.replace("**", "")
     page.wait_for_selector('#sketch button[aria-label="Brush"].highlight')
 
 
@@ -555,7 +558,7 @@ def test_draw_and_upload_digits_in_a_real_browser(registry_app, browser, store, 
     # No champion yet: the app runs, and the page says so and how to make one.
     assert "No model to ask yet: models:/digits-cnn@champion is not in the registry yet" in page.inner_text("#status")
     assert "make run" in page.inner_text("#status")
-    assert press_read(page, "The canvas is empty") == app.EMPTY_MESSAGE.replace("**", "")
+    assert press_read(page, "The canvas is empty") == reading.EMPTY_MESSAGE.replace("**", "")
     draw(page, STROKES["7"])
     assert "make run" in press_read(page, "models:/digits-cnn@champion is not in the registry yet")
     page.screenshot(path=str(store["root"] / "no-champion.png"), full_page=True)

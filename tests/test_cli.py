@@ -127,7 +127,7 @@ def test_main_with_a_bad_storage_fails_before_any_run(tmp_path, tracking_uri):
 @pytest.mark.unit
 def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
     from digits.core.config import ConfigError, TrainConfig
-    from workflow.cli import parse_overrides
+    from workflow.flags import parse_overrides
 
     assert parse_overrides(
         TrainConfig, ["lr=0.08", "width=24", "batch_norm=false", "optimizer=adamw", "epochs=10.0"]

@@ -282,7 +282,7 @@ def test_extra_data_joins_the_training_split_only(tmp_path, fake_mnist_dir):
 @pytest.mark.unit
 def test_the_buttons_store_the_answer_with_the_label_given(tmp_path):
     from digits.app import feedback as app_feedback
-    from digits.app import page as app
+    from digits.app import reading
     from digits.serve.preprocess import to_mnist
     from tests.test_app import SEVEN, FakePredictor, ink_on_paper
 
@@ -301,12 +301,13 @@ def test_the_buttons_store_the_answer_with_the_label_given(tmp_path):
     assert np.array_equal(feedback.entry_image(entry), to_mnist(sent))
     assert entry["model"] == "a fake"
     assert app_feedback.read_drawing(None, predictor)[3] is None  # an empty canvas: nothing to give feedback on
-    assert app.read_drawing(None, predictor) == app_feedback.read_drawing(None, predictor)[:3]
+    assert reading.read_drawing(None, predictor) == app_feedback.read_drawing(None, predictor)[:3]
 
 
 @pytest.mark.unit
 def test_app_feedback_flags():
-    from workflow.cli import _feedback_store, build_parser
+    from workflow.cli import build_parser
+    from workflow.commands import _feedback_store
 
     args = build_parser().parse_args(["app"])
     assert (args.feedback_dir, args.no_feedback) == ("", False)
@@ -536,8 +537,8 @@ def test_the_answering_model_is_named_by_its_registered_version(tracking_uri, tm
 
     import mlflow
 
+    from digits.app.clients import EndpointModel
     from digits.app.feedback import model_label
-    from digits.app.page import EndpointModel
 
     client = mlflow.MlflowClient()
     client.create_registered_model("digits-cnn")

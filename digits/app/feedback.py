@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from digits.app import page as app
+from digits.app import reading
+from digits.app.clients import EndpointModel
 from digits.core.errors import DigitsError, first_line
 from digits.feedback.store import Store
 
@@ -31,7 +32,7 @@ def model_label(predictor: Any) -> str:
     """Which model answered: ``NAME/VERSION`` for a registry model (an alias resolved once, at the first answer,
     and checked against the loaded model's run), the model URI when it cannot be resolved, ``endpoint URL`` for an
     endpoint (it does not say its version)."""
-    if isinstance(predictor, app.EndpointModel):
+    if isinstance(predictor, EndpointModel):
         return f"endpoint {predictor.base}"
     uri = getattr(predictor, "model_uri", None) or getattr(predictor, "source", "?")
     if getattr(predictor, "_feedback_label", None):
@@ -59,7 +60,7 @@ def model_label(predictor: Any) -> str:
     return label
 
 
-def answer(picture: str | None, shown: app.Answer, predictor: Any) -> tuple[Any, Any, str, dict | None, str]:
+def answer(picture: str | None, shown: reading.Answer, predictor: Any) -> tuple[Any, Any, str, dict | None, str]:
     """The page's answer plus what to remember of it for the buttons (None when there was no prediction)."""
     top, seen, message = shown
     if not top or picture is None or seen is None:
@@ -78,8 +79,8 @@ def answer(picture: str | None, shown: app.Answer, predictor: Any) -> tuple[Any,
 
 def read_drawing(value: dict | None, predictor: Any):
     composite = (value or {}).get("composite")
-    picture = None if app.is_blank(composite) else app.encode_png(composite)
-    shown = app.read_drawing(value, predictor) if picture is None else app.read_picture(picture, predictor)
+    picture = None if reading.is_blank(composite) else reading.encode_png(composite)
+    shown = reading.read_drawing(value, predictor) if picture is None else reading.read_picture(picture, predictor)
     return answer(picture, shown, predictor)
 
 
@@ -88,7 +89,7 @@ def read_upload(path: str | None, predictor: Any):
         picture = base64.b64encode(Path(path).read_bytes()).decode("ascii") if path else None
     except OSError:
         picture = None
-    shown = app.read_upload(path, predictor) if picture is None else app.read_picture(picture, predictor)
+    shown = reading.read_upload(path, predictor) if picture is None else reading.read_picture(picture, predictor)
     return answer(picture, shown, predictor)
 
 

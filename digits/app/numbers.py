@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from digits.app.reading import encode_png, is_blank
 from digits.core.errors import DigitsError
 
 NUMBER_EMPTY_MESSAGE = (
@@ -34,7 +35,6 @@ def boxed(picture: Image.Image, digits: list[dict[str, Any]]) -> Image.Image:
 
 def read_number_drawing(editor_value: dict[str, Any] | None, predictor: Any) -> tuple[str, Image.Image | None]:
     """Message and boxed drawing for the number canvas's value (Gradio's ``{"background", "layers", "composite"}``)."""
-    from digits.app.page import encode_png, is_blank
 
     composite = (editor_value or {}).get("composite")
     if is_blank(composite):
