@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from digits.evaluate import plots
+from digits.evaluate import eda_plots, plots
 from digits.evaluate.metrics import classification_metrics
 from tests.conftest import fake_digits
 
@@ -50,11 +50,11 @@ BUILDERS = {
     ),
     "misclassified": lambda d: plots.misclassified_figure(d["images"], d["labels"], d["proba"]),
     "reliability": lambda d: plots.reliability_figure(d["labels"], d["proba"]),
-    "class_distribution": lambda d: plots.class_distribution_figure(d["labels"]),
-    "pixel_histogram": lambda d: plots.pixel_histogram_figure(d["images"]),
-    "mean_images": lambda d: plots.mean_images_figure(d["images"], d["labels"]),
-    "embedding_pca": lambda d: plots.embedding_figure(d["images"], d["labels"], method="pca", sample=150),
-    "embedding_tsne": lambda d: plots.embedding_figure(d["images"], d["labels"], method="tsne", sample=N),
+    "class_distribution": lambda d: eda_plots.class_distribution_figure(d["labels"]),
+    "pixel_histogram": lambda d: eda_plots.pixel_histogram_figure(d["images"]),
+    "mean_images": lambda d: eda_plots.mean_images_figure(d["images"], d["labels"]),
+    "embedding_pca": lambda d: eda_plots.embedding_figure(d["images"], d["labels"], method="pca", sample=150),
+    "embedding_tsne": lambda d: eda_plots.embedding_figure(d["images"], d["labels"], method="tsne", sample=N),
 }
 
 
@@ -100,10 +100,10 @@ def test_figures_render_in_threads(data):
     # Different figures at once: each must come out pixel for pixel as it does alone, so a figure drawn into
     # another thread's canvas, or state shared between threads, would show.
     jobs = [
-        lambda: plots.class_distribution_figure(data["labels"][:60]),
-        lambda: plots.class_distribution_figure(data["labels"]),
+        lambda: eda_plots.class_distribution_figure(data["labels"][:60]),
+        lambda: eda_plots.class_distribution_figure(data["labels"]),
         lambda: plots.training_curves_figure(data["history"]),
-        lambda: plots.class_distribution_figure(data["labels"][:130]),
+        lambda: eda_plots.class_distribution_figure(data["labels"][:130]),
     ]
     alone = [_decode(job()) for job in jobs]
     assert not np.array_equal(alone[0], alone[1])  # different figures: a mix-up cannot pass unnoticed
@@ -185,13 +185,13 @@ def test_reliability_title_carries_the_same_ece_as_the_metrics(data):
 @pytest.mark.unit
 def test_embedding_rejects_unknown_method(data):
     with pytest.raises(ValueError, match="pca"):
-        plots.embedding_figure(data["images"], data["labels"], method="umap")
+        eda_plots.embedding_figure(data["images"], data["labels"], method="umap")
 
 
 @pytest.mark.unit
 def test_embedding_is_seeded(data):
     def points(seed):
-        fig = plots.embedding_figure(data["images"], data["labels"], method="pca", sample=100, seed=seed)
+        fig = eda_plots.embedding_figure(data["images"], data["labels"], method="pca", sample=100, seed=seed)
         return np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
 
     assert np.array_equal(points(1), points(1))

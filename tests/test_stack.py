@@ -24,6 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from digits.core.config import SearchConfig, TrainConfig
+from digits.ops import processes
 from digits.ops import stack as stack_mod
 from tests.conftest import ROOT, digits_command
 from tuning import workers
@@ -128,7 +129,7 @@ def live(tmp_path_factory):
     pg_port, mlflow_port = stack_mod.free_port(), stack_mod.free_port()
     started = _stack(directory, "up", "--pg_port", str(pg_port), "--mlflow_port", str(mlflow_port))
     pgdata = (directory / "pgdata").resolve()
-    server = stack_mod._read_pid(directory / "mlflow.pid")
+    server = processes.read_pid(directory / "mlflow.pid")
     try:
         assert started.returncode == 0, started.stderr[-3000:] + started.stdout[-3000:]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
@@ -147,7 +148,7 @@ def live(tmp_path_factory):
         left = _processes_of(directory) + _processes_of(pgdata)
         assert stopped.returncode == 0, stopped.stderr[-3000:]
         assert not left, f"left running after stack down: {left}"
-        assert not (server and stack_mod._group_alive(server)), (
+        assert not (server and processes.group_alive(server)), (
             "processes of the mlflow server's group outlived stack down"
         )
         assert not pgdata.exists() and not directory.exists()

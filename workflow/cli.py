@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_pipeline_parsers(sub)
     _add_model_parsers(sub)
+    _add_export_parser(sub)
     app_parser = _add_app_parser(sub)
     _add_stack_parser(sub)
     _add_feedback_parsers(sub, app_parser=app_parser)
@@ -194,7 +195,7 @@ def _add_pipeline_parsers(sub: Any) -> None:
 
 
 def _add_model_parsers(sub: Any) -> None:
-    """The jobs on a trained model: register (alias moves), predict, evaluate, export."""
+    """The jobs on a trained model: register (alias moves), predict, evaluate."""
     p = sub.add_parser(
         "register", help="point an alias of a registered model at a version: explicit promotion or roll-back"
     )
@@ -238,6 +239,9 @@ def _add_model_parsers(sub: Any) -> None:
     add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
     _add_number_flags(p, cmd_evaluate)
 
+
+def _add_export_parser(sub: Any) -> None:
+    """``digits export``: a registered CNN to ONNX."""
     p = sub.add_parser(
         "export",
         help="export a registered CNN to ONNX (raw 0-255 pixels in, ten probabilities out), checked against PyTorch",

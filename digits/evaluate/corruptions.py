@@ -176,95 +176,39 @@ def _jpeg(quality: int) -> Callable:
 
 
 def _catalogue() -> dict[str, Corruption]:
-    spec = [  # family, kind, (name, describe, function) at the milder severity, then the harsher
-        (
-            "rotate",
-            "array",
-            [
-                ("rotate_15", "rotated by 15 degrees, either way", rotate(15)),
-                ("rotate_30", "rotated by 30 degrees", rotate(30)),
-            ],
-        ),
-        ("shear", "array", [("shear_20", "sheared by 0.2", shear(0.2)), ("shear_40", "sheared by 0.4", shear(0.4))]),
-        (
-            "scale",
-            "array",
-            [
-                ("scale_60", "scaled to 0.6x", scale(0.6)),
-                ("scale_140", "scaled to 1.4x (cut at the frame)", scale(1.4)),
-            ],
-        ),
-        (
-            "shift",
-            "array",
-            [("shift_3", "moved 3 px off-centre", shift(3)), ("shift_6", "moved 6 px off-centre", shift(6))],
-        ),
-        (
-            "thin",
-            "array",
-            [
-                ("thin_1", "strokes eroded by 0.5 px", stroke(1, False)),
-                ("thin_2", "strokes eroded by 1 px", stroke(2, False)),
-            ],
-        ),
-        (
-            "thick",
-            "array",
-            [
-                ("thick_1", "strokes dilated by 0.5 px", stroke(1, True)),
-                ("thick_2", "strokes dilated by 1 px", stroke(2, True)),
-            ],
-        ),
-        (
-            "noise",
-            "array",
-            [
-                ("noise_25", "Gaussian noise, sigma 25 grey levels", gaussian_noise(25)),
-                ("noise_50", "Gaussian noise, sigma 50", gaussian_noise(50)),
-            ],
-        ),
-        (
-            "salt_pepper",
-            "array",
-            [
-                ("salt_pepper_2", "2% of pixels black or white", salt_pepper(0.02)),
-                ("salt_pepper_5", "5% of pixels", salt_pepper(0.05)),
-            ],
-        ),
-        (
-            "blur",
-            "array",
-            [
-                ("blur_07", "Gaussian blur, sigma 0.7 px", blur(0.7)),
-                ("blur_12", "Gaussian blur, sigma 1.2 px", blur(1.2)),
-            ],
-        ),
-        (
-            "contrast",
-            "array",
-            [
-                ("contrast_40", "contrast cut to 40% on grey", contrast(0.4)),
-                ("contrast_20", "contrast cut to 20% on grey", contrast(0.2)),
-            ],
-        ),
-        ("invert", "image", [("invert", "a PNG of dark ink on white", _through_preprocess(_inverted_png))]),
-        ("jpeg", "image", [("jpeg_20", "a 28x28 JPEG at quality 20", _through_preprocess(_jpeg(20)))]),
-        (
-            "canvas",
-            "image",
-            [("canvas", "a 280-px canvas drawing with a 4-8 px pen", _through_preprocess(render.canvas))],
-        ),
-        (
-            "photo",
-            "image",
-            [("photo", "a photo of ink on unevenly lit grey paper, JPEG", _through_preprocess(render.photo))],
-        ),
+    pictures = _through_preprocess  # the image kinds go through the served preprocessing, as a client's picture does
+    spec = [  # family, kind, name, description, function; a family's first row is its milder severity
+        ("rotate", "array", "rotate_15", "rotated by 15 degrees, either way", rotate(15)),
+        ("rotate", "array", "rotate_30", "rotated by 30 degrees", rotate(30)),
+        ("shear", "array", "shear_20", "sheared by 0.2", shear(0.2)),
+        ("shear", "array", "shear_40", "sheared by 0.4", shear(0.4)),
+        ("scale", "array", "scale_60", "scaled to 0.6x", scale(0.6)),
+        ("scale", "array", "scale_140", "scaled to 1.4x (cut at the frame)", scale(1.4)),
+        ("shift", "array", "shift_3", "moved 3 px off-centre", shift(3)),
+        ("shift", "array", "shift_6", "moved 6 px off-centre", shift(6)),
+        ("thin", "array", "thin_1", "strokes eroded by 0.5 px", stroke(1, False)),
+        ("thin", "array", "thin_2", "strokes eroded by 1 px", stroke(2, False)),
+        ("thick", "array", "thick_1", "strokes dilated by 0.5 px", stroke(1, True)),
+        ("thick", "array", "thick_2", "strokes dilated by 1 px", stroke(2, True)),
+        ("noise", "array", "noise_25", "Gaussian noise, sigma 25 grey levels", gaussian_noise(25)),
+        ("noise", "array", "noise_50", "Gaussian noise, sigma 50", gaussian_noise(50)),
+        ("salt_pepper", "array", "salt_pepper_2", "2% of pixels black or white", salt_pepper(0.02)),
+        ("salt_pepper", "array", "salt_pepper_5", "5% of pixels", salt_pepper(0.05)),
+        ("blur", "array", "blur_07", "Gaussian blur, sigma 0.7 px", blur(0.7)),
+        ("blur", "array", "blur_12", "Gaussian blur, sigma 1.2 px", blur(1.2)),
+        ("contrast", "array", "contrast_40", "contrast cut to 40% on grey", contrast(0.4)),
+        ("contrast", "array", "contrast_20", "contrast cut to 20% on grey", contrast(0.2)),
+        ("invert", "image", "invert", "a PNG of dark ink on white", pictures(_inverted_png)),
+        ("jpeg", "image", "jpeg_20", "a 28x28 JPEG at quality 20", pictures(_jpeg(20))),
+        ("canvas", "image", "canvas", "a 280-px canvas drawing with a 4-8 px pen", pictures(render.canvas)),
+        ("photo", "image", "photo", "a photo of ink on unevenly lit grey paper, JPEG", pictures(render.photo)),
     ]
-    return {
-        name: Corruption(name, family, kind, i == 0, describe, fn)
-        for family, kind, severities in spec
-        for i, (name, describe, fn) in enumerate(severities)
-    }
+    seen: set[str] = set()
+    catalogue = {}
+    for family, kind, name, describe, fn in spec:
+        catalogue[name] = Corruption(name, family, kind, family not in seen, describe, fn)
+        seen.add(family)
+    return catalogue
 
 
 CORRUPTIONS: dict[str, Corruption] = _catalogue()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlflow
 
-from digits.evaluate import plots
+from digits.evaluate import eda_plots, plots
 from digits.evaluate.evaluation import EvaluationError
 from digits.learn.data import MNIST
 
@@ -55,11 +55,11 @@ def log_eda_once(mnist: MNIST, *, tsne_sample: int | None = None) -> str:
     else:
         images, labels = mnist.train_images, mnist.train_labels
         figures = {
-            "class_distribution.png": lambda: plots.class_distribution_figure(labels),
-            "pixel_histogram.png": lambda: plots.pixel_histogram_figure(images),
-            "mean_images.png": lambda: plots.mean_images_figure(images, labels),
-            "embedding_pca.png": lambda: plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE),
-            "embedding_tsne.png": lambda: plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample),
+            "class_distribution.png": lambda: eda_plots.class_distribution_figure(labels),
+            "pixel_histogram.png": lambda: eda_plots.pixel_histogram_figure(images),
+            "mean_images.png": lambda: eda_plots.mean_images_figure(images, labels),
+            "embedding_pca.png": lambda: eda_plots.embedding_figure(images, labels, method="pca", sample=PCA_SAMPLE),
+            "embedding_tsne.png": lambda: eda_plots.embedding_figure(images, labels, method="tsne", sample=tsne_sample),
         }
         with tempfile.TemporaryDirectory(prefix="digits-eda-") as tmp:
             for name, build in figures.items():

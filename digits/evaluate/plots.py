@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib import patheffects
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -21,7 +20,7 @@ from digits.evaluate.metrics import LABELS, N_CLASSES, confusion_counts, per_cla
 
 DPI = 110
 # matplotlib's tab10, written out so that nothing is computed at import and the rcParams colour cycle cannot change it.
-_DIGIT_COLORS = [
+DIGIT_COLORS = [
     "#1f77b4",
     "#ff7f0e",
     "#2ca02c",
@@ -45,11 +44,11 @@ def figure_to_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _as_images(images: np.ndarray) -> np.ndarray:
+def as_images(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim == 2 and images.shape[1] == 28 * 28:
         return images.reshape(-1, 28, 28)
@@ -60,14 +59,14 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _message(fig: Figure, text: str) -> Figure:
+def message_figure(fig: Figure, text: str) -> Figure:
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
     return fig
 
 
-def _text_color(rgba: Sequence[float]) -> str:
+def text_color(rgba: Sequence[float]) -> str:
     # Relative luminance (sRGB weights): dark cells get white text, light cells black.
     r, g, b = rgba[:3]
     return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5 else "black"
@@ -85,7 +84,7 @@ def confusion_matrix_figure(y_true: np.ndarray, y_pred: np.ndarray, normalize: b
     else:
         values = counts.astype(np.float64)
 
-    fig = _figure(7.5, 6.5)
+    fig = new_figure(7.5, 6.5)
     ax = fig.add_subplot()
     # Blues from 15% up: the smallest non-zero cell still gets a visible tint, while zero cells stay white.
     cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.15, 1.0, 256))).with_extremes(bad="white")
@@ -109,7 +108,7 @@ def confusion_matrix_figure(y_true: np.ndarray, y_pred: np.ndarray, normalize: b
                     text = f"{value:.3f}" if value >= 0.0005 else "<.001"
                 else:
                     text = f"{int(value)}"
-                color = _text_color(cmap(norm(value)))
+                color = text_color(cmap(norm(value)))
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
 
     ax.set_xticks(LABELS)
@@ -134,7 +133,7 @@ def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
 
     y_true, proba = np.asarray(y_true), np.asarray(proba)
     aucs = per_class_roc_auc(y_true, proba)
-    fig = _figure(9, 6)
+    fig = new_figure(9, 6)
     ax = fig.add_subplot()
     if not aucs:
         ax.set_axis_off()
@@ -153,7 +152,7 @@ def roc_figure(y_true: np.ndarray, proba: np.ndarray) -> Figure:
         ax.plot(
             np.maximum(fpr, left),
             tpr,
-            color=_DIGIT_COLORS[digit],
+            color=DIGIT_COLORS[digit],
             linestyle=_LINESTYLES[digit % len(_LINESTYLES)],
             linewidth=1.6,
             label=f"{digit}  (AUC {auc:.4f})",
@@ -183,9 +182,9 @@ def training_curves_figure(history: list[dict], *, x_label: str = "epoch", note:
     x is each entry's ``step`` when it has one, else 1..n. ``x_label`` names the x axis; ``note`` is a second
     title line, e.g. why a series is missing.
     """
-    fig = _figure(10, 4.5)
+    fig = new_figure(10, 4.5)
     if not history:
-        return _message(fig, "no epochs in the training history")
+        return message_figure(fig, "no epochs in the training history")
     epochs = np.array([h.get("step", i) for i, h in enumerate(history, start=1)], dtype=np.float64)
     panels = [("loss", "loss", None), ("accuracy", "accuracy", PercentFormatter(1.0))]
     axes = fig.subplots(1, 2)
@@ -224,16 +223,16 @@ def training_curves_figure(history: list[dict], *, x_label: str = "epoch", note:
 
 def misclassified_figure(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, max_images: int = 36) -> Figure:
     """Grid of the misclassified images, most confident mistakes first, each titled "true 4 → pred 9 (0.87)"."""
-    images, y_true, proba = _as_images(images), np.asarray(y_true), np.asarray(proba)
+    images, y_true, proba = as_images(images), np.asarray(y_true), np.asarray(proba)
     y_pred = proba.argmax(axis=1)
     wrong = np.flatnonzero(y_pred != y_true)
     if wrong.size == 0 or max_images < 1:
-        return _message(_figure(6, 2.5), f"no misclassified images among {len(y_true):,}")
+        return message_figure(new_figure(6, 2.5), f"no misclassified images among {len(y_true):,}")
     confidence = proba[wrong, y_pred[wrong]]
     shown = wrong[np.argsort(-confidence, kind="stable")[:max_images]]
     cols = min(6, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig = _figure(max(6.0, 1.4 * cols + 0.2), 1.5 * rows + 0.8)  # at least 6 inches, so the two-line title fits
+    fig = new_figure(max(6.0, 1.4 * cols + 0.2), 1.5 * rows + 0.8)  # at least 6 inches, so the two-line title fits
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     for ax in axes:
         ax.set_axis_off()
@@ -253,7 +252,7 @@ def misclassified_figure(images: np.ndarray, y_true: np.ndarray, proba: np.ndarr
 def reliability_figure(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> Figure:
     """Reliability diagram: accuracy against mean confidence per bin, the diagonal, and the bin counts below; ECE in the title."""
     rel = reliability_bins(y_true, proba, bins)
-    fig = _figure(7, 7)
+    fig = new_figure(7, 7)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = rel.count > 0
     top.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1, label="perfect calibration")
@@ -304,130 +303,15 @@ def reliability_figure(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) ->
     top.grid(True, alpha=0.3)
     top.set_title(f"Reliability diagram: ECE {rel.ece:.4f} ({bins} bins of top-1 confidence)")
 
-    bottom.stairs(rel.count, rel.edges, fill=True, color="0.55")
-    bottom.set_yscale("log")  # most predictions fall in the last bin: a linear scale would hide the others
-    bottom.set_ylim(0.5, max(10, rel.count.max()) * 2)
-    bottom.set_xlabel("confidence (top-1 probability)")
-    bottom.set_ylabel("images per bin")
-    bottom.grid(True, alpha=0.3)
+    _bin_counts(bottom, rel)
     return fig
 
 
-def class_distribution_figure(labels: np.ndarray) -> Figure:
-    """One bar per digit with its count written above it."""
-    labels = np.asarray(labels).astype(np.int64)
-    counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES]
-    fig = _figure(8, 4.5)
-    ax = fig.add_subplot()
-    bars = ax.bar(LABELS, counts, color=_DIGIT_COLORS)
-    ax.bar_label(bars, labels=[f"{c:,}" for c in counts], padding=2, fontsize=9)
-    ax.set_xticks(LABELS)
-    ax.set_xlabel("digit")
-    ax.set_ylabel("images")
-    ax.set_ylim(0, max(1, counts.max()) * 1.12)  # room for the labels above the bars
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(f"Class distribution ({counts.sum():,} images)")
-    return fig
-
-
-def pixel_histogram_figure(images: np.ndarray) -> Figure:
-    """Histogram of pixel intensities 0-255 (one bin per value) on a log-scaled y axis."""
-    pixels = np.clip(np.asarray(images).ravel(), 0, 255).astype(np.int64)
-    counts = np.bincount(pixels, minlength=256)
-    fig = _figure(8, 4.5)
-    ax = fig.add_subplot()
-    ax.stairs(counts, np.arange(257) - 0.5, fill=True, color="tab:blue")
-    ax.set_yscale("log")  # about 80% of MNIST pixels are 0: on a linear scale every other bar is invisible
-    ax.set_xlim(-3, 258)  # a little margin, so the bars at 0 and 255 do not hide in the axis lines
-    ax.set_xticks([0, 32, 64, 96, 128, 160, 192, 224, 255])
-    ax.set_xlabel("pixel intensity (0 = background, 255 = ink)")
-    ax.set_ylabel("pixels (log scale)")
-    ax.grid(True, axis="y", alpha=0.3)
-    zero = counts[0] / max(1, counts.sum())
-    ax.set_title(f"Pixel intensities of {len(np.asarray(images)):,} images ({zero:.0%} of pixels are 0)")
-    return fig
-
-
-def mean_images_figure(images: np.ndarray, labels: np.ndarray) -> Figure:
-    """The mean image of each digit in a 2x5 grid, titled with the digit and its number of images."""
-    images, labels = _as_images(images), np.asarray(labels)
-    fig = _figure(9, 4.4)
-    axes = fig.subplots(2, 5).ravel()
-    for digit, ax in zip(LABELS, axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        members = labels == digit
-        n = int(members.sum())
-        if n:
-            ax.imshow(images[members].mean(axis=0), cmap="gray", vmin=0, vmax=255)
-        else:
-            ax.set_facecolor("0.9")
-            ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"{digit}  (n={n:,})", fontsize=10)
-    fig.suptitle("Mean image of each digit")
-    return fig
-
-
-def embedding_figure(
-    images: np.ndarray, labels: np.ndarray, method: str = "pca", sample: int = 2000, seed: int = 0
-) -> Figure:
-    """2-D PCA or t-SNE of a seeded random sample of ``sample`` images (0 = all), coloured by digit.
-
-    Each digit is labelled at the median of its points, and the legend maps colours to digits.
-    """
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
-    from sklearn.decomposition import PCA  # the embeddings cost a large import; only this figure needs it
-
-    images, labels = _as_images(images), np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    n = len(images) if sample <= 0 else min(sample, len(images))
-    index = np.sort(rng.choice(len(images), size=n, replace=False))
-    x = images[index].reshape(n, -1).astype(np.float32) / 255
-    y = labels[index]
-    if method == "pca":
-        pca = PCA(n_components=2, random_state=seed)
-        points = pca.fit_transform(x)
-        explained = pca.explained_variance_ratio_
-        axis_names = (f"PC 1 ({explained[0]:.0%} of variance)", f"PC 2 ({explained[1]:.0%} of variance)")
-        title = f"PCA of {n:,} images"
-    else:
-        from sklearn.manifold import TSNE
-
-        # t-SNE on 50 principal components (the usual practice): faster, and the noise dimensions do not help.
-        reduced = PCA(n_components=min(50, n, x.shape[1]), random_state=seed).fit_transform(x)
-        perplexity = min(30.0, max(2.0, (n - 1) / 3))
-        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
-        axis_names = ("t-SNE 1", "t-SNE 2")
-        title = f"t-SNE of {n:,} images (perplexity {perplexity:g})"
-
-    fig = _figure(8.5, 7)
-    ax = fig.add_subplot()
-    for digit in LABELS:
-        members = y == digit
-        if not members.any():
-            continue
-        ax.scatter(
-            points[members, 0],
-            points[members, 1],
-            s=6,
-            alpha=0.6,
-            color=_DIGIT_COLORS[digit],
-            label=str(digit),
-            linewidths=0,
-        )
-    for digit in LABELS:
-        members = y == digit
-        if not members.any():
-            continue
-        cx, cy = np.median(points[members], axis=0)
-        text = ax.text(
-            cx, cy, str(digit), fontsize=16, fontweight="bold", ha="center", va="center", color=_DIGIT_COLORS[digit]
-        )
-        # A white outline keeps the label readable on top of its own (and other) points.
-        text.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="white")])
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
-    ax.set_title(f"{title}, seeded sample (seed {seed}); labels at each digit's median")
-    ax.legend(title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=3, frameon=False)
-    return fig
+def _bin_counts(ax, rel) -> None:
+    """The reliability diagram's lower panel: images per confidence bin."""
+    ax.stairs(rel.count, rel.edges, fill=True, color="0.55")
+    ax.set_yscale("log")  # most predictions fall in the last bin: a linear scale would hide the others
+    ax.set_ylim(0.5, max(10, rel.count.max()) * 2)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("images per bin")
+    ax.grid(True, alpha=0.3)

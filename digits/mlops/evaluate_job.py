@@ -115,39 +115,29 @@ def evaluate_model(
         )
         if log_eda:
             log_eda_once(mnist)
-        reported = source.data.metrics.get("test_accuracy") if source else None
-        n = len(mnist.test_labels)
-        correct = n - int(values["test_errors"])
-        if reported is None:
-            log.info(
-                "%s: test accuracy %.2f%% (%d of %d); no source run accuracy to compare with",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-            )
-        elif round(reported * n) == correct:
-            log.info(
-                "%s: test accuracy %.2f%% (%d of %d), the same as source run %s",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-                source.info.run_id,
-            )
-        else:
-            log.warning(
-                "%s: test accuracy %.2f%% (%d of %d) differs from the %.2f%% of source run %s (other data or preprocessing?)",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-                100 * reported,
-                source.info.run_id,
-            )
-        if reported is not None:
-            mlflow.log_metric("source_test_accuracy", reported)
+        _compare_with_source(model_uri, values, len(mnist.test_labels), source)
     return values
+
+
+def _compare_with_source(model_uri: str, values: dict[str, float], n: int, source: mlflow.entities.Run | None) -> None:
+    """Log whether the test accuracy is the source run's, to the image, and keep the source's as a metric."""
+    reported = source.data.metrics.get("test_accuracy") if source else None
+    correct = n - int(values["test_errors"])
+    accuracy = f"test accuracy {100 * values['test_accuracy']:.2f}% ({correct} of {n})"
+    if reported is None:
+        log.info("%s: %s; no source run accuracy to compare with", model_uri, accuracy)
+        return
+    if round(reported * n) == correct:
+        log.info("%s: %s, the same as source run %s", model_uri, accuracy, source.info.run_id)
+    else:
+        log.warning(
+            "%s: %s differs from the %.2f%% of source run %s (other data or preprocessing?)",
+            model_uri,
+            accuracy,
+            100 * reported,
+            source.info.run_id,
+        )
+    mlflow.log_metric("source_test_accuracy", reported)
 
 
 def _pyfunc_proba(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray, model_uri: str) -> np.ndarray:

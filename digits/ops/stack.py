@@ -26,7 +26,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digits.core.errors import DigitsError
+from digits.ops.processes import alive, group_alive, port_free, read_pid, wait_gone
 
 DEFAULT_DIR = Path("~/.cache/digits/stack")
 PG_PORT, MLFLOW_PORT = 5432, 5000
@@ -83,54 +83,6 @@ def open_stack(directory: str | Path | None = None, pg_port: int = 0, mlflow_por
 
 
 # --- processes ----------------------------------------------------------------------------------------------------
-
-
-def _alive(pid: int | None) -> bool:
-    """Whether ``pid`` is a live process (a zombie that nobody reaped is dead)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """The live processes of process group ``pgid``."""
-    pids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(stat.split("/")[2]))
-    return pids
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------------------
@@ -236,9 +188,9 @@ def _password(stack: Stack) -> str:
 
 def _start_postgres(stack: Stack, bin_dir: Path, data: Path) -> int:
     """``pg_ctl start`` unless running; the role and the databases made or updated. Returns the postmaster's pid."""
-    pid = _read_pid(data / "postmaster.pid")
-    if not _alive(pid):
-        if not _port_free(stack.pg_port):
+    pid = read_pid(data / "postmaster.pid")
+    if not alive(pid):
+        if not port_free(stack.pg_port):
             raise StackError(f"port {stack.pg_port} on 127.0.0.1 is taken (another PostgreSQL?): pass --pg_port")
         options = (
             f"-c listen_addresses=127.0.0.1 -p {stack.pg_port} -c unix_socket_directories={shlex.quote(str(data))}"
@@ -255,7 +207,7 @@ def _start_postgres(stack: Stack, bin_dir: Path, data: Path) -> int:
             raise StackError(
                 f"PostgreSQL did not start (exit code {result.returncode}): see {stack.dir / 'postgres.log'}"
             )
-        pid = _read_pid(data / "postmaster.pid")
+        pid = read_pid(data / "postmaster.pid")
     (stack.dir / "postgres.pid").write_text(f"{pid}\n")
     _create_databases(stack, bin_dir, data)
     return pid
@@ -290,14 +242,14 @@ def _create_databases(stack: Stack, bin_dir: Path, data: Path) -> None:
 
 
 def _stop_postgres(stack: Stack) -> bool:
-    if not (stack.pgdata.exists() and _alive(_read_pid(stack.pgdata / "postmaster.pid"))):
+    if not (stack.pgdata.exists() and alive(read_pid(stack.pgdata / "postmaster.pid"))):
         return False
-    pid = _read_pid(stack.pgdata / "postmaster.pid")
+    pid = read_pid(stack.pgdata / "postmaster.pid")
     _pg(
         [str(pg_bin() / "pg_ctl"), "stop", "-D", str(stack.pgdata.resolve()), "-m", "fast", "-w", "-t", "60"],
         "pg_ctl stop",
     )
-    _wait_gone([pid], 30)
+    wait_gone([pid], 30)
     return True
 
 
@@ -314,14 +266,14 @@ def _healthy(stack: Stack) -> bool:
 
 def _start_mlflow(stack: Stack, workers: int) -> int:
     """``mlflow server`` on the ``mlflow`` database unless running; waits for ``/health``. Returns its pid."""
-    pid = _read_pid(stack.dir / "mlflow.pid")
-    if _alive(pid) and _healthy(stack):
+    pid = read_pid(stack.dir / "mlflow.pid")
+    if alive(pid) and _healthy(stack):
         return pid
-    if _alive(pid):
+    if alive(pid):
         raise StackError(
             f"mlflow server (pid {pid}) runs but does not answer on {stack.tracking_uri}: digits stack down, then up"
         )
-    if not _port_free(stack.mlflow_port):
+    if not port_free(stack.mlflow_port):
         raise StackError(f"port {stack.mlflow_port} on 127.0.0.1 is taken: pass --mlflow_port")
     (stack.dir / "artifacts").mkdir(exist_ok=True)
     command = [
@@ -357,19 +309,10 @@ def _start_mlflow(stack: Stack, workers: int) -> int:
     return process.pid
 
 
-def _wait_gone(pids: list[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
 def _stop_mlflow(stack: Stack) -> bool:
     """SIGTERM the server's process group (it and its uvicorn workers), SIGKILL what is left after 30 s."""
-    pid = _read_pid(stack.dir / "mlflow.pid")
-    if not pid or not _group_alive(pid):
+    pid = read_pid(stack.dir / "mlflow.pid")
+    if not pid or not group_alive(pid):
         return False
     for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         try:
@@ -377,9 +320,9 @@ def _stop_mlflow(stack: Stack) -> bool:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _group_alive(pid):
+        if not group_alive(pid):
             break
     (stack.dir / "mlflow.pid").unlink(missing_ok=True)
     return True
@@ -427,9 +370,9 @@ def purge(stack: Stack) -> None:
 
 def running(stack: Stack) -> dict[str, int | None]:
     """The live pid of each part (None when it is not running)."""
-    pg = _read_pid(stack.pgdata / "postmaster.pid") if stack.pgdata.exists() else None
-    ml = _read_pid(stack.dir / "mlflow.pid")
-    return {"postgresql": pg if _alive(pg) else None, "mlflow server": ml if _alive(ml) else None}
+    pg = read_pid(stack.pgdata / "postmaster.pid") if stack.pgdata.exists() else None
+    ml = read_pid(stack.dir / "mlflow.pid")
+    return {"postgresql": pg if alive(pg) else None, "mlflow server": ml if alive(ml) else None}
 
 
 def describe(stack: Stack) -> str:
