@@ -171,25 +171,25 @@ def test_tune_refuses_epochs_instead_of_ignoring_it():
 
 @pytest.mark.unit
 def test_an_interrupt_waits_out_the_held_block_and_raises_in_the_next_released_one_or_at_its_end():
-    from digits.mlops import tracking
+    from digits.core import interrupts
 
     reached = []
     with pytest.raises(KeyboardInterrupt):
-        with tracking.interrupts_held():
-            tracking.interrupt(KeyboardInterrupt())  # as if in the middle of Optuna's bookkeeping: kept
-            tracking.interrupt(tracking.RunInterrupted("second"))  # the first one wins
+        with interrupts.interrupts_held():
+            interrupts.interrupt(KeyboardInterrupt())  # as if in the middle of Optuna's bookkeeping: kept
+            interrupts.interrupt(interrupts.RunInterrupted("second"))  # the first one wins
             reached.append("after the signal")
-            with tracking.interrupts_released():  # a trial's body: the waiting interrupt raises first
+            with interrupts.interrupts_released():  # a trial's body: the waiting interrupt raises first
                 reached.append("never")
     assert reached == ["after the signal"]
-    with pytest.raises(tracking.RunInterrupted):
-        with tracking.interrupts_held():
-            tracking.interrupt(tracking.RunInterrupted("at the end"))
+    with pytest.raises(interrupts.RunInterrupted):
+        with interrupts.interrupts_held():
+            interrupts.interrupt(interrupts.RunInterrupted("at the end"))
             reached.append("no trial followed")
     assert reached[-1] == "no trial followed"
     with pytest.raises(KeyboardInterrupt):
-        tracking.interrupt(KeyboardInterrupt())  # outside: at once
-    with tracking.interrupts_held():
+        interrupts.interrupt(KeyboardInterrupt())  # outside: at once
+    with interrupts.interrupts_held():
         pass  # nothing left waiting from the cases above
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 from mlflow.entities import RunStatus
 
+from digits.core import interrupts
 from digits.core.config import TrainConfig
 from digits.core.errors import first_line
 from digits.learn.train import NonFiniteLossError, fit
@@ -43,8 +44,8 @@ class Objective:
         trial.set_user_attr("worker", this_worker(trial.number))  # first: how a dead worker's trial is recognised
         config = suggest_config(trial, self.base)
         # A Ctrl-C or SIGTERM raises inside the body only (the one that arrived between trials, first), so the
-        # trial and its run end as interrupted; elsewhere it waits (tracking.interrupts_held in search.py).
-        with trial_run(trial, self.study_name, self.search_run_id) as outcome, tracking.interrupts_released():
+        # trial and its run end as interrupted; elsewhere it waits (interrupts.interrupts_held in search.py).
+        with trial_run(trial, self.study_name, self.search_run_id) as outcome, interrupts.interrupts_released():
             tracking.log_config(config)
             reference = bool(trial.user_attrs.get("base"))
             try:
@@ -115,7 +116,7 @@ def trial_run(trial: optuna.Trial, study_name: str, search_run_id: str) -> Itera
         mlflow.set_tags({"optuna_state": "PRUNED", "prune_reason": str(exc)})
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
-    except (KeyboardInterrupt, tracking.RunInterrupted) as exc:
+    except (KeyboardInterrupt, interrupts.RunInterrupted) as exc:
         reason = f"interrupted ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
         _set_quietly(trial, "fail_reason", reason)
         mlflow.set_tags({"optuna_state": "FAIL", "fail_reason": reason})

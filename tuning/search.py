@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from digits.core import interrupts
 from digits.core.config import SearchConfig, TrainConfig
 from digits.core.errors import first_line, quiet_loggers
 from digits.learn.data import MNIST, Split
@@ -130,7 +131,7 @@ def run_search(
         )
         t0 = time.perf_counter()
         try:
-            with _quiet_optuna(), tracking.interrupts_held():  # a signal waits for a trial's body (objective.py)
+            with _quiet_optuna(), interrupts.interrupts_held():  # a signal waits for a trial's body (objective.py)
                 study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
         except BaseException:
             fail_own_trials(study)  # so that no RUNNING trial outlives this process

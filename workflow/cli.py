@@ -15,6 +15,7 @@ from typing import Any
 
 from digits.core.config import DataConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError, first_line
+from digits.core.interrupts import RunInterrupted, interrupt
 from digits.core.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
 from workflow.commands import (
     cmd_app,
@@ -296,14 +297,12 @@ def _add_app_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    from digits.mlops.tracking import RunInterrupted, interrupt
 
     _ignore_interrupts()
     interrupt(RunInterrupted(f"received signal {signum}"))  # at once, or after Optuna's bookkeeping
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    from digits.mlops.tracking import interrupt
 
     _ignore_interrupts()
     interrupt(KeyboardInterrupt())
@@ -334,8 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BaseException as exc:
         from mlflow.exceptions import MlflowException
-
-        from digits.mlops.tracking import RunInterrupted
 
         if isinstance(exc, RunInterrupted):
             print(f"{PROG} {args.command}: stopped by {exc}", file=sys.stderr)

@@ -18,62 +18,10 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from digits.core.config import TrainConfig
+from digits.core.interrupts import RunInterrupted
 from digits.learn.data import DATASET_NAME, MNIST
 
 DEFAULT_EXPERIMENT = "digits"
-
-
-class RunInterrupted(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C so that runs end as KILLED and studies stay consistent."""
-
-
-# Where a Ctrl-C or SIGTERM may unwind at once, and where it must wait. Inside `interrupts_held()` (the Optuna
-# search loop) the interruption is kept until the next `interrupts_released()` block (a trial's body) starts, or
-# the held block ends: raised in the middle of Optuna's own bookkeeping (its tell after a trial), it leaves
-# the trial's state unwritten and Optuna 5.1's `_run_trial` then fails with an UnboundLocalError instead.
-_held = 0
-_pending: BaseException | None = None
-
-
-def interrupt(exc: BaseException) -> None:
-    """Raise ``exc`` (a KeyboardInterrupt or RunInterrupted from a signal handler) now, or when it is safe."""
-    global _pending
-    if _held:
-        _pending = _pending or exc
-        return
-    raise exc
-
-
-def _raise_pending() -> None:
-    global _pending
-    exc, _pending = _pending, None
-    if exc is not None:
-        raise exc
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Keep interruptions that arrive inside this block for the next ``interrupts_released`` block, or its end."""
-    global _held
-    _held += 1
-    try:
-        yield
-    finally:
-        _held -= 1
-    if not _held:
-        _raise_pending()
-
-
-@contextlib.contextmanager
-def interrupts_released() -> Iterator[None]:
-    """Inside ``interrupts_held``: let interruptions raise at once here (first the one that is waiting, if any)."""
-    global _held
-    saved, _held = _held, 0
-    try:
-        _raise_pending()
-        yield
-    finally:
-        _held = saved
 
 
 def use_default_experiment() -> None:
