@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EPOCHS ?= 10
 
-.PHONY: setup run test test-fast stack
+.PHONY: setup run test test-fast lint stack
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local -P epochs=$(EPOCHS)
 
-test: setup
+test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# The formatter and linter the field uses (configured in pyproject.toml): CI fails on an unformatted file.
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m unit
