@@ -9,8 +9,10 @@ and test images are untouched: the promotion rule still compares models on the M
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -24,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def parts(path: str, seed: int) -> tuple[feedback.Export, np.ndarray]:
-    """The verified export at ``path`` and its held-out mask."""
+    """The verified export at ``path`` and its held-out mask: read and verified once per process and file version
+    (``with_extra_data`` and ``log_feedback_evaluation`` of one run share it)."""
+    file = Path(path).expanduser()
+    stat = file.stat() if file.is_file() else None
+    return _parts(path, seed, (stat.st_mtime_ns, stat.st_size) if stat else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _parts(path: str, seed: int, version: tuple[int, int] | None) -> tuple[feedback.Export, np.ndarray]:
     export = feedback.load_export(path)
     return export, feedback.split_by_digest(export.images, seed)
 
