@@ -25,7 +25,8 @@ from digits.learn.data import split_train_val
 from digits.learn.train import fit
 from digits.mlops.export import export_onnx
 from digits.mlops.registry import CHALLENGER, CHAMPION, log_cnn_model, log_onnx_model, register_model, set_alias
-from digits.serve.guard import MAX_REQUEST_BYTES, TESTED_MLFLOW
+from digits.serve.contract import MAX_REQUEST_BYTES
+from digits.serve.guard import TESTED_MLFLOW
 from digits.serve.guard import install as guard_scoring_server
 from digits.serve.model import MAX_BATCH, build_model, predict_proba, save_checkpoint
 from digits.serve.preprocess import to_mnist

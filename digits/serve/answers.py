@@ -19,14 +19,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from digits.core.config import MAX_BATCH
-from digits.serve.guard import INPUT_COLUMN
+from digits.serve.contract import INPUT_COLUMN, MAX_BATCH, MODE_PARAM, MODES, batch_too_large
 from digits.serve.guard import install as install_guard
 from digits.serve.numbers import read_numbers
 from digits.serve.preprocess import InputError, to_mnist_batch
-
-MODE_PARAM = "mode"
-MODES = ("digit", "number")
 
 
 def answer(
@@ -38,9 +34,7 @@ def answer(
         if mode == "number":
             items = image_column(model_input)
             if len(items) > MAX_BATCH:
-                raise InputError(
-                    f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it"
-                )
+                raise InputError(batch_too_large(len(items)))
             return numbers_frame(read_numbers(items, proba))
     except InputError as exc:
         raise MlflowException(str(exc), error_code=BAD_REQUEST) from None

@@ -39,7 +39,20 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 
-from digits.core.config import MAX_BATCH
+from digits.serve.contract import (
+    BODY_SECONDS,
+    INPUT_COLUMN,
+    MAX_BATCH,
+    MAX_ERROR_CHARS,
+    MAX_REQUEST_BYTES,
+    MEDIA_TYPE,
+    PARAMS,
+    REQUEST_KEYS,
+    accepted_content,
+    batch_too_large,
+    body_too_large,
+    request_keys,
+)
 
 try:  # parses a 1,000-image request 2.5x faster than json; optional, as the answer does not depend on it
     import orjson as _orjson
@@ -47,17 +60,6 @@ except ImportError:
     _orjson = None
 
 TESTED_MLFLOW = "3.17.2"
-INPUT_COLUMN = "image"
-# A request body, refused while it is read: 1,000 images as pixel values are ~3 MB of JSON, 1,000 canvas drawings
-# ~10 MB; the parsed JSON takes a few times its text.
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
-MAX_ERROR_CHARS = 2000  # of an error message: whatever the body, an error answer stays a few KB
-BODY_SECONDS = 30.0  # at most, for the whole body to arrive; a stalled upload gets a 408 after this
-MEDIA_TYPE = "application/json"
-_ACCEPTED = (
-    "the content types this model takes: application/json only, with one of the keys dataframe_split, "
-    f"dataframe_records, instances or inputs, holding an {INPUT_COLUMN!r} column"
-)
 
 _log = logging.getLogger(__name__)
 
@@ -124,21 +126,15 @@ def check_headers(headers: Any) -> None:
         raise _Refused(415, f"Content-Encoding {encoding[:50]!r} is not supported: send the body uncompressed")
     length = headers.get("content-length")
     if length is not None and length.strip().isdigit() and int(length) > MAX_REQUEST_BYTES:
-        raise _Refused(413, _too_large(int(length)))
+        raise _Refused(413, body_too_large(int(length)))
 
 
 def check_media(content_type: str | None) -> None:
     """Refuse (``_Refused``, 415) a missing Content-Type or any but application/json (in any case)."""
     if not content_type:
-        raise _Refused(415, f"no Content-Type header: {_ACCEPTED}")
+        raise _Refused(415, f"no Content-Type header: {accepted_content()}")
     if content_type.split(";")[0].strip().lower() != MEDIA_TYPE:
-        raise _Refused(415, f"unsupported Content-Type {content_type[:100]!r}: {_ACCEPTED}")
-
-
-def _too_large(size: int) -> str:
-    return (
-        f"the request body has {size:,} bytes, over the limit of {MAX_REQUEST_BYTES:,}: send fewer images per request"
-    )
+        raise _Refused(415, f"unsupported Content-Type {content_type[:100]!r}: {accepted_content()}")
 
 
 async def _read_body(request: Any) -> bytes:
@@ -148,7 +144,7 @@ async def _read_body(request: Any) -> bytes:
         if size > MAX_REQUEST_BYTES:
             raise _Refused(
                 413,
-                _too_large(size)
+                body_too_large(size)
                 if size < 2 * MAX_REQUEST_BYTES
                 else f"the request body is over the limit of {MAX_REQUEST_BYTES:,} bytes",
             )
@@ -242,7 +238,7 @@ def _guarded_invocations(server: Any) -> Any:
         try:  # the route checked the headers already; a direct caller (and the tests) may not have
             check_media(content_type)
             if isinstance(data, (str, bytes, bytearray)) and len(data) > MAX_REQUEST_BYTES:
-                raise _Refused(413, _too_large(len(data)))
+                raise _Refused(413, body_too_large(len(data)))
             parsed = parse_request(data)
             result = original(parsed, _normalised(content_type.partition(";")[2]), model, input_schema)
         except RecursionError:
@@ -305,17 +301,17 @@ def parse_request(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _Refused(
             400,
-            f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}",
+            f"the body must be a JSON dictionary (an object) with one of the keys {request_keys()}, got a JSON {_json_kind(data)}",
         )
     params = data.get("params")
-    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode"}):  # mode: digit or number
+    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= set(PARAMS)):
         raise _Refused(
             400,
-            f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
+            f"this model takes no params other than {', '.join(PARAMS)}, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
         )
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
-        raise _Refused(400, f"batch of {len(rows):,} images is over the limit of {MAX_BATCH:,} per request: split it")
+        raise _Refused(400, batch_too_large(len(rows)))
     inputs = data.get("inputs")
     if (
         isinstance(inputs, list)
@@ -335,7 +331,7 @@ def _rows(data: dict[str, Any]) -> list | None:
     split = data.get("dataframe_split")
     if isinstance(split, dict) and isinstance(split.get("data"), list):
         return split["data"]
-    for key in ("dataframe_records", "instances", "inputs"):
+    for key in REQUEST_KEYS[1:]:
         if isinstance(data.get(key), list):
             return data[key]
         if isinstance(data.get(key), dict):  # {"inputs": {"image": [...]}}: columns of rows
