@@ -1,6 +1,6 @@
 """The scoring server's guard: every request a hostile or careless client sends costs bounded work and gets a small JSON answer.
 
-``mlflow models serve`` (MLflow 3.17) reads the whole body before looking at it, parses what any content type
+``mlflow models serve`` (MLflow 3.17 and 3.18) reads the whole body before looking at it, parses what any content type
 says it is (CSV and parquet included, without limits), answers some client mistakes with a 500, a plain-text
 body or a stack trace, and echoes the request in some error messages. ``install()`` wraps three of its
 functions, which the server looks up when it builds its app and at each request:
@@ -16,10 +16,11 @@ functions, which the server looks up when it builds its app and at each request:
   turns MLflow's exceptions into short ones.
 - ``predictions_to_json``: the same answer written with ``json.dumps`` (the C encoder) in one piece.
 
-These are MLflow internals with no stability promise, so the guard is installed only on the MLflow version it
-was tested against (``TESTED_MLFLOW``); any other version serves through MLflow's own path and says so in one
-log line at start-up. tests/test_serving.py fails on another version, so bumping MLflow means re-testing this
-module and the constant (and pyproject.toml's bound) together.
+These are MLflow internals with no stability promise, so each is wrapped only where it is found with the shape
+the guard expects (``digits.serve.seams``: name, call signature, use by the server's ``init``), whatever the
+version; a protection whose seam is missing is off, and ``install`` names every such protection in one WARNING
+line at start-up (``digits doctor`` fails on it too). CI runs the serving tier on the newest and the oldest
+MLflow that pyproject.toml accepts.
 
 What would let MLflow do this upstream: a request-size limit enforced while reading, case-insensitive media
 types, a list of accepted content types per model, JSON 4xx answers without stack traces or echoed input,
@@ -39,6 +40,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 
+from digits.serve import seams
 from digits.serve.contract import (
     BODY_SECONDS,
     INPUT_COLUMN,
@@ -59,38 +61,26 @@ try:  # parses a 1,000-image request 2.5x faster than json; optional, as the ans
 except ImportError:
     _orjson = None
 
-TESTED_MLFLOW = "3.17.2"
 
 _log = logging.getLogger(__name__)
 
 
-def install() -> None:
-    """Guard the scoring server of this process (see the module docstring). Idempotent; a no-op outside it."""
-    if mlflow.__version__ != TESTED_MLFLOW:
-        _log.warning(
-            "digits: MLflow %s is not the tested %s: serving through MLflow's own request path, without "
-            "the request guard and the faster JSON path",
-            mlflow.__version__,
-            TESTED_MLFLOW,
-        )
-        return
-    try:
-        from mlflow.pyfunc import scoring_server as server
-    except ImportError:
-        return
-    needed = (
-        "invocations",
-        "predictions_to_json",
-        "_async_catch_mlflow_exception",
-        "InvocationsResponse",
-        "NumpyEncoder",
-        "_get_jsonable_obj",
-    )
-    if not all(hasattr(server, name) for name in needed) or getattr(server.invocations, "_digits_guard", False):
-        return
-    server.predictions_to_json = _fast_answers(server)
-    server.invocations = _guarded_invocations(server)
-    server._async_catch_mlflow_exception = _guarded_route(server)
+def install() -> dict[str, str | None]:
+    """Guard the scoring server of this process, seam by seam (see the module docstring). Idempotent.
+
+    Returns each protection with ``None`` where it is on, else why it is off; logs the ones that are off in one
+    WARNING line.
+    """
+    server = seams.scoring_server()
+    status = seams.protections(server)
+    makers = {seams.ROUTE: _guarded_route, seams.INVOCATIONS: _guarded_invocations, seams.ANSWERS: _fast_answers}
+    for seam in seams.SEAMS:
+        if server is not None and seams.missing(server, seam) is None:
+            seams.wrap(server, seam, makers[seam.name])
+    warning = seams.off_line(status, mlflow.__version__)
+    if warning:  # the server loads its model once: one line at start-up
+        _log.warning(warning)
+    return status
 
 
 def refusal(status: int, message: str, code: str | None = None) -> dict[str, str]:
@@ -166,6 +156,7 @@ def _guarded_route(server: Any) -> Any:
     def respond(status: int, message: str, code: str | None = None) -> Response:
         return Response(content=json.dumps(refusal(status, message, code)), status_code=status, media_type=MEDIA_TYPE)
 
+    @functools.wraps(catch_mlflow_exception)
     def decorate(handler: Any) -> Any:
         caught = catch_mlflow_exception(handler)
 
@@ -251,7 +242,6 @@ def _guarded_invocations(server: Any) -> Any:
             return answer(result.status, str(result.response))
         return result
 
-    invocations._digits_guard = True  # type: ignore[attr-defined]
     return invocations
 
 
