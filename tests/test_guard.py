@@ -233,3 +233,11 @@ def test_a_route_decorator_the_server_no_longer_uses_is_not_trusted(monkeypatch)
     assert status["body limit while reading (413)"] == "init() no longer uses _async_catch_mlflow_exception"
     assert status["JSON, params and batch limit checked before any array is built (400)"] is None
     assert seams.protections(_changed_server(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=None))["stalled uploads (408)"]
+
+    def init_with_another_handler(model):  # the route's path alone is not a use of invocations()
+        return "/invocations", model
+
+    status = seams.protections(_changed_server(init=init_with_another_handler))
+    assert status["JSON, params and batch limit checked before any array is built (400)"] == (
+        "init() no longer uses invocations"
+    )

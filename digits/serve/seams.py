@@ -17,6 +17,7 @@ own limits apply whatever the guard can do: h11 refuses request headers over 16 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,9 @@ def _unused(server: Any, seam: Seam) -> str | None:
         source = inspect.getsource(server.init)
     except (AttributeError, OSError, TypeError):
         return "the server's init() cannot be read"
-    return None if seam.attribute in source else f"init() no longer uses {seam.attribute}"
+    # A call or a decorator, not the route's path "/invocations".
+    used = re.search(rf"(?<![/\w]){re.escape(seam.attribute)}\b", source)
+    return None if used else f"init() no longer uses {seam.attribute}"
 
 
 def scoring_server() -> Any | None:
