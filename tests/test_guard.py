@@ -222,12 +222,11 @@ def test_a_changed_seam_switches_off_only_what_needs_it_and_says_so_in_one_warni
 
 
 def test_a_route_decorator_the_server_no_longer_uses_is_not_trusted(monkeypatch):
-    def init(model):  # an app built without MLflow's route decorator: wrapping it would protect nothing
-        return invocations(model)
-
     from mlflow.pyfunc import scoring_server
 
-    invocations = scoring_server.invocations
+    def init(model):  # an app built without MLflow's route decorator: wrapping it would protect nothing
+        return scoring_server.invocations(model)
+
     changed = _changed_server(init=init)
     status = seams.protections(changed)
     assert status["body limit while reading (413)"] == "init() no longer uses _async_catch_mlflow_exception"

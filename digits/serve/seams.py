@@ -17,7 +17,7 @@ own limits apply whatever the guard can do: h11 refuses request headers over 16 
 from __future__ import annotations
 
 import inspect
-import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,16 +84,22 @@ def missing(server: Any, seam: Seam) -> str | None:
 
 
 def _unused(server: Any, seam: Seam) -> str | None:
-    # The route decorator and invocations only matter if the server's app uses them: init() must name them.
+    # The route decorator and invocations only matter if the server's app uses them: init() (or a function
+    # defined in it, such as the route's handler) must look them up as module globals.
     if seam.name == ANSWERS:
         return None
-    try:
-        source = inspect.getsource(server.init)
-    except (AttributeError, OSError, TypeError):
-        return "the server's init() cannot be read"
-    # A call or a decorator, not the route's path "/invocations".
-    used = re.search(rf"(?<![/\w]){re.escape(seam.attribute)}\b", source)
-    return None if used else f"init() no longer uses {seam.attribute}"
+    code = getattr(getattr(server, "init", None), "__code__", None)
+    if code is None:
+        return "the server has no init() to read"
+    return None if seam.attribute in _global_names(code) else f"init() no longer uses {seam.attribute}"
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 def scoring_server() -> Any | None:
