@@ -175,7 +175,15 @@ def test_mlflow_models_predict_scores_a_file_over_the_per_request_limit(logged, 
     rows = ink_arrays(MAX_BATCH + 1_500, seed=2)
     (tmp_path / "in.json").write_text(json.dumps(request_body(rows)))
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"]}
-    command = ["mlflow", "models", "predict", "-m", logged["onnx"], "-i", str(tmp_path / "in.json")]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "predict",
+        "-m",
+        logged["onnx"],
+        "-i",
+        str(tmp_path / "in.json"),
+    ]
     command += ["-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "local"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
