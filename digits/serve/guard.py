@@ -1,7 +1,7 @@
 """The scoring server's guard: every request a hostile or careless client sends costs bounded work and gets a small JSON answer.
 
-``mlflow models serve`` (MLflow 3.17 and 3.18) reads the whole body before looking at it, parses what any content type
-says it is (CSV and parquet included, without limits), answers some client mistakes with a 500, a plain-text
+``mlflow models serve`` (MLflow 3.17 and 3.18) reads the whole body before looking at it, parses what any content
+type says it is (CSV and parquet included, without limits), answers some client mistakes with a 500, a plain-text
 body or a stack trace, and echoes the request in some error messages. ``install()`` wraps three of its
 functions, which the server looks up when it builds its app and at each request:
 
@@ -11,7 +11,7 @@ functions, which the server looks up when it builds its app and at each request:
   answers a body that does not arrive in time (a stalled upload) with a JSON 408; logs a client that hangs up
   mid-upload in one line; and cuts any error answer to ``MAX_ERROR_CHARS`` with no stack trace.
 - ``invocations``: parses a JSON body once (orjson where installed), refuses one that is not valid JSON, not an
-  object, carries ``params`` other than ``mode``, or holds more than ``MAX_BATCH`` rows, all before any
+  object, carries ``params`` not in ``contract.PARAMS``, or holds more than ``MAX_BATCH`` rows, all before any
   array or DataFrame is built; sends ``{"inputs": [...]}`` down the one-column ``dataframe_split`` path; and
   turns MLflow's exceptions into short ones.
 - ``predictions_to_json``: the same answer written with ``json.dumps`` (the C encoder) in one piece.
