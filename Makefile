@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EPOCHS ?= 10
+# The oldest MLflow pyproject.toml accepts: `make test` also runs the serving tier against it, in its own venv.
+MLFLOW_OLDEST ?= 3.17.0
+OLDEST_VENV ?= .venv-mlflow-oldest
+SERVING_TESTS := tests/test_serving_limits.py tests/test_guard.py tests/test_serving.py tests/test_onnx_model.py tests/test_registry.py
+# What the tests need from the system: Debian's Chromium drives the real-browser test of the drawing app (no browser
+# download); Debian's PostgreSQL is the database of the scale tests (`digits stack up` runs initdb and pg_ctl).
+SYSTEM_PACKAGES := chromium postgresql
 
-.PHONY: setup run test test-fast lint stack
+.PHONY: setup run test test-fast test-mlflow-oldest system-packages lint stack
 
 setup: $(VENV)/.installed
 
@@ -15,12 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-# `mlflow run` starts `python` and the scoring server starts `uvicorn` from PATH: put the venv first.
+# `mlflow run` starts `python` and the scoring server starts `uvicorn` from PATH: put the venv first. The runs land
+# in the experiment `digits` (created on first use), as the README says.
 run: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local -P epochs=$(EPOCHS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local --experiment-name digits -P epochs=$(EPOCHS)
 
-test: setup lint
+# Every test on the newest dependencies, then the serving tier on the oldest MLflow supported.
+test: system-packages setup lint $(OLDEST_VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-mlflow-oldest
 
 # The formatter and linter the field uses (configured in pyproject.toml): CI fails on an unformatted file.
 lint: setup
@@ -29,6 +39,35 @@ lint: setup
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m unit
+
+# The serving tier (the guard, the real `mlflow models serve`, torch and ONNX) on MLflow $(MLFLOW_OLDEST).
+test-mlflow-oldest: $(OLDEST_VENV)/.installed
+	PATH="$(abspath $(OLDEST_VENV)/bin):$$PATH" $(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider $(SERVING_TESTS)
+
+# torch and torchvision first, at the versions the main venv has, so pip takes them from its cache or local wheels.
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(OLDEST_VENV)/bin/python -m pip install -q -e . 'mlflow==$(MLFLOW_OLDEST)' pytest requests
+	touch $@
+
+# Installs what is missing with apt-get (as root, or with sudo when it needs no password); else stops at once
+# with the one command to run.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] && exit 0; \
+	command="apt-get install -y --no-install-recommends$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	else echo "make test: the tests need$$missing; run: sudo sh -c 'apt-get update && $$command'" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test: the tests need$$missing (Debian's package names; no apt-get here): install them, then make test" >&2; exit 1; fi; \
+	echo "make test: installing$$missing with apt-get"; \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$sudo $$command -qq >/dev/null
 
 # PostgreSQL (databases optuna, mlflow) and an MLflow tracking server for parallel workers; `digits stack status`
 # prints what to export, `digits stack down` stops both.

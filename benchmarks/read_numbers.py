@@ -107,14 +107,15 @@ def served_ms(samples, proba) -> dict[str, float]:
     from PIL import Image
 
     from digits.serve.answers import answer
+    from digits.serve.contract import INPUT_COLUMN, MODE_PARAM
 
     times = []
     for s in samples:
         buffer = io.BytesIO()
         Image.fromarray(s.picture).save(buffer, format="PNG")
-        frame = pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]})
+        frame = pd.DataFrame({INPUT_COLUMN: [base64.b64encode(buffer.getvalue()).decode()]})
         start = time.perf_counter()
-        answer(frame, proba, {"mode": "number"})
+        answer(frame, proba, {MODE_PARAM: "number"})
         times.append(1000 * (time.perf_counter() - start))
     return {"p50": float(np.median(times)), "mean": float(np.mean(times)), "p90": float(np.percentile(times, 90))}
 

@@ -41,6 +41,7 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from digits.learn.data import load_mnist  # noqa: E402
+from digits.serve.contract import MODE_PARAM, request_body  # noqa: E402
 
 
 def server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,8 +102,8 @@ def number_bodies(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
     for sample in number_set(images, labels, 25, seed=0, lengths=(5,)):
         buffer = io.BytesIO()
         Image.fromarray(sample.picture).save(buffer, format="PNG")
-        split = {"columns": ["image"], "data": [[base64.b64encode(buffer.getvalue()).decode()]]}
-        bodies.append(json.dumps({"dataframe_split": split, "params": {"mode": "number"}}).encode())
+        picture = base64.b64encode(buffer.getvalue()).decode()
+        bodies.append(json.dumps(request_body([picture], {MODE_PARAM: "number"})).encode())
     return bodies
 
 
@@ -110,8 +111,8 @@ def payloads(images: np.ndarray, labels: np.ndarray) -> dict[str, list[bytes]]:
     """Request bodies, encoded once: several different ones per kind, so no cache can help."""
     rng = np.random.default_rng(0)
     pick = lambda n: images[rng.choice(len(images), n, replace=False)]  # noqa: E731
-    inputs = lambda batch: json.dumps({"inputs": batch.tolist()}).encode()  # noqa: E731
-    split = lambda rows: json.dumps({"dataframe_split": {"columns": ["image"], "data": [[r] for r in rows]}}).encode()  # noqa: E731
+    inputs = lambda batch: json.dumps(request_body(batch, layout="inputs")).encode()  # noqa: E731
+    split = lambda rows: json.dumps(request_body(rows)).encode()  # noqa: E731
     return {
         "array x1": [inputs(pick(1)) for _ in range(50)],
         "picture x1": [split([drawing_png(pick(1)[0])]) for _ in range(50)],

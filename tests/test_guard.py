@@ -7,6 +7,7 @@ tests/test_serving_limits.py.
 from __future__ import annotations
 
 import json
+import types
 
 import mlflow
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from digits.core.config import TrainConfig
 from digits.mlops import registry
-from digits.serve import guard
+from digits.serve import guard, seams
 from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import isolated_store
 
@@ -182,3 +183,60 @@ def test_headers_alone_refuse_a_request_before_its_body_is_read(headers, status,
     guard.check_headers(
         {"content-type": "Application/JSON", "content-length": "100", "content-encoding": "identity"}
     )  # fine
+
+
+# --- found by shape, not by version --------------------------------------------------------------------------------
+
+
+def test_every_protection_is_on_for_the_installed_mlflow(server):
+    assert seams.protections() == dict.fromkeys(seams.protections())  # all None: on
+    assert seams.off_line(seams.protections(), mlflow.__version__) is None
+
+
+def _changed_server(**changes):
+    """A copy of MLflow's scoring-server module's namespace with some attributes changed (None: removed)."""
+    from mlflow.pyfunc import scoring_server
+
+    namespace = {k: v for k, v in vars(scoring_server).items() if not k.startswith("__")}
+    namespace.update(changes)
+    return types.SimpleNamespace(**{k: v for k, v in namespace.items() if v is not None})
+
+
+def test_a_changed_seam_switches_off_only_what_needs_it_and_says_so_in_one_warning(monkeypatch, caplog):
+    def invocations(data, content_type, model, input_schema, params):  # a new MLflow that takes one more argument
+        raise AssertionError("not called")
+
+    changed = _changed_server(invocations=invocations, predictions_to_json=None)
+    monkeypatch.setattr(seams, "scoring_server", lambda: changed)
+    with caplog.at_level("WARNING", logger="digits.serve.guard"):
+        status = guard.install()
+    off = {name for name, reason in status.items() if reason}
+    assert off == set(seams.PROTECTIONS[seams.INVOCATIONS] + seams.PROTECTIONS[seams.ANSWERS])
+    assert changed.invocations is invocations and changed._async_catch_mlflow_exception._digits_guard
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    message = warnings[0].getMessage()
+    assert f"partly off on MLflow {mlflow.__version__}" in message
+    assert "batch limit checked before any array is built (400) (invocations(" in message
+    assert "fast JSON answers (speed only) (predictions_to_json is gone)" in message
+
+
+def test_a_route_decorator_the_server_no_longer_uses_is_not_trusted(monkeypatch):
+    from mlflow.pyfunc import scoring_server
+
+    def init(model):  # an app built without MLflow's route decorator: wrapping it would protect nothing
+        return scoring_server.invocations(model)
+
+    changed = _changed_server(init=init)
+    status = seams.protections(changed)
+    assert status["body limit while reading (413)"] == "init() no longer uses _async_catch_mlflow_exception"
+    assert status["JSON, params and batch limit checked before any array is built (400)"] is None
+    assert seams.protections(_changed_server(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=None))["stalled uploads (408)"]
+
+    def init_with_another_handler(model):  # the route's path alone is not a use of invocations()
+        return "/invocations", model
+
+    status = seams.protections(_changed_server(init=init_with_another_handler))
+    assert status["JSON, params and batch limit checked before any array is built (400)"] == (
+        "init() no longer uses invocations"
+    )

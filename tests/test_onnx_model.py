@@ -69,7 +69,6 @@ def bad_requests() -> dict[str, pd.DataFrame]:
         "not base64": pd.DataFrame({"image": ["this is not base64!"]}),
         "0x0 image": pd.DataFrame({"image": [base64.b64encode(zero_size_png()).decode()]}),
         "no image column": pd.DataFrame({"picture": ["x"]}),
-        "over the batch limit": pd.DataFrame({"image": [np.zeros((28, 28))] * 1001}),
     }
 
 
@@ -130,3 +129,64 @@ print(model.predict(example)["digit"].tolist())
     downloaded = Path(mlflow.artifacts.download_artifacts(logged["onnx"], dst_path=str(tmp_path / "model")))
     requirements = (downloaded / "requirements.txt").read_text().split()
     assert {r.split("==")[0] for r in requirements} == set(registry.ONNX_SERVING_REQUIREMENTS)
+
+
+def ink_arrays(n: int, seed: int = 1) -> np.ndarray:
+    """``n`` MNIST-like arrays (light ink on dark) that pass the served model's checks."""
+    out = np.zeros((n, 28, 28), np.uint8)
+    out[:, 8:20, 10:18] = np.random.default_rng(seed).integers(100, 256, (n, 12, 8))
+    return out
+
+
+@pytest.mark.unit
+def test_ten_thousand_rows_score_in_one_in_process_predict_torch_and_onnx_alike(logged):
+    # The per-request limit (MAX_BATCH) is the HTTP edge's; in-process the model works through any number of rows.
+    frame = pd.DataFrame({"image": list(ink_arrays(10_000))})
+    torch_model, onnx_model = mlflow.pyfunc.load_model(logged["torch"]), mlflow.pyfunc.load_model(logged["onnx"])
+    want, got = torch_model.predict(frame), onnx_model.predict(frame)
+    assert len(want) == len(got) == 10_000 and got.index.tolist() == list(range(10_000))
+    np.testing.assert_allclose(np.stack(got["probabilities"]), np.stack(want["probabilities"]), atol=export.PARITY_ATOL)
+    last = torch_model.predict(frame.iloc[-1_000:].reset_index(drop=True))  # the same rows in one request's worth
+    np.testing.assert_allclose(np.stack(want["probabilities"][-1_000:]), np.stack(last["probabilities"]), atol=1e-6)
+    frame.at[1_123, "image"] = np.zeros((27, 28), np.uint8)  # a bad row past the first chunk: named by its place
+    with pytest.raises(MlflowException, match=r"image 1123: .*got shape \(27, 28\)"):
+        onnx_model.predict(frame)
+
+
+@pytest.mark.unit
+def test_answer_works_through_rows_one_request_at_a_time():
+    from digits.serve.answers import answer
+    from digits.serve.contract import MAX_BATCH
+
+    calls = []
+
+    def proba(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return np.full((len(images), 10), 0.1)
+
+    out = answer(pd.DataFrame({"image": list(ink_arrays(2 * MAX_BATCH + 500))}), proba)
+    assert calls == [MAX_BATCH, MAX_BATCH, 500] and len(out) == 2 * MAX_BATCH + 500
+
+
+@pytest.mark.data
+def test_mlflow_models_predict_scores_a_file_over_the_per_request_limit(logged, tmp_path):
+    from digits.serve.contract import MAX_BATCH, request_body
+
+    rows = ink_arrays(MAX_BATCH + 1_500, seed=2)
+    (tmp_path / "in.json").write_text(json.dumps(request_body(rows)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"]}
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "predict",
+        "-m",
+        logged["onnx"],
+        "-i",
+        str(tmp_path / "in.json"),
+    ]
+    command += ["-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "local"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    expected = mlflow.pyfunc.load_model(logged["onnx"]).predict(pd.DataFrame({"image": list(rows)}))
+    assert [p["digit"] for p in predictions] == expected["digit"].tolist() and len(predictions) == len(rows)

@@ -24,7 +24,7 @@ from PIL import Image
 from digits.core.config import TrainConfig
 from digits.mlops import registry
 from digits.serve import guard
-from digits.serve.decode import MAX_PIXELS
+from digits.serve.contract import MAX_PIXELS, request_body
 from digits.serve.model import build_model, save_checkpoint
 from tests.conftest import isolated_store, scoring_server
 
@@ -170,9 +170,9 @@ def test_decoded_pixels_per_request_are_bounded(server):
     picture.save(buffer, format="PNG")
     text = base64.b64encode(buffer.getvalue()).decode()
     n = MAX_PIXELS // (1024 * 1024)
-    ok = server.post(json.dumps({"dataframe_split": {"columns": ["image"], "data": [[text]] * n}}))
+    ok = server.post(json.dumps(request_body([text] * n)))
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == n
-    over = server.post(json.dumps({"dataframe_split": {"columns": ["image"], "data": [[text]] * (n + 1)}}))
+    over = server.post(json.dumps(request_body([text] * (n + 1))))
     assert "pixels together, the limit" in small_json_refusal(over, 400)
 
 
@@ -182,12 +182,7 @@ def test_16_bit_pngs_are_scaled_not_clipped(server):
     as16, as8 = io.BytesIO(), io.BytesIO()
     Image.fromarray(ink).save(as16, format="PNG")
     Image.fromarray(np.rint(ink / 257).astype(np.uint8)).save(as8, format="PNG")
-    answers = [
-        server.post(
-            json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b.getvalue()).decode()]]}})
-        )
-        for b in (as16, as8)
-    ]
+    answers = [server.post(json.dumps(request_body([base64.b64encode(b.getvalue()).decode()]))) for b in (as16, as8)]
     assert [a.status_code for a in answers] == [200, 200], answers[0].text[:300]
     np.testing.assert_allclose(
         answers[0].json()["predictions"][0]["probabilities"],

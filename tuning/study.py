@@ -79,6 +79,10 @@ def open_study(
         raise StudyMismatchError(
             f"{where} was run with {was} (this run: {now}), so its values are not comparable: pass another study_name, or the study's settings"
         )
+    if study.metric_names is None:  # optuna-dashboard labels the value with it, not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 3.2
+            study.set_metric_names([OBJECTIVE])
     if created:
         study.enqueue_trial(base_params(base), user_attrs={"base": True})
     return study

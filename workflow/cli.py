@@ -20,6 +20,7 @@ from digits.core.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
 from workflow.commands import (
     cmd_app,
     cmd_baseline,
+    cmd_doctor,
     cmd_evaluate,
     cmd_export,
     cmd_feedback,
@@ -153,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     app_parser = _add_app_parser(sub)
     _add_stack_parser(sub)
     _add_feedback_parsers(sub, app_parser=app_parser)
+    p = sub.add_parser(
+        "doctor",
+        help="print the versions, stores, data folder, serving guard and champion this environment sees; exit 1 with one line per problem",
+    )
+    p.add_argument(
+        "--data_dir",
+        "--data-dir",
+        default="",
+        help="MNIST folder to check (default: empty, $DIGITS_DATA_DIR, else ~/.cache/digits/mnist)",
+    )
+    p.set_defaults(handler=cmd_doctor)
     return parser
 
 

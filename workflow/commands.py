@@ -10,6 +10,12 @@ from digits.core.errors import DigitsError
 from workflow.flags import config_from_args
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from workflow import doctor
+
+    return doctor.report(doctor.diagnose(args.data_dir))
+
+
 def cmd_main(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
     from workflow import pipeline  # after validation: a typo is reported without waiting for torch and MLflow

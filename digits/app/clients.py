@@ -15,6 +15,7 @@ import numpy as np
 
 from digits.core.errors import DigitsError, first_line
 from digits.core.names import CHAMPION_URI
+from digits.serve.contract import INPUT_COLUMN, MODE_PARAM, request_body
 from digits.serve.preprocess import InputError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class RegistryModel:
             if self._model is None:
                 raise AppError(self._error or f"cannot load `{self.model_uri}`")
         try:
-            result = self._model.predict(pd.DataFrame({"image": [picture]}))
+            result = self._model.predict(pd.DataFrame({INPUT_COLUMN: [picture]}))
         except MlflowException as exc:
             raise InputError(first_line(str(exc.message))) from None
         try:
@@ -103,7 +104,11 @@ class RegistryModel:
             if self._model is None:
                 raise AppError(self._error or f"cannot load `{self.model_uri}`")
         try:
-            return self._model.predict(pd.DataFrame({"image": [picture]}), params={"mode": "number"}).iloc[0].to_dict()
+            return (
+                self._model.predict(pd.DataFrame({INPUT_COLUMN: [picture]}), params={MODE_PARAM: "number"})
+                .iloc[0]
+                .to_dict()
+            )
         except MlflowException as exc:
             raise InputError(first_line(str(exc.message))) from None
 
@@ -131,8 +136,7 @@ class EndpointModel:
 
     def predict(self, picture: str, mode: str = "digit") -> Any:
         """The ten probabilities the endpoint answers for one base64 PNG/JPEG picture (mode ``number``: its answer)."""
-        request_params = {} if mode == "digit" else {"params": {"mode": mode}}
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[picture]]}, **request_params}).encode()
+        body = json.dumps(request_body([picture], None if mode == "digit" else {MODE_PARAM: mode})).encode()
         request = urllib.request.Request(
             self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )

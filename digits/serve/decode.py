@@ -15,9 +15,8 @@ import struct
 from PIL import Image
 
 from digits.core.errors import DigitsError, first_line
+from digits.serve.contract import MAX_ENCODED_CHARS, MAX_PIXELS
 
-MAX_PIXELS = 4096 * 4096  # per picture (16.8 megapixels, a phone photo fits); checked on the header, before decoding
-MAX_ENCODED_CHARS = 24 * 1024 * 1024  # base64 text per picture (~18 MB of PNG/JPEG)
 FORMATS = ("PNG", "JPEG")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pictures are later reduced (by averaging) to at most this long side; a big JPEG is decoded at a reduced

@@ -1,7 +1,7 @@
 """The scoring server's guard: every request a hostile or careless client sends costs bounded work and gets a small JSON answer.
 
-``mlflow models serve`` (MLflow 3.17) reads the whole body before looking at it, parses what any content type
-says it is (CSV and parquet included, without limits), answers some client mistakes with a 500, a plain-text
+``mlflow models serve`` (MLflow 3.17 and 3.18) reads the whole body before looking at it, parses what any content
+type says it is (CSV and parquet included, without limits), answers some client mistakes with a 500, a plain-text
 body or a stack trace, and echoes the request in some error messages. ``install()`` wraps three of its
 functions, which the server looks up when it builds its app and at each request:
 
@@ -11,15 +11,16 @@ functions, which the server looks up when it builds its app and at each request:
   answers a body that does not arrive in time (a stalled upload) with a JSON 408; logs a client that hangs up
   mid-upload in one line; and cuts any error answer to ``MAX_ERROR_CHARS`` with no stack trace.
 - ``invocations``: parses a JSON body once (orjson where installed), refuses one that is not valid JSON, not an
-  object, carries ``params`` other than ``mode``, or holds more than ``MAX_BATCH`` rows, all before any
+  object, carries ``params`` not in ``contract.PARAMS``, or holds more than ``MAX_BATCH`` rows, all before any
   array or DataFrame is built; sends ``{"inputs": [...]}`` down the one-column ``dataframe_split`` path; and
   turns MLflow's exceptions into short ones.
 - ``predictions_to_json``: the same answer written with ``json.dumps`` (the C encoder) in one piece.
 
-These are MLflow internals with no stability promise, so the guard is installed only on the MLflow version it
-was tested against (``TESTED_MLFLOW``); any other version serves through MLflow's own path and says so in one
-log line at start-up. tests/test_serving.py fails on another version, so bumping MLflow means re-testing this
-module and the constant (and pyproject.toml's bound) together.
+These are MLflow internals with no stability promise, so each is wrapped only where it is found with the shape
+the guard expects (``digits.serve.seams``: name, call signature, use by the server's ``init``), whatever the
+version; a protection whose seam is missing is off, and ``install`` names every such protection in one WARNING
+line at start-up (``digits doctor`` fails on it too). CI runs the serving tier on the newest and the oldest
+MLflow that pyproject.toml accepts.
 
 What would let MLflow do this upstream: a request-size limit enforced while reading, case-insensitive media
 types, a list of accepted content types per model, JSON 4xx answers without stack traces or echoed input,
@@ -39,56 +40,47 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 
-from digits.core.config import MAX_BATCH
+from digits.serve import seams
+from digits.serve.contract import (
+    BODY_SECONDS,
+    INPUT_COLUMN,
+    MAX_BATCH,
+    MAX_ERROR_CHARS,
+    MAX_REQUEST_BYTES,
+    MEDIA_TYPE,
+    PARAMS,
+    REQUEST_KEYS,
+    accepted_content,
+    batch_too_large,
+    body_too_large,
+    request_keys,
+)
 
 try:  # parses a 1,000-image request 2.5x faster than json; optional, as the answer does not depend on it
     import orjson as _orjson
 except ImportError:
     _orjson = None
 
-TESTED_MLFLOW = "3.17.2"
-INPUT_COLUMN = "image"
-# A request body, refused while it is read: 1,000 images as pixel values are ~3 MB of JSON, 1,000 canvas drawings
-# ~10 MB; the parsed JSON takes a few times its text.
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
-MAX_ERROR_CHARS = 2000  # of an error message: whatever the body, an error answer stays a few KB
-BODY_SECONDS = 30.0  # at most, for the whole body to arrive; a stalled upload gets a 408 after this
-MEDIA_TYPE = "application/json"
-_ACCEPTED = (
-    "the content types this model takes: application/json only, with one of the keys dataframe_split, "
-    f"dataframe_records, instances or inputs, holding an {INPUT_COLUMN!r} column"
-)
 
 _log = logging.getLogger(__name__)
 
 
-def install() -> None:
-    """Guard the scoring server of this process (see the module docstring). Idempotent; a no-op outside it."""
-    if mlflow.__version__ != TESTED_MLFLOW:
-        _log.warning(
-            "digits: MLflow %s is not the tested %s: serving through MLflow's own request path, without "
-            "the request guard and the faster JSON path",
-            mlflow.__version__,
-            TESTED_MLFLOW,
-        )
-        return
-    try:
-        from mlflow.pyfunc import scoring_server as server
-    except ImportError:
-        return
-    needed = (
-        "invocations",
-        "predictions_to_json",
-        "_async_catch_mlflow_exception",
-        "InvocationsResponse",
-        "NumpyEncoder",
-        "_get_jsonable_obj",
-    )
-    if not all(hasattr(server, name) for name in needed) or getattr(server.invocations, "_digits_guard", False):
-        return
-    server.predictions_to_json = _fast_answers(server)
-    server.invocations = _guarded_invocations(server)
-    server._async_catch_mlflow_exception = _guarded_route(server)
+def install() -> dict[str, str | None]:
+    """Guard the scoring server of this process, seam by seam (see the module docstring). Idempotent.
+
+    Returns each protection with ``None`` where it is on, else why it is off; logs the ones that are off in one
+    WARNING line.
+    """
+    server = seams.scoring_server()
+    status = seams.protections(server)
+    makers = {seams.ROUTE: _guarded_route, seams.INVOCATIONS: _guarded_invocations, seams.ANSWERS: _fast_answers}
+    for seam in seams.SEAMS:
+        if server is not None and seams.missing(server, seam) is None:
+            seams.wrap(server, seam, makers[seam.name])
+    warning = seams.off_line(status, mlflow.__version__)
+    if warning:  # the server loads its model once: one line at start-up
+        _log.warning(warning)
+    return status
 
 
 def refusal(status: int, message: str, code: str | None = None) -> dict[str, str]:
@@ -124,21 +116,15 @@ def check_headers(headers: Any) -> None:
         raise _Refused(415, f"Content-Encoding {encoding[:50]!r} is not supported: send the body uncompressed")
     length = headers.get("content-length")
     if length is not None and length.strip().isdigit() and int(length) > MAX_REQUEST_BYTES:
-        raise _Refused(413, _too_large(int(length)))
+        raise _Refused(413, body_too_large(int(length)))
 
 
 def check_media(content_type: str | None) -> None:
     """Refuse (``_Refused``, 415) a missing Content-Type or any but application/json (in any case)."""
     if not content_type:
-        raise _Refused(415, f"no Content-Type header: {_ACCEPTED}")
+        raise _Refused(415, f"no Content-Type header: {accepted_content()}")
     if content_type.split(";")[0].strip().lower() != MEDIA_TYPE:
-        raise _Refused(415, f"unsupported Content-Type {content_type[:100]!r}: {_ACCEPTED}")
-
-
-def _too_large(size: int) -> str:
-    return (
-        f"the request body has {size:,} bytes, over the limit of {MAX_REQUEST_BYTES:,}: send fewer images per request"
-    )
+        raise _Refused(415, f"unsupported Content-Type {content_type[:100]!r}: {accepted_content()}")
 
 
 async def _read_body(request: Any) -> bytes:
@@ -148,7 +134,7 @@ async def _read_body(request: Any) -> bytes:
         if size > MAX_REQUEST_BYTES:
             raise _Refused(
                 413,
-                _too_large(size)
+                body_too_large(size)
                 if size < 2 * MAX_REQUEST_BYTES
                 else f"the request body is over the limit of {MAX_REQUEST_BYTES:,} bytes",
             )
@@ -170,6 +156,7 @@ def _guarded_route(server: Any) -> Any:
     def respond(status: int, message: str, code: str | None = None) -> Response:
         return Response(content=json.dumps(refusal(status, message, code)), status_code=status, media_type=MEDIA_TYPE)
 
+    @functools.wraps(catch_mlflow_exception)
     def decorate(handler: Any) -> Any:
         caught = catch_mlflow_exception(handler)
 
@@ -242,7 +229,7 @@ def _guarded_invocations(server: Any) -> Any:
         try:  # the route checked the headers already; a direct caller (and the tests) may not have
             check_media(content_type)
             if isinstance(data, (str, bytes, bytearray)) and len(data) > MAX_REQUEST_BYTES:
-                raise _Refused(413, _too_large(len(data)))
+                raise _Refused(413, body_too_large(len(data)))
             parsed = parse_request(data)
             result = original(parsed, _normalised(content_type.partition(";")[2]), model, input_schema)
         except RecursionError:
@@ -255,7 +242,6 @@ def _guarded_invocations(server: Any) -> Any:
             return answer(result.status, str(result.response))
         return result
 
-    invocations._digits_guard = True  # type: ignore[attr-defined]
     return invocations
 
 
@@ -305,17 +291,17 @@ def parse_request(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _Refused(
             400,
-            f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}",
+            f"the body must be a JSON dictionary (an object) with one of the keys {request_keys()}, got a JSON {_json_kind(data)}",
         )
     params = data.get("params")
-    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode"}):  # mode: digit or number
+    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= set(PARAMS)):
         raise _Refused(
             400,
-            f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
+            f"this model takes no params other than {', '.join(PARAMS)}, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
         )
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
-        raise _Refused(400, f"batch of {len(rows):,} images is over the limit of {MAX_BATCH:,} per request: split it")
+        raise _Refused(400, batch_too_large(len(rows)))
     inputs = data.get("inputs")
     if (
         isinstance(inputs, list)
@@ -335,7 +321,7 @@ def _rows(data: dict[str, Any]) -> list | None:
     split = data.get("dataframe_split")
     if isinstance(split, dict) and isinstance(split.get("data"), list):
         return split["data"]
-    for key in ("dataframe_records", "instances", "inputs"):
+    for key in REQUEST_KEYS[1:]:
         if isinstance(data.get(key), list):
             return data[key]
         if isinstance(data.get(key), dict):  # {"inputs": {"image": [...]}}: columns of rows

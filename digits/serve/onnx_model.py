@@ -13,8 +13,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.core.config import MAX_BATCH
 from digits.serve.answers import answer, prepare_server
+from digits.serve.contract import MAX_BATCH
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from digits.serve.decode import MAX_PIXELS, WORK_SIDE, InputError, check_size, decode_image
+from digits.serve.contract import MAX_BATCH_PIXELS, MAX_PIXELS, batch_too_large, too_many_pixels
+from digits.serve.decode import WORK_SIDE, InputError, check_size, decode_image
 from digits.serve.pixels import SIZE, check_array_items, check_mnist_arrays, numeric_array
 
 __all__ = [
@@ -39,10 +40,8 @@ __all__ = [
 ]
 
 BOX = 20  # MNIST's digits are scaled to fit this box inside the frame
-# All the pictures of one request together, decoded: one full-size phone photo or 16 pictures of 1024x1024. Caps
-# a request's CPU and memory: 16 pictures of 1024x1024 took 1.0 s to preprocess on 2 busy cores, 1,000 images
-# sent as pixel values 0.09-0.14 s (a picture is worked on at up to WORK_SIDE, so 1024x1024 is the costliest).
-MAX_BATCH_PIXELS = 4096 * 4096
+# MAX_BATCH_PIXELS (digits.serve.contract): all the pictures of one request together, decoded (a picture is worked
+# on at up to WORK_SIDE, so 1024x1024 is the costliest).
 
 _MIN_CONTRAST = 24.0  # grey levels between paper and ink below which a picture counts as blank
 _INK_FLOOR = 0.2  # of the ink's contrast: paper texture, JPEG noise and faint shadows below it are dropped
@@ -104,7 +103,7 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int) -> np.ndarray:
     if n == 0 or (n == 1 and _is_empty_sequence(items[0])):
         raise InputError("empty batch: send at least one image")
     if n > max_batch:
-        raise InputError(f"batch of {n:,} images is over the limit of {max_batch:,} per request: split it")
+        raise InputError(batch_too_large(n, max_batch))
     out = np.empty((n, SIZE, SIZE), dtype=np.uint8)
     pictures: list[int] = []
     arrays: list[int] = []
@@ -123,9 +122,7 @@ def to_mnist_batch(items: Sequence[Any], max_batch: int) -> np.ndarray:
             image = decode_image(items[i])
             budget -= image.size[0] * image.size[1]
             if budget < 0:
-                raise InputError(
-                    f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request"
-                )
+                raise InputError(too_many_pixels(MAX_BATCH_PIXELS))
             out[i] = to_mnist(image)
         except InputError as exc:
             raise InputError(f"image {i}: {exc}") from None

@@ -30,7 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from digits.core.errors import DigitsError, first_line
 from digits.core.names import CHAMPION_URI
 from digits.serve.answers import answer, prepare_server
-from digits.serve.guard import INPUT_COLUMN
+from digits.serve.contract import INPUT_COLUMN, MODE_PARAM
 from digits.serve.model import load_checkpoint, predict_proba
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -47,7 +47,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
-        # A request holds at most MAX_BATCH images: one forward pass.
+        # answer() works through any number of rows MAX_BATCH at a time: one forward pass each.
         return answer(model_input, lambda images: predict_proba(self.model, images), params)
 
 
@@ -102,7 +102,9 @@ def predict_files(
     rows = []
     for path, text in zip(paths, encoded):  # one at a time, so the first unreadable picture is named by its path
         try:
-            result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}), params={"mode": "number"} if number else None)
+            result = model.predict(
+                pd.DataFrame({INPUT_COLUMN: [text]}), params={MODE_PARAM: "number"} if number else None
+            )
         except MlflowException as exc:
             raise PredictError(f"{path}: {first_line(exc).removeprefix('image 0: ')}") from None
         rows.append({"path": str(path), **result.iloc[0].to_dict()})
