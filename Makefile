@@ -44,12 +44,18 @@ test-fast: setup
 test-mlflow-oldest: $(OLDEST_VENV)/.installed
 	PATH="$(abspath $(OLDEST_VENV)/bin):$$PATH" $(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider $(SERVING_TESTS)
 
-# torch and torchvision first, at the versions the main venv has, so pip takes them from its cache or local wheels.
-$(OLDEST_VENV)/.installed: pyproject.toml
+# A venv whose own site-packages hold MLflow $(MLFLOW_OLDEST) (and uvicorn's script, so the scoring server starts on
+# it), with the main venv's packages (torch, onnxruntime, ...) behind them: only MLflow differs, built in seconds.
+$(OLDEST_VENV)/.installed: $(VENV)/.installed
+	rm -rf $(OLDEST_VENV)
 	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(OLDEST_VENV)/bin/python -m pip install -q -e . 'mlflow==$(MLFLOW_OLDEST)' pytest requests
+	$(OLDEST_VENV)/bin/python -c 'import pathlib, site, sys; main = pathlib.Path(sys.argv[1]).resolve(); \
+	  own = pathlib.Path(site.getsitepackages()[0]); \
+	  (own / "zz_main_venv.pth").write_text(f"import site; site.addsitedir({str(main)!r})\n")' \
+	  "$$($(BIN)/python -c 'import site; print(site.getsitepackages()[0])')"
+	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps --ignore-installed 'mlflow==$(MLFLOW_OLDEST)' 'mlflow-skinny==$(MLFLOW_OLDEST)' \
+	  'mlflow-tracing==$(MLFLOW_OLDEST)' "uvicorn==$$($(BIN)/python -c 'import uvicorn; print(uvicorn.__version__)')"
+	$(OLDEST_VENV)/bin/python -c 'import mlflow, torch; assert mlflow.__version__ == "$(MLFLOW_OLDEST)", mlflow.__version__'
 	touch $@
 
 # Installs what is missing with apt-get (as root, or with sudo when it needs no password); else stops at once
