@@ -78,8 +78,8 @@ def network(args, mnist):
 
 def single_digit_accuracy(samples, mnist, proba, seed: int) -> dict[str, float]:
     """Accuracy on the numbers' own test digits: raw 28x28, and each rendered alone as its number was."""
-    from digits.evaluate import render
     from digits.evaluate.number_eval import RENDER_SCALE
+    from digits.learn import render
     from digits.serve.preprocess import to_mnist
 
     rng = np.random.default_rng(seed + 1)
