@@ -220,9 +220,9 @@ class SearchConfig:
 class ReaderConfig(DataConfig):
     """The line reader (``digits.serve.reader``): a CNN + CTC over synthetic number strips made from MNIST digits."""
 
-    reader_epochs: int = field(default=8, metadata={"help": "epochs of the line reader, each on fresh strips"})
+    reader_epochs: int = field(default=6, metadata={"help": "epochs of the line reader, each on fresh strips"})
     reader_strips: int = field(
-        default=12000, metadata={"help": "synthetic training strips per epoch, made on the fly from the training split"}
+        default=16000, metadata={"help": "synthetic training strips per epoch, made on the fly from the training split"}
     )
     reader_val_strips: int = field(
         default=1000, metadata={"help": "validation strips, made once from the validation split"}

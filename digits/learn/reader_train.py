@@ -7,6 +7,8 @@ digits. Tracking comes in through callbacks, as for the CNN: ``callback(epoch, m
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -46,6 +48,18 @@ def strip_kwargs(config: ReaderConfig) -> dict:
         "overlap": config.reader_overlap,
         "render_share": config.reader_render,
     }
+
+
+def strips_digest(source_digest: str, indices: np.ndarray, config: ReaderConfig, part: str) -> str:
+    """What defines a run's strips: the MNIST files, the digits drawn from, the generator's settings and the seed."""
+    settings = {**strip_kwargs(config), "seed": config.seed, "part": part}
+    if part == "training":
+        settings.update(strips=config.reader_strips, epochs=config.reader_epochs, batch=config.reader_batch_size)
+    else:
+        settings.update(strips=config.reader_val_strips)
+    digest = hashlib.sha256(source_digest.encode() + json.dumps(settings, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def edit_distance(a: str, b: str) -> int:
