@@ -203,7 +203,9 @@ def make_strips(
         strip, x0, factor = to_strip(found)
         out.images.append(strip)
         out.texts.append("".join(map(str, string)))
-        out.spans.append(((spans / per_pixel - x0) * factor + PAD).astype(np.float32))
+        # A rendering's faint edges fall under the ink floor of ``ink_map``: its spans are exact to a pixel or two.
+        mapped = np.clip((spans / per_pixel - x0) * factor + PAD, 0, strip.shape[1])
+        out.spans.append(mapped.astype(np.float32))
         out.gaps.append(gaps)
         out.renderers.append(RENDERERS[kind])
     return out
