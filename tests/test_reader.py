@@ -163,3 +163,17 @@ def test_mlflow_run_reader_logs_metrics_figures_and_model(mnist_dir, tracking_ur
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reader")
     net, config = load_reader(local)
     assert config.reader_strips == 64 and isinstance(net, ReaderNet)
+
+
+@pytest.mark.unit
+def test_reader_space_fills_a_valid_reader_config():
+    import optuna
+
+    from tuning.space import READER_SPACE, suggest_reader_config
+
+    base = ReaderConfig()
+    lows = {p.name: p.bounds_for("adamw")[0] for p in READER_SPACE}
+    config = suggest_reader_config(optuna.trial.FixedTrial(lows), base)
+    config.validate()
+    assert {p.name: getattr(config, p.name) for p in READER_SPACE} == lows
+    assert config.replace(**{p.name: getattr(base, p.name) for p in READER_SPACE}) == base

@@ -193,6 +193,13 @@ def _add_pipeline_parsers(sub: Any) -> None:
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
     p.add_argument(
+        "--target",
+        choices=("cnn", "reader"),
+        default="cnn",
+        help="what to search: the CNN, or the line reader (tuning.space.READER_SPACE, study STUDY_NAME-reader, a trial trains for reader_epochs) (default: cnn)",
+    )
+    _add_reader_flags(p, in_main=True)
+    p.add_argument(
         "--parent_run_id",
         "--parent-run-id",
         default="",

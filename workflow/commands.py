@@ -47,6 +47,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    if args.target == "reader":
+        reader = config_from_args(ReaderConfig, args)
+        from workflow import pipeline
+
+        pipeline.run_tune_reader(reader, search)
+        return 0
     from workflow import pipeline
 
     pipeline.run_tune(config, search, parent_run_id=args.parent_run_id)

@@ -346,3 +346,14 @@ def run_reader_entry(config: ReaderConfig) -> None:
     """The ``reader`` entry point: MNIST split as ``config`` says, then ``run_reader`` in its own top-level run."""
     mnist, split = load_data(config)
     run_reader(config, mnist, split, nested=False)
+
+
+def run_tune_reader(reader: ReaderConfig, search: SearchConfig) -> None:
+    """``tune --target reader``: add ``search.n_trials`` reader trials to the study ``STUDY_NAME-reader``, in a run
+    ``tune-reader`` (its trials are its children)."""
+    from tuning import reader_search
+
+    mnist, split = load_data(reader)
+    with tracking.run("tune-reader", tags={"pipeline_step": "tune"}):
+        tracking.log_new_params({**search.to_dict(), "storage": "(see the study)", **reader.to_dict()})
+        reader_search.run_reader_search(reader, search, mnist, split)
