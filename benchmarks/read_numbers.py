@@ -1,31 +1,30 @@
-"""Reading handwritten numbers (issue 14): exact match, per-digit accuracy and time per number on composed numbers.
+"""Reading handwritten numbers: today's cut-and-classify reader and the trained line reader, on the same numbers.
 
-    python benchmarks/read_numbers.py --data_dir ../shared/data/mnist                  # trains the default CNN for --epochs
-    python benchmarks/read_numbers.py --data_dir ../shared/data/mnist --checkpoint DIR # a saved checkpoint instead
+    python benchmarks/read_numbers.py --data_dir ../shared/data/mnist --reader DIR                  # trains a 2-epoch CNN
+    python benchmarks/read_numbers.py --data_dir ../shared/data/mnist --reader DIR --checkpoint CNN --size 1000
 
-Numbers of ``--length`` digits (default 5) composed from MNIST *test* digits (``digits.evaluate.number_eval``: gap and
-touching spacing, canvas and photo renderings, seeded), read by ``digits.serve.numbers`` with the served network
-(``serving.inference_model``). Figures: exact match per spacing kind, per-digit accuracy (1 - edit distance /
-length) against the single-digit accuracy of the same test digits (each rendered alone the same way and read
-through ``preprocess.to_mnist``, and raw), and the time per number of the served answer (``answers.answer`` with
-mode ``number`` on the base64 PNG, in-process: decoding, segmentation, network), p50 and mean. The last line of
-output is one JSON object.
+Numbers composed from MNIST *test* digits only (``digits.learn.strips.layout``, spacing drawn per gap), in four cells:
+5 digits with gaps (0.15-0.6 of a digit's width), 5 digits touching or overlapping up to 25% of the narrower digit's
+width, 8-12 digits (mixed gaps and overlaps up to 25%), each drawn as a thin-pen canvas drawing and as a photo on grey
+paper (``digits.learn.render``, scale 5, as the numbers evaluation); "photo 5" is the photographed 5-digit numbers of
+the first two cells. Both readers read the same pictures: the cut-and-classify reader (``digits.serve.numbers``) with
+a digit CNN (``--checkpoint``, else one trained for ``--epochs``), the line reader (``digits.serve.reader``) from
+``--reader`` (a folder with weights.pt + reader_config.json, e.g. a reader run's ``reader`` artifact). Figures: exact
+match per cell and renderer, per-digit accuracy (1 - character error rate), and in-process milliseconds per 5-digit
+number from the picture array (p50, one torch thread). The last line of output is one JSON object.
 
 (Not ``benchmarks/numbers.py``: run as a script, that name would shadow the standard library's ``numbers``.)
 
-Targets: exact match >= 95% with gaps, >= 85% touching; per-digit accuracy within 1 point of the single-digit
-accuracy; <= 20 ms per 5-digit number served.
+Targets (issue 29, line reader): gaps >= 98% exact, touching >= 97%, 8-12 digits >= 94%, photo 5 >= 97%, per digit
+>= 99.5%, <= 10 ms p50 per 5-digit number.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -36,135 +35,153 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.serving import machine  # noqa: E402
 
+CELLS = {  # name: (lengths, gap range in the narrower digit's width; None: the generator's mixed spacing)
+    "gap5": ((5,), (0.15, 0.6)),
+    "touch5": ((5,), (-0.25, 0.0)),
+    "long": (tuple(range(8, 13)), None),
+}
+RENDERERS = ("canvas", "photo")
+SCALE = 5  # the numbers evaluation's rendering scale
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default="", help="MNIST IDX files (default: $DIGITS_DATA_DIR or the cache)")
+    parser.add_argument("--reader", required=True, help="the line reader's folder (weights.pt + reader_config.json)")
     parser.add_argument(
-        "--checkpoint", default="", help="a checkpoint folder (weights.pt + config.json); default: train one"
+        "--checkpoint", default="", help="a digit CNN's folder (weights.pt + config.json); default: train one"
     )
     parser.add_argument(
-        "--epochs",
-        type=int,
-        default=2,
-        help="epochs of the default CNN trained when no checkpoint is given (default: %(default)s)",
+        "--epochs", type=int, default=2, help="epochs of the CNN trained without --checkpoint (default: %(default)s)"
     )
-    parser.add_argument(
-        "--size", type=int, default=100, help="numbers per spacing kind and renderer (default: %(default)s)"
-    )
-    parser.add_argument("--length", type=int, default=5, help="digits per number (default: %(default)s)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default: %(default)s, as one served worker per core)"
-    )
+    parser.add_argument("--size", type=int, default=1000, help="numbers per cell and renderer (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the composed numbers (default: %(default)s)")
+    parser.add_argument(
+        "--timing", type=int, default=100, help="5-digit numbers timed per reader (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
-def network(args, mnist):
+def compose(images, labels, size: int, seed: int) -> list[dict]:
+    """``size`` numbers per cell and renderer: the picture, its text, its cell and renderer."""
+    from digits.learn import render
+    from digits.learn.strips import layout
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for cell, (lengths, gap_range) in CELLS.items():
+        for renderer in RENDERERS:
+            for _ in range(size):
+                idx = rng.integers(0, len(images), rng.choice(lengths))
+                line, _, _ = layout(images[idx].astype(np.float32) / 255, rng, 0.25, gap_range)
+                ink = np.rint(255 * line).astype(np.uint8)
+                draw = render.canvas if renderer == "canvas" else render.photo
+                text = "".join(str(int(labels[i])) for i in idx)
+                out.append({"picture": draw(ink, rng, scale=SCALE), "text": text, "cell": cell, "renderer": renderer})
+    return out
+
+
+def cnn(args, mnist):
     from digits.core.config import TrainConfig
     from digits.learn.data import split_train_val
     from digits.learn.train import fit
-    from digits.serve.model import load_checkpoint, save_checkpoint
+    from digits.serve.model import load_checkpoint, predict_proba
+    from digits.serve.serving import inference_model
 
     if args.checkpoint:
-        net, config = load_checkpoint(args.checkpoint)
-        return net, config
-    config = TrainConfig(epochs=args.epochs, device="cpu", threads=args.threads)
-    split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
-    net = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
-    save_checkpoint(net, config, Path(tempfile.mkdtemp()) / "ckpt")
-    return net, config
+        net, _ = load_checkpoint(args.checkpoint)
+    else:
+        config = TrainConfig(epochs=args.epochs, device="cpu", threads=1)
+        split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
+        net = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
+    net = inference_model(net)
+    return lambda images: predict_proba(net, images)
 
 
-def single_digit_accuracy(samples, mnist, proba, seed: int) -> dict[str, float]:
-    """Accuracy on the numbers' own test digits: raw 28x28, and each rendered alone as its number was."""
-    from digits.evaluate import render
-    from digits.evaluate.number_eval import RENDER_SCALE
-    from digits.serve.preprocess import to_mnist
+def cut_reader(proba):
+    from digits.core.errors import DigitsError
+    from digits.serve.numbers import read_number
 
-    rng = np.random.default_rng(seed + 1)
-    idx = np.array([i for s in samples for i in s.indices])
-    drawn = np.stack(
-        [
-            to_mnist(
-                (render.canvas if s.renderer == "canvas" else render.photo)(
-                    mnist.test_images[i], rng, scale=RENDER_SCALE
-                )
-            )
-            for s in samples
-            for i in s.indices
-        ]
-    )
-    labels = mnist.test_labels[idx]
-    return {
-        "raw": float((proba(mnist.test_images[idx]).argmax(1) == labels).mean()),
-        "rendered": float((proba(drawn).argmax(1) == labels).mean()),
-    }
+    def read(picture) -> str:
+        try:
+            return read_number(picture, proba).text
+        except DigitsError:
+            return ""
+
+    return read
 
 
-def served_ms(samples, proba) -> dict[str, float]:
-    import pandas as pd
-    from PIL import Image
+def line_reader(directory: str):
+    from digits.serve.reader import load_reader, picture_strip, read_strips
 
-    from digits.serve.answers import answer
-    from digits.serve.contract import INPUT_COLUMN, MODE_PARAM
+    net, _ = load_reader(directory)
 
+    def read(picture) -> str:
+        try:
+            return read_strips(net, [picture_strip(picture)])[0].text
+        except ValueError:  # InputError: a blank picture
+            return ""
+
+    return read
+
+
+def figures(samples: list[dict], readings: list[str]) -> dict[str, float]:
+    """Exact match per cell x renderer, photo 5, and per-digit accuracy (1 - CER) overall."""
+    from digits.learn.reader_train import score
+
+    out: dict[str, float] = {}
+    for cell in CELLS:
+        for renderer in RENDERERS:
+            idx = [i for i, s in enumerate(samples) if s["cell"] == cell and s["renderer"] == renderer]
+            out[f"{cell}_{renderer}"] = score([samples[i]["text"] for i in idx], [readings[i] for i in idx])[
+                "exact_match"
+            ]
+        out[cell] = (out[f"{cell}_canvas"] + out[f"{cell}_photo"]) / 2
+    out["photo5"] = (out["gap5_photo"] + out["touch5_photo"]) / 2
+    out["per_digit"] = 1 - score([s["text"] for s in samples], readings)["cer"]
+    return out
+
+
+def timed(read, pictures) -> dict[str, float]:
+    read(pictures[0])  # warm-up
     times = []
-    for s in samples:
-        buffer = io.BytesIO()
-        Image.fromarray(s.picture).save(buffer, format="PNG")
-        frame = pd.DataFrame({INPUT_COLUMN: [base64.b64encode(buffer.getvalue()).decode()]})
+    for picture in pictures:
         start = time.perf_counter()
-        answer(frame, proba, {MODE_PARAM: "number"})
+        read(picture)
         times.append(1000 * (time.perf_counter() - start))
-    return {"p50": float(np.median(times)), "mean": float(np.mean(times)), "p90": float(np.percentile(times, 90))}
+    return {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90))}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from digits.evaluate.number_eval import number_metrics, number_set, read_all
     from digits.learn.data import load_mnist
-    from digits.serve.model import predict_proba
-    from digits.serve.serving import inference_model
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     mnist = load_mnist(args.data_dir or None)
-    net, _ = network(args, mnist)
-    net = inference_model(net)
-    proba = lambda images: predict_proba(net, images)  # noqa: E731
-    samples = number_set(mnist.test_images, mnist.test_labels, args.size, args.seed, lengths=(args.length,))
-    readings = read_all(samples[:5], proba)  # warm-up
-    start = time.perf_counter()
-    readings = read_all(samples, proba)
-    read_seconds = time.perf_counter() - start
-    values = number_metrics(samples, readings)
-    single = single_digit_accuracy(samples, mnist, proba, args.seed)
-    served = served_ms(samples[: min(len(samples), 100)], proba)
+    t0 = time.perf_counter()
+    samples = compose(mnist.test_images, mnist.test_labels, args.size, args.seed)
+    print(f"composed {len(samples)} numbers in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    readers = {"cut": cut_reader(cnn(args, mnist)), "line": line_reader(args.reader)}
+    five = [s["picture"] for s in samples if s["cell"] in ("gap5", "touch5")][: args.timing]
+    results = {}
+    for name, read in readers.items():
+        readings = [read(s["picture"]) for s in samples]
+        results[name] = {**figures(samples, readings), "ms_5digit": timed(read, five)}
     out = {
         "date": date.today().isoformat(),
         "machine": machine(),
         "load_average": os.getloadavg()[0],
         "args": vars(args),
         "numbers": len(samples),
-        "metrics": values,
-        "single_digit_accuracy": single,
-        "served_ms": served,
-        "read_ms_mean": 1000 * read_seconds / len(samples),
+        "results": results,
     }
-    for key in (
-        "number_exact_match_gap",
-        "number_exact_match_touching",
-        "number_digit_accuracy",
-        "number_digit_accuracy_gap",
-        "number_digit_accuracy_touching",
-    ):
-        print(f"{key}: {100 * values[key]:.1f}%")
-    print(
-        f"single-digit accuracy on the same digits: rendered alone {100 * single['rendered']:.2f}%, raw {100 * single['raw']:.2f}%"
-    )
-    print(f"served, per {args.length}-digit number: p50 {served['p50']:.1f} ms, mean {served['mean']:.1f} ms")
+    keys = [f"{c}_{r}" for c in CELLS for r in RENDERERS] + list(CELLS) + ["photo5", "per_digit"]
+    print(f"{'cell':<14}{'cut':>9}{'line':>9}")
+    for key in keys:
+        print(f"{key:<14}{100 * results['cut'][key]:>8.1f}%{100 * results['line'][key]:>8.1f}%")
+    print(f"{'ms p50 (5 d)':<14}{results['cut']['ms_5digit']['p50']:>9.1f}{results['line']['ms_5digit']['p50']:>9.1f}")
     print(json.dumps(out))
     return out
 

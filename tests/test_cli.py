@@ -152,13 +152,15 @@ def test_parse_overrides_types_values_by_field_and_refuses_bad_ones():
 def test_main_and_tune_entry_points_expose_every_field_that_defines_a_run_or_a_study():
     from dataclasses import fields
 
-    from digits.core.config import SearchConfig, TrainConfig
+    from digits.core.config import ReaderConfig, SearchConfig, TrainConfig
 
     project = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     train, search = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(SearchConfig)}
-    assert set(project["main"]["parameters"]) == train | search | {"model_name"}
+    reader = {f.name for f in fields(ReaderConfig)}
+    assert set(project["main"]["parameters"]) == train | search | reader | {"model_name"}
+    assert set(project["reader"]["parameters"]) == reader
     # A study started by main continues under `-e tune` with the same settings; a trial's length is trial_epochs.
-    assert set(project["tune"]["parameters"]) == (train - {"epochs"}) | search
+    assert set(project["tune"]["parameters"]) == (train - {"epochs"}) | search | reader | {"target"}
     assert set(project["train"]["parameters"]) == train
 
 

@@ -12,6 +12,15 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
+# main also trains the line reader: at these sizes it takes seconds, not the default's minutes.
+TINY_READER = {
+    "reader_epochs": 1,
+    "reader_strips": 64,
+    "reader_val_strips": 20,
+    "reader_render": 0.0,
+    "reader_workers": 0,
+}
+
 
 def mlflow_run(entry: str, params: dict, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``mlflow run . --env-manager local -e ENTRY -P k=v ...`` with this venv first on PATH."""
@@ -51,13 +60,15 @@ def test_mlflow_run_train_logs_a_finished_run(mnist_dir, tracking_uri):
 
 
 def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
-    mlflow_run("main", {"epochs": 1, "subset": 5000, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu"})
+    mlflow_run(
+        "main", {"epochs": 1, "subset": 5000, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu", **TINY_READER}
+    )
     client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert {"baseline-logreg", "cnn-final"} <= set(children)
+    assert {"baseline-logreg", "cnn-final", "reader"} <= set(children)
     base, cnn = children["baseline-logreg"], children["cnn-final"]
     assert base.data.tags["model_family"] == "logreg" and cnn.data.tags["model_family"] == "cnn"
     assert base.data.metrics["test_accuracy"] > 0.85 and cnn.data.metrics["test_accuracy"] > 0.9
@@ -100,6 +111,7 @@ def test_mlflow_run_main_takes_params_as_mlflow_spells_them(mnist_dir, tracking_
         "data_dir": mnist_dir,
         "device": "cpu",
         "threads": 1,
+        **TINY_READER,
     }
     mlflow_run("main", {**params, "storage": f"sqlite:///{tmp_path / 'optuna.db'}", **spelt})
     client = mlflow.MlflowClient()

@@ -264,7 +264,7 @@ def test_evaluation_on_a_small_slice_logs_the_metrics(mnist, network, tracking_u
 
 def composed_png(mnist, text: str) -> str:
     """``text`` written with the first test digits of each label, with gaps, as a canvas drawing (base64 PNG)."""
-    from digits.evaluate import render
+    from digits.learn import render
 
     picks = [int(np.flatnonzero(mnist.test_labels == int(c))[0]) for c in text]
     strip = np.concatenate([np.pad(mnist.test_images[i], ((6, 6), (0, 0))) for i in picks], axis=1)

@@ -10,7 +10,8 @@ import torch
 
 from digits.core.config import ConfigError, TrainConfig
 from digits.core.errors import DigitsError
-from digits.evaluate import corruptions, render, robustness
+from digits.evaluate import corruptions, robustness
+from digits.learn import render
 from digits.learn.augment import augment
 from digits.serve.preprocess import to_mnist
 from tests.conftest import fake_digits

@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 
 from digits.core.config import TrainConfig
 from digits.core.names import ONNX_SUFFIX
-from digits.evaluate import render
+from digits.learn import render
 from digits.learn.data import split_train_val
 from digits.learn.train import fit
 from digits.mlops.export import export_onnx

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from digits.core.config import TrainConfig
+from digits.core.config import ReaderConfig, TrainConfig
 
 Bounds = tuple  # (low, high) for floats, (low, high, step) for ints, the choices for a categorical
 
@@ -81,3 +81,17 @@ def base_params(base: TrainConfig) -> dict[str, Any]:
         for p in SPACE
         if p.kind != "categorical" or getattr(base, p.name) in p.bounds_for(base.optimizer)
     }
+
+
+# The line reader's space (``digits reader``; ``digits tune --target reader`` searches it): AdamW always.
+READER_SPACE: tuple[Param, ...] = (
+    Param("reader_lr", "float", (1e-3, 1e-2), log=True),
+    # Width 20 costs about 1.5x the default 16 per strip: the final reader must still train in the time budget.
+    Param("reader_width", "int", (12, 20, 4)),
+    Param("reader_dropout", "float", (0.0, 0.3)),
+)
+
+
+def suggest_reader_config(trial: optuna.Trial, base: ReaderConfig) -> ReaderConfig:
+    """``base`` with the fields of ``READER_SPACE`` drawn from ``trial``."""
+    return base.replace(**{p.name: p.suggest(trial, "adamw") for p in READER_SPACE})

@@ -11,9 +11,10 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
-from digits.core.config import DataConfig, SearchConfig, TrainConfig
+from digits.core.config import DataConfig, ReaderConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError, first_line
 from digits.core.interrupts import RunInterrupted, interrupt
 from digits.core.names import CHAMPION, CHAMPION_URI, CNN_MODEL_NAME
@@ -26,6 +27,7 @@ from workflow.commands import (
     cmd_feedback,
     cmd_main,
     cmd_predict,
+    cmd_reader,
     cmd_register,
     cmd_stack,
     cmd_train,
@@ -176,6 +178,7 @@ def _add_pipeline_parsers(sub: Any) -> None:
     )
     add_config_flags(p, TrainConfig)
     add_config_flags(p, SearchConfig)
+    _add_reader_flags(p, in_main=True)
     p.add_argument(
         "--model_name",
         "--model-name",
@@ -188,6 +191,11 @@ def _add_pipeline_parsers(sub: Any) -> None:
     add_config_flags(p, TrainConfig)
     p.set_defaults(handler=cmd_train)
 
+    p = sub.add_parser(
+        "reader", help="train the line reader (CNN + CTC) on synthetic number strips of MNIST digits, in a run reader"
+    )
+    _add_reader_flags(p, in_main=False)
+
     p = sub.add_parser("baseline", help="fit and evaluate the logistic-regression baseline")
     add_config_flags(p, DataConfig)
     p.set_defaults(handler=cmd_baseline)
@@ -199,12 +207,28 @@ def _add_pipeline_parsers(sub: Any) -> None:
     add_config_flags(p, TrainConfig, skip=("epochs",))  # a trial trains for --trial_epochs
     add_config_flags(p, SearchConfig)
     p.add_argument(
+        "--target",
+        choices=("cnn", "reader"),
+        default="cnn",
+        help="what to search: the CNN, or the line reader (tuning.space.READER_SPACE, study STUDY_NAME-reader, a trial trains for reader_epochs) (default: cnn)",
+    )
+    _add_reader_flags(p, in_main=True)
+    p.add_argument(
         "--parent_run_id",
         "--parent-run-id",
         default="",
         help="nest this worker's search run under that MLflow run instead of a new tune run, as main --workers starts its workers (default: empty)",
     )
     p.set_defaults(handler=cmd_tune)
+
+
+def _add_reader_flags(p: argparse.ArgumentParser, *, in_main: bool) -> None:
+    """The reader's flags; in ``main`` only its own (the data and device flags are the CNN's, shared)."""
+    if in_main:
+        add_config_flags(p, ReaderConfig, skip=tuple(f.name for f in fields(DataConfig)) + ("device",))
+        return
+    add_config_flags(p, ReaderConfig)
+    p.set_defaults(handler=cmd_reader)
 
 
 def _add_model_parsers(sub: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from digits.core.config import ConfigError, DataConfig, SearchConfig, TrainConfig
+from digits.core.config import ConfigError, DataConfig, ReaderConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError
 from workflow.flags import config_from_args
 
@@ -18,9 +18,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_main(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    reader = config_from_args(ReaderConfig, args)
     from workflow import pipeline  # after validation: a typo is reported without waiting for torch and MLflow
 
-    pipeline.run_main(config, search, args.model_name)
+    pipeline.run_main(config, search, args.model_name, reader=reader)
+    return 0
+
+
+def cmd_reader(args: argparse.Namespace) -> int:
+    config = config_from_args(ReaderConfig, args)
+    from workflow import pipeline
+
+    pipeline.run_reader_entry(config)
     return 0
 
 
@@ -44,6 +53,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     config, search = config_from_args(TrainConfig, args), config_from_args(SearchConfig, args)
+    if args.target == "reader":
+        reader = config_from_args(ReaderConfig, args)
+        from workflow import pipeline
+
+        pipeline.run_tune_reader(reader, search)
+        return 0
     from workflow import pipeline
 
     pipeline.run_tune(config, search, parent_run_id=args.parent_run_id)

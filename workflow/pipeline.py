@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from digits.core.config import DataConfig, SearchConfig, TrainConfig
+from digits.core.config import DataConfig, ReaderConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError
 from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
 from digits.evaluate import report
@@ -187,11 +187,14 @@ def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray)
         return registry.log_onnx_model(path).model_uri
 
 
-def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MODEL_NAME) -> None:
+def run_main(
+    config: TrainConfig, search: SearchConfig, model_name: str = CNN_MODEL_NAME, reader: ReaderConfig | None = None
+) -> None:
     """The ``main`` entry point: baseline, Optuna search, the best config retrained on train+validation, test.
 
     Every step is a child of the pipeline's run (the one ``mlflow run`` created, or a new ``main`` run).
-    ``search.n_trials == 0`` skips the search and retrains ``config`` itself; ``search.workers > 1`` runs it in
+    ``reader``: also train the line reader (``run_reader``). ``search.n_trials == 0`` skips the search and retrains
+    ``config`` itself; ``search.workers > 1`` runs it in
     that many local processes (``search_in_workers``).
     """
     from tuning import search as tuning_search  # the top layer is the only one that knows the search
@@ -217,6 +220,8 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         mlflow.log_metrics(
             {"baseline_test_accuracy": base.metrics["test_accuracy"], "cnn_test_accuracy": cnn.metrics["test_accuracy"]}
         )
+        if reader is not None:  # the line reader, a child run beside the CNN's (not registered: part 2 serves it)
+            run_reader(reader, mnist, split, nested=True)
         # The card goes into the CNN run and this one; it is also the registered version's description.
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
@@ -286,3 +291,69 @@ def run_tune(config: TrainConfig, search: SearchConfig, parent_run_id: str = "")
             search_in_workers(study, config, search)
         else:
             tuning_search.run_search(study, config, search, mnist, split)
+
+
+def run_reader(config: ReaderConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
+    """Train the line reader on strips of the training digits, validate on strips of the validation digits, and log
+    its params, per-epoch CTC loss and validation metrics, the strips as inputs, figures and weights as ``reader``."""
+    from digits.evaluate import reader_eval
+    from digits.learn.reader_train import fit_reader, strips_digest
+    from digits.serve.reader import save_reader
+
+    with tracking.model_run("reader", nested=nested, model_family="reader", pipeline_step="reader") as active:
+        tracking.log_new_params(config.to_dict())
+        mlflow.log_dict(config.to_dict(), "reader_config.json")
+        for part, idx in (("training", split.train), ("validation", split.val)):
+            tracking.log_array_dataset(
+                mnist.train_images[idx],
+                mnist.train_labels[idx],
+                source=mnist.source,
+                name=f"mnist-strips-{part}",
+                digest=strips_digest(mnist.digest, idx, config, part),
+                context=part,
+            )
+        train = (mnist.train_images[split.train], mnist.train_labels[split.train])
+        val = (mnist.train_images[split.val], mnist.train_labels[split.val])
+        result = fit_reader(config, train, val, callbacks=[tracking.epoch_logger()])
+        last = result.history[-1]
+        metrics = {
+            "val_exact_match": last["val_exact_match"],
+            "val_cer": last["val_cer"],
+            "train_seconds": result.seconds,
+        }
+        parts = reader_eval.breakdown(result.val, result.val_readings)
+        for key in ("length", "spacing"):
+            metrics.update({f"val_exact_match_{key}_{k}": v for k, v in parts[key].items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_figure(reader_eval.samples_figure(result.val, result.val_readings), "figures/reader_samples.png")
+        mlflow.log_figure(
+            reader_eval.exact_match_figure(result.val, result.val_readings), "figures/reader_exact_match.png"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            save_reader(result.model.cpu(), config, tmp)
+            mlflow.log_artifacts(tmp, "reader")  # weights.pt (state_dict) + reader_config.json: rebuilt from code
+        log.info(
+            "reader: validation exact match %.2f%%, CER %.3f%% (train %.0fs on %s)",
+            100 * metrics["val_exact_match"],
+            100 * metrics["val_cer"],
+            result.seconds,
+            result.device,
+        )
+        return ModelOutcome(active.info.run_id, metrics)
+
+
+def run_reader_entry(config: ReaderConfig) -> None:
+    """The ``reader`` entry point: MNIST split as ``config`` says, then ``run_reader`` in its own top-level run."""
+    mnist, split = load_data(config)
+    run_reader(config, mnist, split, nested=False)
+
+
+def run_tune_reader(reader: ReaderConfig, search: SearchConfig) -> None:
+    """``tune --target reader``: add ``search.n_trials`` reader trials to the study ``STUDY_NAME-reader``, in a run
+    ``tune-reader`` (its trials are its children)."""
+    from tuning import reader_search
+
+    mnist, split = load_data(reader)
+    with tracking.run("tune-reader", tags={"pipeline_step": "tune"}):
+        tracking.log_new_params({**search.to_dict(), "storage": "(see the study)", **reader.to_dict()})
+        reader_search.run_reader_search(reader, search, mnist, split)

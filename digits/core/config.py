@@ -216,6 +216,98 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class ReaderConfig(DataConfig):
+    """The line reader (``digits.serve.reader``): a CNN + CTC over synthetic number strips made from MNIST digits."""
+
+    reader_epochs: int = field(default=5, metadata={"help": "epochs of the line reader, each on fresh strips"})
+    reader_strips: int = field(
+        default=10000, metadata={"help": "synthetic training strips per epoch, made on the fly from the training split"}
+    )
+    reader_val_strips: int = field(
+        default=1000, metadata={"help": "validation strips, made once from the validation split"}
+    )
+    reader_batch_size: int = field(default=64, metadata={"help": "strips per optimisation step"})
+    reader_lr: float = field(default=0.003, metadata={"help": "peak learning rate of AdamW's one-cycle schedule"})
+    reader_width: int = field(
+        default=16, metadata={"help": "channels of the reader's first convolution; later ones are 2-6 times this"}
+    )
+    reader_dropout: float = field(default=0.1, metadata={"help": "dropout before the reader's frame classifier"})
+    reader_max_length: int = field(default=12, metadata={"help": "longest strip, in digits (lengths drawn from 1)"})
+    reader_overlap: float = field(
+        default=0.35, metadata={"help": "largest overlap of neighbouring digits, as a share of the narrower's width"}
+    )
+    # Canvas and photo strips cost 20-40x an ink strip to make (thinning, the served path's lighting fit): 10% of them
+    # keeps the strip maker ahead of the trainer on 2 CPU cores.
+    reader_render: float = field(
+        default=0.1,
+        metadata={"help": "share of strips drawn as canvas drawings or photos (half each); the rest are MNIST ink"},
+    )
+    reader_workers: int = field(
+        default=1,
+        metadata={"help": "processes making strips while the reader trains; 0 = made in the training process"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto (cuda > mps > cpu), cpu, cuda or mps"})
+    # One thread: on a busy 2-core machine two threads trained the reader 5x slower than one (the strip maker has a core).
+    reader_threads: int = field(
+        default=1, metadata={"help": "CPU threads for PyTorch while the reader trains; 0 = one per available core"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        _check(
+            0 <= self.reader_workers <= 64, f"reader_workers must be an integer from 0 to 64, got {self.reader_workers}"
+        )
+        _check(
+            1 <= self.reader_epochs <= 1000,
+            f"reader_epochs must be an integer from 1 to 1000, got {self.reader_epochs}",
+        )
+        _check(
+            16 <= self.reader_strips <= 10_000_000,
+            f"reader_strips must be an integer from 16 to 10000000, got {self.reader_strips}",
+        )
+        _check(
+            10 <= self.reader_val_strips <= 100_000,
+            f"reader_val_strips must be an integer from 10 to 100000, got {self.reader_val_strips}",
+        )
+        _check(
+            1 <= self.reader_batch_size <= 4096,
+            f"reader_batch_size must be an integer from 1 to 4096, got {self.reader_batch_size}",
+        )
+        _check(
+            math.isfinite(self.reader_lr) and 0 < self.reader_lr <= 1,
+            f"reader_lr must be a number in (0, 1], got {self.reader_lr}",
+        )
+        _check(4 <= self.reader_width <= 256, f"reader_width must be an integer from 4 to 256, got {self.reader_width}")
+        _check(0 <= self.reader_dropout <= 0.9, f"reader_dropout must be in [0, 0.9], got {self.reader_dropout}")
+        _check(
+            1 <= self.reader_max_length <= 12,
+            f"reader_max_length must be an integer from 1 to 12, got {self.reader_max_length}",
+        )
+        _check(0 <= self.reader_overlap <= 0.6, f"reader_overlap must be in [0, 0.6], got {self.reader_overlap}")
+        _check(0 <= self.reader_render <= 1, f"reader_render must be in [0, 1], got {self.reader_render}")
+        _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(
+            self.reader_threads >= 0,
+            f"reader_threads must be 0 (auto) or a positive integer, got {self.reader_threads}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ReaderConfig:
+        """Build a config from a dict (a saved reader_config.json), ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> ReaderConfig:
+        return dataclasses.replace(self, **changes)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from digits.evaluate import render
+from digits.learn import render
 from digits.serve.preprocess import to_mnist
 
 __all__ = ["CORRUPTIONS", "Corruption", "corrupt", "names"]

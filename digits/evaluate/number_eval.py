@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from digits.core.errors import DigitsError
-from digits.evaluate import render
+from digits.learn import render
 from digits.serve.numbers import read_number
 
 log = logging.getLogger(__name__)

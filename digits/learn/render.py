@@ -2,7 +2,7 @@
 
 Both take an ink map in MNIST's convention (light ink on black, uint8 0-255, any height and width: one 28x28
 digit or a strip of several) and return what a user would send: a grey uint8 picture, dark ink on a light
-background, ``scale`` times larger. They are what the robustness evaluation (``digits.evaluate.robustness``) and the
+background, ``scale`` times larger. They are what the robustness evaluation (``digits.evaluate.robustness``), the line reader's strips (``digits.learn.strips``) and the
 numbers evaluation feed through ``preprocess.to_mnist``, the served model's own path, so they must stay
 deterministic for a given generator. Needs numpy, Pillow and scipy.
 """
