@@ -293,3 +293,14 @@ def test_the_decoder_shares_the_readers_frame_geometry():
     from digits.serve import reader
 
     assert (STRIDE, BLANK) == (reader.STRIDE, reader.BLANK)
+
+
+def test_a_strip_without_frames_reads_empty_and_a_wrong_shape_is_refused():
+    empty = np.zeros((0, 11))
+    assert constrained_decode(empty).text == ""
+    assert read_frames(empty, np.zeros((32, 0))).confidence == 1.0
+    with pytest.raises(ConstraintError):
+        read_frames(empty, np.zeros((32, 0)), length=1)
+    assert log_likelihoods(empty, [[3]])[0] == -np.inf
+    with pytest.raises(ValueError, match=r"\(T, 11\)"):
+        constrained_decode(np.zeros((2, 5, 11)))

@@ -45,6 +45,13 @@ class Decoded:
     log_path: float
 
 
+def _frames(log_probs: np.ndarray) -> np.ndarray:
+    lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[1] != 11:
+        raise ValueError(f"expected one strip's log-probabilities (T, 11), got shape {lp.shape}")
+    return lp
+
+
 def tempered(log_probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """log_softmax(log_probs / temperature) over the classes: the same as dividing the logits (the per-frame
     normaliser is a constant that the new softmax removes)."""
@@ -102,7 +109,7 @@ def constrained_decode(log_probs: np.ndarray, automaton: Automaton | None = None
 
     Raises ``ConstraintError`` when no path fits (too few frames for the digits the constraint asks for).
     """
-    lp = np.asarray(log_probs, dtype=np.float64)
+    lp = _frames(log_probs)
     prod = _product(automaton if automaton is not None else compile_constraint())
     n, t_max = len(prod.q), len(lp)
     score = np.full(n + 1, NEG)
@@ -151,9 +158,11 @@ def _extended(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def forced_align(log_probs: np.ndarray, text: str) -> tuple[tuple[int, int], ...]:
     """Each digit of ``text``'s emitting frames (first, last) on the most probable path that reads ``text``."""
-    lp = np.asarray(log_probs, dtype=np.float64)
+    lp = _frames(log_probs)
     if not text:
         return ()
+    if len(lp) == 0:
+        raise ConstraintError(f"{len(text)} digits need more frames than the strip has (0)")
     ext, skip = _extended(np.array([[int(c) for c in text]]))
     ext, skip = ext[0], skip[0]
     s_max, t_max = len(ext), len(lp)
@@ -183,8 +192,10 @@ def log_likelihoods(log_probs: np.ndarray, labels: Sequence[Sequence[int]] | np.
     The forward algorithm in probability space, rescaled every frame (Graves 2006): the same sums as log-sum-exp,
     with a few multiplications per frame instead of logarithms. -inf where the label cannot fit the frames.
     """
-    lp = np.asarray(log_probs, dtype=np.float64)
+    lp = _frames(log_probs)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(labels), -1)
+    if len(lp) == 0:  # no frames: only the empty reading, with certainty
+        return np.where(labels.shape[1] == 0, 0.0, NEG) * np.ones(len(labels))
     top = lp.max(axis=1)
     y = np.exp(lp - top[:, None])  # every frame's best class at 1: no underflow inside a frame
     ext, skip = _extended(labels)
