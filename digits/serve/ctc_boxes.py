@@ -2,8 +2,8 @@
 
 Frame t covers the strip around x = (t + 0.5) * STRIDE (PaddleOCR maps CTC frames to word boxes the same way).
 Neighbouring digits are split at the column of least ink between their emission spans (touching digits meet at a
-thin neck), then each slice's box is tightened to its ink; a blob of ink that lies mostly in one slice and only
-spills into the next (a 7's bar, a 9's tail) is given whole to the slice that holds most of it. Boxes are
+thin neck), then each slice's box is tightened to its ink; a connected piece of ink goes whole to the one digit
+emitted over its columns (or, meeting none or several, to the slice holding over two thirds of it: a 7's bar). Boxes are
 (x0, y0, x1, y1) in strip pixels, right and bottom exclusive; the caller maps them back to the picture.
 Needs numpy and scipy (connected components; the served bundle already needs scipy), no torch.
 """
@@ -39,17 +39,26 @@ def split_columns(profile: np.ndarray, spans: Sequence[tuple[int, int]], stride:
     return cuts
 
 
-def _owners(mask: np.ndarray, bounds: list[int]) -> np.ndarray:
-    """Which slice each pixel belongs to (-1: not ink): the slice of its column, except that a connected piece of ink
-    with over two thirds of its pixels in one slice belongs to that slice whole (a 7's bar, a 9's tail)."""
+def _owners(mask: np.ndarray, bounds: list[int], emitted: list[tuple[int, int]]) -> np.ndarray:
+    """Which digit each pixel belongs to (-1: not ink). A connected piece of ink whose columns meet exactly one
+    digit's emission columns (``emitted``, pixel ranges) is that digit's whole: a reader may emit a digit off its
+    centre (one trained here emitted about 0.3 of a width left of it), so a cut can fall inside a digit that stands
+    apart. A piece meeting none (a tail, a speck) goes to the slice holding most of it. A piece meeting several
+    (touching digits) is split by the slices ``bounds``, unless over two thirds of it lies in one (a 7's bar)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
     n_slices = len(bounds) - 1
     column_slice = np.clip(np.searchsorted(bounds[1:], np.arange(mask.shape[1]), side="right"), 0, n_slices - 1)
     slices = np.broadcast_to(column_slice, mask.shape)
     counts = np.bincount(labels[mask] * n_slices + slices[mask], minlength=(count + 1) * n_slices)
     counts = counts.reshape(count + 1, n_slices)
-    owner = np.where(counts.max(axis=1) * 3 > 2 * counts.sum(axis=1), counts.argmax(axis=1), -1)
-    owner[0] = -1  # the background
+    owner = np.full(count + 1, -1)
+    for k, found in enumerate(ndimage.find_objects(labels), start=1):
+        x0, x1 = found[1].start, found[1].stop
+        hit = [i for i, (e0, e1) in enumerate(emitted) if e0 < x1 and e1 > x0]
+        if len(hit) == 1:
+            owner[k] = hit[0]
+        elif not hit or counts[k].max() * 3 > 2 * counts[k].sum():
+            owner[k] = counts[k].argmax()
     owners = np.where(owner[labels] >= 0, owner[labels], slices)
     return np.where(mask, owners, -1)
 
@@ -65,7 +74,7 @@ def digit_boxes(
         return []
     mask = ink > INK * max(float(ink.max()), 1e-6)
     bounds = [0, *split_columns(ink.sum(axis=0), spans, stride), ink.shape[1]]
-    owners = _owners(mask, bounds)
+    owners = _owners(mask, bounds, [(first * stride, (last + 1) * stride) for first, last in spans])
     rows = np.flatnonzero(mask.any(axis=1))
     top, bottom = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, ink.shape[0])
     boxes = []
