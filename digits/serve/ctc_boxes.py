@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STRIDE", "digit_boxes", "split_columns"]
+__all__ = ["STRIDE", "digit_boxes", "seams", "split_columns"]
 
 STRIDE = 4  # strip pixels per frame: reader.STRIDE (reader imports torch; this module must not)
 INK = 0.2  # a pixel is ink above this share of the strip's brightest
@@ -39,16 +39,47 @@ def split_columns(profile: np.ndarray, spans: Sequence[tuple[int, int]], stride:
     return cuts
 
 
-def _owners(mask: np.ndarray, bounds: list[int], emitted: list[tuple[int, int]]) -> np.ndarray:
+def seams(ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE) -> np.ndarray:
+    """Per row, the column where each pair of neighbours is cut: (L - 1, H), a path from top to bottom through the
+    least ink between the end of one's emission and the start of the next, moving at most a column per row (a
+    slanted or curved cut separates digits that overlap in x but barely touch), straight and near the
+    ``split_columns`` cut where that costs nothing."""
+    height, width = ink.shape
+    cuts = split_columns(ink.sum(axis=0), spans, stride)
+    los = [int(np.clip(round(_centre_x(end, stride)), 0, width - 1)) for _, end in spans[:-1]]
+    his = [int(np.clip(round(_centre_x(start, stride)), lo, width - 1)) for (start, _), lo in zip(spans[1:], los)]
+    if not cuts:
+        return np.zeros((0, height), np.int64)
+    span = max(hi - lo for lo, hi in zip(los, his)) + 1
+    cols = np.array(los)[:, None] + np.arange(span)[None, :]  # (B, span) columns of each window
+    inside = cols <= np.array(his)[:, None]
+    weight = ink / max(float(ink.max()), 1e-6)
+    # (B, H, span) ink in each window, the columns past a window's end closed; a tiny pull towards the column cut
+    cost = np.where(inside[:, None, :], weight[:, np.minimum(cols, width - 1)].transpose(1, 0, 2), np.inf)
+    cost += 1e-3 * np.abs(cols - np.array(cuts)[:, None])[:, None, :] / span
+    acc, back = cost[:, 0].copy(), np.zeros(cost.shape, np.int64)
+    for r in range(1, height):
+        moves = np.full((3, *acc.shape), np.inf)
+        moves[0], moves[1, :, 1:], moves[2, :, :-1] = acc, acc[:, :-1] + 0.01, acc[:, 1:] + 0.01
+        back[:, r] = moves.argmin(axis=0)
+        acc = np.take_along_axis(moves, back[:, r][None], axis=0)[0] + cost[:, r]
+    x = acc.argmin(axis=1)
+    out = np.empty((len(cuts), height), np.int64)
+    for r in range(height - 1, -1, -1):
+        out[:, r] = x
+        x = x - (back[np.arange(len(cuts)), r, x] == 1) + (back[np.arange(len(cuts)), r, x] == 2)
+    return out + np.array(los)[:, None]
+
+
+def _owners(mask: np.ndarray, cut_rows: np.ndarray, emitted: list[tuple[int, int]]) -> np.ndarray:
     """Which digit each pixel belongs to (-1: not ink). A connected piece of ink whose columns meet exactly one
     digit's emission columns (``emitted``, pixel ranges) is that digit's whole: a reader may emit a digit off its
     centre (one trained here emitted about 0.3 of a width left of it), so a cut can fall inside a digit that stands
     apart. A piece meeting none (a tail, a speck) goes to the slice holding most of it. A piece meeting several
-    (touching digits) is split by the slices ``bounds``, unless over two thirds of it lies in one (a 7's bar)."""
+    (touching digits) is split by the cuts ``cut_rows`` (``seams``), unless over two thirds of it lies in one (a 7's bar)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    n_slices = len(bounds) - 1
-    column_slice = np.clip(np.searchsorted(bounds[1:], np.arange(mask.shape[1]), side="right"), 0, n_slices - 1)
-    slices = np.broadcast_to(column_slice, mask.shape)
+    n_slices = len(cut_rows) + 1
+    slices = (np.arange(mask.shape[1])[None, None, :] >= cut_rows[:, :, None]).sum(axis=0)  # (H, W) slice index
     counts = np.bincount(labels[mask] * n_slices + slices[mask], minlength=(count + 1) * n_slices)
     counts = counts.reshape(count + 1, n_slices)
     owner = np.full(count + 1, -1)
@@ -73,8 +104,7 @@ def digit_boxes(
     if not len(spans):
         return []
     mask = ink > INK * max(float(ink.max()), 1e-6)
-    bounds = [0, *split_columns(ink.sum(axis=0), spans, stride), ink.shape[1]]
-    owners = _owners(mask, bounds, [(first * stride, (last + 1) * stride) for first, last in spans])
+    owners = _owners(mask, seams(ink, spans, stride), [(first * stride, (last + 1) * stride) for first, last in spans])
     rows = np.flatnonzero(mask.any(axis=1))
     top, bottom = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, ink.shape[0])
     boxes = []
