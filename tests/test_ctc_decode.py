@@ -304,3 +304,16 @@ def test_a_strip_without_frames_reads_empty_and_a_wrong_shape_is_refused():
     assert log_likelihoods(empty, [[3]])[0] == -np.inf
     with pytest.raises(ValueError, match=r"\(T, 11\)"):
         constrained_decode(np.zeros((2, 5, 11)))
+
+
+def test_slanted_digits_that_overlap_in_x_are_cut_along_a_path_between_them():
+    # two parallel strokes leaning right, 7 px apart in every row, joined by a one-pixel bridge: one piece of ink
+    # that no vertical line separates
+    ink = np.zeros((32, 40), np.uint8)
+    for r in range(4, 28):
+        x = 10 + (r - 4) * 10 // 23
+        ink[r, x : x + 2] = 255  # digit 1's stroke
+        ink[r, x + 7 : x + 9] = 255  # digit 2's stroke
+    ink[16, 17:22] = 255
+    boxes = digit_boxes(ink, [(3, 3), (5, 5)])  # emitted at x = 14 and x = 22
+    assert boxes == [(10, 4, 22, 28), (17, 4, 29, 28)]  # each stroke whole; a vertical cut would clip both

@@ -57,10 +57,12 @@ def seams(ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRID
     # (B, H, span) ink in each window, the columns past a window's end closed; a tiny pull towards the column cut
     cost = np.where(inside[:, None, :], weight[:, np.minimum(cols, width - 1)].transpose(1, 0, 2), np.inf)
     cost += 1e-3 * np.abs(cols - np.array(cuts)[:, None])[:, None, :] / span
+    step = cost + 0.01
     acc, back = cost[:, 0].copy(), np.zeros(cost.shape, np.int64)
     for r in range(1, height):
         moves = np.full((3, *acc.shape), np.inf)
-        moves[0], moves[1, :, 1:], moves[2, :, :-1] = acc, acc[:, :-1] + 0.01, acc[:, 1:] + 0.01
+        # a sideways step also pays for the pixel it steps past: no slipping through a diagonal stroke
+        moves[0], moves[1, :, 1:], moves[2, :, :-1] = acc, acc[:, :-1] + step[:, r, :-1], acc[:, 1:] + step[:, r, 1:]
         back[:, r] = moves.argmin(axis=0)
         acc = np.take_along_axis(moves, back[:, r][None], axis=0)[0] + cost[:, r]
     x = acc.argmin(axis=1)
