@@ -177,3 +177,14 @@ def test_reader_space_fills_a_valid_reader_config():
     config.validate()
     assert {p.name: getattr(config, p.name) for p in READER_SPACE} == lows
     assert config.replace(**{p.name: getattr(base, p.name) for p in READER_SPACE}) == base
+
+
+@pytest.mark.unit
+def test_a_rendering_the_served_path_reads_as_blank_falls_back_to_the_ink():
+    # A faint line can render to a picture in which ink_map finds no digit: the strip maker must not stop training.
+    from digits.learn.strips import _render
+
+    line = np.zeros((32, 60), np.float32)
+    for renderer in ("canvas", "photo"):
+        found, ratio = _render(line, renderer, np.random.default_rng(0))
+        assert ratio == 1.0 and found is line

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from digits.learn import render
-from digits.serve.preprocess import ink_map
+from digits.serve.preprocess import InputError, ink_map
 from digits.serve.reader import PAD, to_strip
 
 __all__ = ["RENDERERS", "Strips", "make_strips"]
@@ -166,7 +166,10 @@ def _render(line: np.ndarray, renderer: str, rng: np.random.Generator) -> tuple[
         return line, 1.0
     scale = int(rng.integers(_RENDER_SCALE[0], _RENDER_SCALE[1] + 1))
     picture = render.canvas(ink, rng, scale=scale) if renderer == "canvas" else render.photo(ink, rng, scale=scale)
-    found, ratio = ink_map(picture)
+    try:
+        found, ratio = ink_map(picture)
+    except InputError:  # a faint line whose rendering the served path reads as blank: train on its ink instead
+        return line, 1.0
     return found, ratio / scale
 
 
