@@ -25,7 +25,15 @@ OBJECTIVE = "val_accuracy"
 TPE_STARTUP_TRIALS = 5
 # TrainConfig fields that neither define the trials' results nor are searched: they may differ between runs
 # of one study (data_dir is replaced by the data's digest).
-MACHINE_FIELDS = ("data_dir", "epochs", "device", "threads", "compile", "extra_data")  # extra data: in data_digest
+MACHINE_FIELDS = (
+    "data_dir",
+    "epochs",
+    "device",
+    "threads",
+    "compile",
+    "extra_data",
+    "calibration_size",
+)  # extra data: in data_digest; calibration_size: the final model's
 
 
 class StudyMismatchError(DigitsError):

@@ -19,11 +19,12 @@ from digits.core.config import DataConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError
 from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
 from digits.evaluate import report
+from digits.evaluate.calibration import calibrate_network
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import log_test_evaluation
 from digits.evaluate.metrics import top_confusions
 from digits.learn import baseline
-from digits.learn.data import MNIST, Split, load_mnist, split_train_val
+from digits.learn.data import MNIST, Split, load_mnist, split_train_val, stratified_order
 from digits.learn.train import fit
 from digits.mlops import registry, tracking
 from digits.mlops.feedback_data import log_feedback_evaluation, with_extra_data
@@ -122,7 +123,7 @@ def run_cnn(
     name, step = ("cnn-final", "final") if final else ("cnn", "train")
     with tracking.model_run(name, nested=nested, model_family="cnn", pipeline_step=step) as active:
         tracking.log_config(config)
-        train_idx = np.sort(np.concatenate([split.train, split.val])) if final else split.train
+        train_idx, held_out = training_split(config, mnist, split, final)
         tracking.log_dataset(mnist, "train", train_idx, "training")
         if not final:
             tracking.log_dataset(mnist, "train", split.val, "validation")
@@ -135,7 +136,9 @@ def run_cnn(
             callbacks=[tracking.epoch_logger()],
         )
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
-        proba = predict_proba(result.model, mnist.test_images)
+        uncalibrated = predict_proba(result.model, mnist.test_images) if len(held_out) else None
+        calibration = calibrate(result.model, mnist, held_out, final)
+        proba = predict_proba(result.model, mnist.test_images)  # as served: with the temperature
         predict = functools.partial(predict_proba, result.model)  # the corrupted digits' and the feedback's readings
         metrics = log_test_evaluation(
             mnist.test_labels,
@@ -144,21 +147,58 @@ def run_cnn(
             history=result.history,
             predict=predict,
             reference=("logistic regression", reference.metrics) if reference else None,
+            uncalibrated=uncalibrated,
         )
         metrics.update(log_feedback_evaluation(config, predict))
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(result.model, config, tmp)
+            save_checkpoint(result.model, config, tmp, calibration)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
         onnx_uri = log_onnx(result.model, config, mnist, proba) if final else None
         log.info(
-            "cnn: test accuracy %.2f%% (train %.1fs on %s)",
+            "cnn: test accuracy %.2f%%, ECE %.4f (train %.1fs on %s)",
             100 * metrics["test_accuracy"],
+            metrics["test_ece"],
             result.seconds,
             result.device,
         )
         confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
         return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri, confusions)
+
+
+def training_split(config: TrainConfig, mnist: MNIST, split: Split, final: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The images the CNN trains on and those held out to fit its temperature (``digits.evaluate.calibration``).
+
+    A model with a validation split trains on ``split.train`` and is calibrated on the whole validation split. The
+    final model trains on train + validation except a stratified, seeded ``calibration_size`` of the validation
+    digits (at most half of them), on which it is calibrated; ``calibration_size`` 0: all of them, no calibration.
+    """
+    if not final:
+        return split.train, (split.val if config.calibration_size else np.zeros(0, np.int64))
+    size = min(config.calibration_size, len(split.val) // 2)
+    order = stratified_order(mnist.train_labels[split.val], config.seed + 1)  # not the split's own order
+    held_out = np.sort(split.val[order[:size]])
+    rest = np.setdiff1d(split.val, held_out)
+    return np.sort(np.concatenate([split.train, rest])), held_out
+
+
+def calibrate(network, mnist: MNIST, held_out: np.ndarray, final: bool) -> dict | None:
+    """Fit and set ``network``'s temperature on the ``held_out`` training images; log and return the summary."""
+    if not len(held_out):
+        return None
+    where = "validation digits left out of the final model's training" if final else "validation digits (all of them)"
+    summary = calibrate_network(
+        network, mnist.train_images[held_out], mnist.train_labels[held_out], f"{len(held_out)} {where}"
+    )
+    mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+    log.info(
+        "calibration: temperature %.3f on %s (NLL %.4f -> %.4f)",
+        summary["temperature"],
+        summary["held_out"],
+        summary["calibration_nll_before"],
+        summary["calibration_nll_after"],
+    )
+    return summary
 
 
 def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray) -> str | None:

@@ -52,9 +52,19 @@ class DataConfig:
     seed: int = field(
         default=0, metadata={"help": "seed of the split, the initialisation, the batch order and the augmentation"}
     )
+    calibration_size: int = field(
+        default=2000,
+        metadata={
+            "help": "validation images (a stratified, seeded part) that the final model, trained on train + validation, leaves out to fit its temperature on, at most half of val_size; a model with a validation split fits it on all of them; 0 = the final model is not calibrated"
+        },
+    )
 
     def validate(self) -> None:
         _check(self.val_size >= 10, f"val_size must be at least 10, got {self.val_size}")
+        _check(
+            0 <= self.calibration_size <= 30000,
+            f"calibration_size must be an integer from 0 (no calibration) to 30000, got {self.calibration_size}",
+        )
         _check(self.val_size <= 30000, f"val_size must be at most 30000, got {self.val_size}")
         _check(self.subset >= 0, f"subset must be 0 (all) or a positive number of images, got {self.subset}")
         _check(

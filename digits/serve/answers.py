@@ -4,6 +4,11 @@ The param ``mode`` says what the request's pictures hold: ``digit`` (the default
 number, read by ``digits.serve.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
 ``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
 
+The param ``min_confidence`` (a number in [0, 1], default 0: answer everything) is the reject option: an answer whose
+confidence is below it is turned into an explicit "unsure": digit ``UNSURE`` (-1) in digit mode, text ``""`` in
+number mode, and a boolean column ``unsure`` (only when the param is given above 0, so the default answer keeps its
+columns). ``confidence`` and ``probabilities`` stay, so a client can still show the best guess to the person who checks.
+
 Torch-free, so the ONNX-backed model (``digits.serve.onnx_model``) serves without PyTorch installed.
 """
 
@@ -20,13 +25,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from digits.core.config import MAX_BATCH
-from digits.serve.guard import INPUT_COLUMN
+from digits.serve.guard import INPUT_COLUMN, MIN_CONFIDENCE_PARAM, min_confidence_problem
 from digits.serve.guard import install as install_guard
 from digits.serve.numbers import read_numbers
 from digits.serve.preprocess import InputError, to_mnist_batch
 
 MODE_PARAM = "mode"
 MODES = ("digit", "number")
+UNSURE = -1  # the digit of an answer below min_confidence
 
 
 def answer(
@@ -35,16 +41,17 @@ def answer(
     """The served answer to a request in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10))."""
     try:
         mode = request_mode(params)
+        threshold = request_min_confidence(params)
         if mode == "number":
             items = image_column(model_input)
             if len(items) > MAX_BATCH:
                 raise InputError(
                     f"batch of {len(items):,} images is over the limit of {MAX_BATCH:,} per request: split it"
                 )
-            return numbers_frame(read_numbers(items, proba))
+            return with_unsure(numbers_frame(read_numbers(items, proba)), threshold)
     except InputError as exc:
         raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
-    return predictions_frame(proba(request_images(model_input)))
+    return with_unsure(predictions_frame(proba(request_images(model_input))), threshold)
 
 
 def request_mode(params: dict[str, Any] | None) -> str:
@@ -53,6 +60,30 @@ def request_mode(params: dict[str, Any] | None) -> str:
     if mode not in MODES:
         raise InputError(f"the param {MODE_PARAM!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
     return mode
+
+
+def request_min_confidence(params: dict[str, Any] | None) -> float:
+    """The request's ``min_confidence``: a number in [0, 1]; 0 (answer everything) when it is not given."""
+    value = (params or {}).get(MIN_CONFIDENCE_PARAM)
+    if isinstance(value, (np.floating, np.integer)):  # MLflow's params may come as numpy scalars
+        value = value.item()
+    problem = min_confidence_problem(value)
+    if problem:
+        raise InputError(problem)
+    return float(value or 0.0)
+
+
+def with_unsure(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``frame`` with the answers below ``threshold`` made explicit "unsure" (digit -1 or text ""), column ``unsure``."""
+    if threshold <= 0:
+        return frame
+    unsure = frame["confidence"].to_numpy() < threshold
+    if "digit" in frame:
+        frame["digit"] = np.where(unsure, UNSURE, frame["digit"].to_numpy()).astype(np.int64)
+    if "text" in frame:
+        frame["text"] = np.where(unsure, "", frame["text"].to_numpy().astype(object))
+    frame["unsure"] = unsure
+    return frame
 
 
 def numbers_frame(readings: Sequence[Any]) -> pd.DataFrame:

@@ -48,6 +48,7 @@ except ImportError:
 
 TESTED_MLFLOW = "3.17.2"
 INPUT_COLUMN = "image"
+MIN_CONFIDENCE_PARAM = "min_confidence"  # the reject option (digits.serve.answers)
 # A request body, refused while it is read: 1,000 images as pixel values are ~3 MB of JSON, 1,000 canvas drawings
 # ~10 MB; the parsed JSON takes a few times its text.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -308,11 +309,15 @@ def parse_request(data: Any) -> dict[str, Any]:
             f"the body must be a JSON dictionary (an object) with one of the keys dataframe_split, dataframe_records, instances or inputs, got a JSON {_json_kind(data)}",
         )
     params = data.get("params")
-    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode"}):  # mode: digit or number
+    # mode: digit or number; min_confidence: the reject option (both checked by digits.serve.answers)
+    if params not in (None, {}) and not (isinstance(params, dict) and set(params) <= {"mode", "min_confidence"}):
         raise _Refused(
             400,
-            f"this model takes no params other than mode, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
+            f"this model takes no params other than mode and min_confidence, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
         )
+    problem = min_confidence_problem(params.get(MIN_CONFIDENCE_PARAM)) if isinstance(params, dict) else None
+    if problem:  # before MLflow's own type check of the params, whose message is a Python set's repr
+        raise _Refused(400, problem)
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
         raise _Refused(400, f"batch of {len(rows):,} images is over the limit of {MAX_BATCH:,} per request: split it")
@@ -328,6 +333,17 @@ def parse_request(data: Any) -> dict[str, Any]:
             **({"params": params} if params else {}),
         }
     return data
+
+
+def min_confidence_problem(value: Any) -> str | None:
+    """What is wrong with a ``min_confidence`` param (one line), or None: absent, or a number from 0 to 1."""
+    if value is None:
+        return None
+    # bool is an int to Python, and a string is no number here: both are a client's mistake.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and 0.0 <= float(value) <= 1.0:  # NaN fails the comparison
+        return None
+    return f"the param {MIN_CONFIDENCE_PARAM!r} must be a number from 0 to 1, got {str(value)[:50]!r}"
 
 
 def _rows(data: dict[str, Any]) -> list | None:
