@@ -513,7 +513,15 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
     result = subprocess.run(
-        digits_command("evaluate", "--model-uri", "models:/digits-cnn@champion", "--data_dir", main_run["data_dir"]),
+        digits_command(
+            "evaluate",
+            "--model-uri",
+            "models:/digits-cnn@champion",
+            "--data_dir",
+            main_run["data_dir"],
+            "--robust_size",
+            "300",
+        ),
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -360,6 +360,8 @@ def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, thre
 def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     command = digits_command(
         "main",
+        "--robust_size",
+        "300",
         "--data_dir",
         str(mnist_dir),
         *TINY,

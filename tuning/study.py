@@ -32,8 +32,9 @@ MACHINE_FIELDS = (
     "threads",
     "compile",
     "extra_data",
-    "calibration_size",
-)  # extra data: in data_digest; calibration_size: the final model's
+    "calibration_size",  # the final model's, after the search
+    "robust_size",  # the test evaluation's; trials are scored on validation images only
+)  # extra data: in data_digest
 
 
 class StudyMismatchError(DigitsError):

@@ -235,7 +235,8 @@ def _add_model_parsers(sub: Any) -> None:
         default=CHAMPION_URI,
         help=f"model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: {CHAMPION_URI})",
     )
-    add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
+    # The test set is the same whatever the split; calibration is the training's.
+    add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed", "calibration_size"))
     _add_number_flags(p, cmd_evaluate)
 
     p = sub.add_parser(

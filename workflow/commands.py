@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_numbers(args.model_uri, mnist.test_images, mnist.test_labels, args.number_size, args.number_seed)
         return 0
     model = load_model(args.model_uri)  # first: a wrong URI is reported without waiting for the data
-    evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model)
+    evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model, robust_size=args.robust_size)
     return 0
 
 

@@ -90,6 +90,7 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
             history=history,
             family="logreg",
             predict=lambda images: baseline.predict_proba(model, images),
+            robust_size=config.robust_size,
         )
         mlflow.log_metric("fit_seconds", fit_seconds)
         example = baseline.features(mnist.test_images[:2])
@@ -148,6 +149,7 @@ def run_cnn(
             predict=predict,
             reference=("logistic regression", reference.metrics) if reference else None,
             uncalibrated=uncalibrated,
+            robust_size=config.robust_size,
         )
         metrics.update(log_feedback_evaluation(config, predict))
         with tempfile.TemporaryDirectory() as tmp:

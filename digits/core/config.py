@@ -58,9 +58,18 @@ class DataConfig:
             "help": "validation images (a stratified, seeded part) that the final model, trained on train + validation, leaves out to fit its temperature on, at most half of val_size; a model with a validation split fits it on all of them; 0 = the final model is not calibrated"
         },
     )
+    robust_size: int = field(
+        default=2000,
+        metadata={
+            "help": "test digits (a stratified, seeded sample, the same for every model) corrupted for the robustness table and the robust_* metrics; 10000 = all of them"
+        },
+    )
 
     def validate(self) -> None:
         _check(self.val_size >= 10, f"val_size must be at least 10, got {self.val_size}")
+        _check(
+            10 <= self.robust_size <= 10000, f"robust_size must be an integer from 10 to 10000, got {self.robust_size}"
+        )
         _check(
             0 <= self.calibration_size <= 30000,
             f"calibration_size must be an integer from 0 (no calibration) to 30000, got {self.calibration_size}",

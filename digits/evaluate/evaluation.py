@@ -64,6 +64,7 @@ def log_test_evaluation(
     predict: Callable[[np.ndarray], np.ndarray] | None = None,
     reference: tuple[str, dict[str, float]] | None = None,
     uncalibrated: np.ndarray | None = None,
+    robust_size: int | None = None,
 ) -> dict[str, float]:
     """Log the test metrics, tables and figures of ``proba`` into the active run; return the metrics, prefixed.
 
@@ -73,7 +74,8 @@ def log_test_evaluation(
     ``predict`` (uint8 images -> probabilities) adds the robustness evaluation (``digits.evaluate.robustness``; needs
     ``images``), drawn beside ``reference`` (a name and its metrics) when given; its metrics are returned unprefixed.
     ``uncalibrated``: the model's probabilities before temperature scaling (``proba`` are after); their ECE, log loss
-    and reliability diagram are logged with the suffix ``_uncalibrated``.
+    and reliability diagram are logged with the suffix ``_uncalibrated``. ``robust_size``: test digits corrupted for
+    the robustness evaluation (the config field; None: ``robustness.DEFAULT_SIZE``).
     """
     y_true, proba = np.asarray(y_true), np.asarray(proba)
     values = {prefix + k: float(v) for k, v in metrics.classification_metrics(y_true, proba).items()}
@@ -115,7 +117,12 @@ def log_test_evaluation(
     if predict is not None and images is not None:
         values.update(
             robustness.log_robustness(
-                predict, images, y_true, label=_MODEL_LABELS.get(family, family), reference=reference
+                predict,
+                images,
+                y_true,
+                label=_MODEL_LABELS.get(family, family),
+                reference=reference,
+                size=robust_size,
             )
         )
     return values

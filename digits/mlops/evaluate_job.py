@@ -15,7 +15,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from digits.core.errors import first_line
-from digits.evaluate import metrics
+from digits.evaluate import metrics, robustness
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import CURVE_KEYS, EvaluationError, log_test_evaluation
 from digits.evaluate.number_eval import LENGTHS, log_number_evaluation, number_set, read_all
@@ -79,14 +79,20 @@ def load_model(model_uri: str) -> LoadedModel:
 
 
 def evaluate_model(
-    model_uri: str, mnist: MNIST, *, model: LoadedModel | None = None, log_eda: bool = True
+    model_uri: str,
+    mnist: MNIST,
+    *,
+    model: LoadedModel | None = None,
+    log_eda: bool = True,
+    robust_size: int | None = None,
 ) -> dict[str, float]:
     """The ``digits evaluate`` job: evaluate ``model_uri`` on the test set and log it all as an evaluation run.
 
     The run (name ``evaluate-<family>``, tags ``model_family``, ``pipeline_step=evaluate``, ``evaluated_model_uri``,
     ``source_run_id``) holds what a training run holds after its test evaluation, with the training curves
     read from the source run. Returns the metrics; logs whether the test accuracy matches the source run's.
-    ``model``: ``load_model(model_uri)`` when the caller has already loaded it.
+    ``model``: ``load_model(model_uri)`` when the caller has already loaded it. ``robust_size``: test digits
+    corrupted for the robustness evaluation (the flag; None: ``robustness.DEFAULT_SIZE``), logged as the param.
     """
     model = model or load_model(model_uri)
     proba = model.predict_proba(mnist.test_images)
@@ -104,6 +110,7 @@ def evaluate_model(
         if active.info.run_name != name:  # under `mlflow run` the run was created with a random name
             mlflow.set_tag("mlflow.runName", name)
         tracking.log_dataset(mnist, "test", None, "testing")
+        mlflow.log_param("robust_size", robustness.sample_size(len(mnist.test_labels), robust_size))
         history = history_from_run(source.info.run_id) if source else []  # the curves of the run that trained it
         values = log_test_evaluation(
             mnist.test_labels,
@@ -112,6 +119,7 @@ def evaluate_model(
             history=history,
             family=family,
             predict=model.predict_proba,
+            robust_size=robust_size,
         )
         if log_eda:
             log_eda_once(mnist)
