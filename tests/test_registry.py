@@ -85,13 +85,17 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
 
     model = mlflow.pyfunc.load_model(store["uri"])
     assert model.metadata.get_input_schema().input_names() == ["image"]
-    assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [("mode", "digit"), ("min_confidence", 0.0)]
+    assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [
+        ("mode", "digit"),
+        ("min_confidence", 0.0),
+    ]
     assert model.metadata.get_output_schema().input_names() == [
         "digit",
         "confidence",
         "probabilities",
         "text",
         "digits",
+        "unsure",
     ]
     example = json.loads((path / "serving_input_example.json").read_text())
     rows = example["dataframe_split"]["data"]
