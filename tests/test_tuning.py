@@ -196,6 +196,18 @@ def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
 
 
 @pytest.mark.unit
+def test_the_grace_period_is_a_search_config_field_that_reaches_the_storage(tmp_path, monkeypatch):
+    from digits.core.config import ConfigError
+
+    monkeypatch.setenv("DIGITS_GRACE_PERIOD", "999")  # the old variable changes nothing any more
+    storage = search_mod.connect(SearchConfig(storage=f"sqlite:///{tmp_path / 'g.db'}", grace_period=9))
+    assert storage.grace_period == 9 and storage.heartbeat_interval == 3
+    assert open_storage(f"sqlite:///{tmp_path / 'h.db'}").grace_period == SearchConfig().grace_period == 60
+    with pytest.raises(ConfigError, match="grace_period must be a whole number of seconds from 3 to 86400, got 2"):
+        SearchConfig(grace_period=2).validate()
+
+
+@pytest.mark.unit
 def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     data = SimpleNamespace(digest="abc")

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 def connect(search: SearchConfig) -> optuna.storages.RDBStorage:
     """Check ``search`` and open its storage (with the dead-worker callback); ``StorageError`` in one line."""
     search.validate()
-    return open_storage(search.storage, on_stale_trial=on_stale_trial)
+    return open_storage(search.storage, on_stale_trial=on_stale_trial, grace_period=search.grace_period)
 
 
 def open_search(
@@ -87,32 +87,13 @@ def run_search(
     active run (a worker process started by ``tuning.workers`` under its pipeline's run).
     """
     before = len([t for t in study.trials if t.state != TrialState.WAITING])  # an enqueued trial is not run yet
-    trial_base = base.replace(epochs=search.trial_epochs)
     with tracking.model_run(
         "search", nested=True, model_family="cnn", pipeline_step="search", parent_run_id=parent_run_id
     ) as active:
         run_id = active.info.run_id
-        mlflow.set_tags(
-            {
-                "optuna_study_name": search.study_name,
-                "optuna_storage": redact(search.storage),
-                "optuna_sampler": type(study.sampler).__name__,
-                "optuna_pruner": type(study.pruner).__name__,
-                WORKER_TAG: json.dumps(this_worker()),
-            }
-        )
-        kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=run_id)
-        tracking.log_new_params(
-            {
-                **search.to_dict(),
-                "storage": redact(search.storage),
-                **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"},
-            }
-        )
-        tracking.log_dataset(mnist, "train", split.train, "training")
-        tracking.log_dataset(mnist, "train", split.val, "validation")
+        _describe_search_run(study, base, search, mnist, split, active)
         objective = Objective(
-            trial_base,
+            base.replace(epochs=search.trial_epochs),
             (mnist.train_images[split.train], mnist.train_labels[split.train]),
             (mnist.train_images[split.val], mnist.train_labels[split.val]),
             search.study_name,
@@ -128,17 +109,47 @@ def run_search(
             len(split.train),
             f" (timeout {search.timeout:g}s)" if search.timeout else "",
         )
-        t0 = time.perf_counter()
-        try:
-            with _quiet_optuna(), tracking.interrupts_held():  # a signal waits for a trial's body (objective.py)
-                study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
-        except BaseException:
-            fail_own_trials(study)  # so that no RUNNING trial outlives this process
-            raise
-        mlflow.log_metric("search_seconds", time.perf_counter() - t0)
+        _optimize(study, objective, search)
         _log_summary(study, run_id)
         log_figures(study)
     return best_config(study, base)
+
+
+def _describe_search_run(
+    study: optuna.Study, base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Split, active
+) -> None:
+    """Tags, params and datasets of the search's MLflow run; end the runs of this study's dead searches."""
+    mlflow.set_tags(
+        {
+            "optuna_study_name": search.study_name,
+            "optuna_storage": redact(search.storage),
+            "optuna_sampler": type(study.sampler).__name__,
+            "optuna_pruner": type(study.pruner).__name__,
+            WORKER_TAG: json.dumps(this_worker()),
+        }
+    )
+    kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=active.info.run_id)
+    tracking.log_new_params(
+        {
+            **search.to_dict(),
+            "storage": redact(search.storage),
+            **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"},
+        }
+    )
+    tracking.log_dataset(mnist, "train", split.train, "training")
+    tracking.log_dataset(mnist, "train", split.val, "validation")
+
+
+def _optimize(study: optuna.Study, objective: Objective, search: SearchConfig) -> None:
+    """``study.optimize`` for ``search.n_trials`` trials (or ``search.timeout``); log ``search_seconds``."""
+    t0 = time.perf_counter()
+    try:
+        with _quiet_optuna(), tracking.interrupts_held():  # a signal waits for a trial's body (objective.py)
+            study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
+    except BaseException:
+        fail_own_trials(study)  # so that no RUNNING trial outlives this process
+        raise
+    mlflow.log_metric("search_seconds", time.perf_counter() - t0)
 
 
 def best_config(study: optuna.Study, base: TrainConfig) -> TrainConfig:

@@ -217,8 +217,18 @@ class SearchConfig:
             "help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"
         },
     )
+    grace_period: int = field(
+        default=60,
+        metadata={
+            "help": "seconds a RUNNING trial's worker may stay silent (no heartbeat) before its trial is failed as a dead worker's; generous because 2 busy CPU cores can starve the heartbeat thread"
+        },
+    )
 
     def validate(self) -> None:
+        _check(
+            3 <= self.grace_period <= 86400,
+            f"grace_period must be a whole number of seconds from 3 to 86400, got {self.grace_period}",
+        )
         _check(
             0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}"
         )
