@@ -396,7 +396,10 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"]) and run.data.params["epochs"] == "1"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
-        assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+        # The value: the blend of clean and corrupted validation accuracy (robust_weight 0.5 by default).
+        clean, robust = run.data.metrics["val_accuracy"], run.data.metrics["val_robust_mean_accuracy"]
+        assert trial.user_attrs["val_accuracy"] == pytest.approx(clean) and 0 < robust < 1
+        assert run.data.metrics["val_score"] == pytest.approx(trial.value) == pytest.approx((clean + robust) / 2)
     metrics, params = search_run.data.metrics, search_run.data.params
     assert (
         metrics["n_complete"] == 3
@@ -404,8 +407,12 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
         and metrics["n_failed"] == 0
         and metrics["n_trials"] == 3
     )
-    assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
-    assert metrics["default_val_accuracy"] == pytest.approx(study.trials[0].value)
+    assert metrics["best_val_score"] == pytest.approx(study.best_value)
+    assert metrics["default_val_score"] == pytest.approx(study.trials[0].value)
+    assert metrics["best_val_accuracy"] == pytest.approx(study.best_trial.user_attrs["val_accuracy"])
+    assert metrics["best_val_robust_mean_accuracy"] == pytest.approx(
+        study.best_trial.user_attrs["val_robust_mean_accuracy"]
+    )
     assert {f"best_{p}" for p in SEARCHED} <= set(params) and params["best_width"] == str(study.best_params["width"])
     figures = {a.path for a in client.list_artifacts(search_run.info.run_id, "figures")}
     assert {

@@ -44,10 +44,10 @@ from tuning.liveness import (
     on_stale_trial,
     this_worker,
 )
-from tuning.objective import Objective
+from tuning.objective import ROBUST, Objective
 from tuning.space import SEARCHED, suggest_config
 from tuning.storage import open_storage, redact
-from tuning.study import OBJECTIVE, open_study
+from tuning.study import OBJECTIVE, SCORE, open_study
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,11 @@ def run_search(
 ) -> TrainConfig:
     """Add ``search.n_trials`` trials to ``study`` and return the study's best config, with ``epochs=base.epochs``.
 
-    Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_accuracy`` on
-    ``split.val`` (the test set is never looked at). The search's MLflow run ``search`` is a child of the active
+    Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_score`` on
+    ``split.val``: (1 - ``robust_weight``) x clean accuracy + ``robust_weight`` x mean accuracy over the robustness
+    table's corruptions of ``robust_val_size`` validation digits (the test set is never looked at). The rule that
+    picks the final configuration: the study's complete trial with the highest ``val_score`` (the untuned default
+    is trial 0, scored the same way, so a tuned config must beat it to be chosen). The search's MLflow run ``search`` is a child of the active
     run (the pipeline's), the trials' runs its children. Ctrl-C/SIGTERM mark the running trial FAIL and end the
     runs KILLED; rerunning continues the study. ``parent_run_id``: the search run's parent when it is not the
     active run (a worker process started by ``tuning.workers`` under its pipeline's run).
@@ -98,6 +101,8 @@ def run_search(
             (mnist.train_images[split.val], mnist.train_labels[split.val]),
             search.study_name,
             run_id,
+            robust_weight=search.robust_weight,
+            robust_val_size=search.robust_val_size,
         )
         log.info(
             "search: study %s in %s holds %d trial(s); adding %d of %d epoch(s) on %d images%s",
@@ -197,10 +202,14 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> None:
     metrics.update(n_trials=len(study.trials), n_trials_added=added)
     reference = next((t for t in study.trials if t.user_attrs.get("base") and t.state == TrialState.COMPLETE), None)
     if reference is not None:
-        metrics["default_" + OBJECTIVE] = reference.value  # the untuned config, scored like every trial
+        metrics["default_" + SCORE] = reference.value  # the untuned config, scored like every trial
+        metrics.update(
+            {f"default_{k}": reference.user_attrs[k] for k in (OBJECTIVE, ROBUST) if k in reference.user_attrs}
+        )
     best = _best_trial(study)
     if best is not None:
-        metrics["best_" + OBJECTIVE] = best.value
+        metrics["best_" + SCORE] = best.value
+        metrics.update({f"best_{k}": best.user_attrs[k] for k in (OBJECTIVE, ROBUST) if k in best.user_attrs})
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.set_tag("best_trial_number", str(best.number))
         mlflow.log_dict({"number": best.number, "value": best.value, "params": best.params}, "best_trial.json")
@@ -212,7 +221,7 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> None:
         counts["pruned"],
         counts["failed"],
         best.number if best else "-",
-        OBJECTIVE,
+        SCORE,
         f"{best.value:.4f}" if best else "-",
         f" (default config {reference.value:.4f})" if reference is not None else "",
     )

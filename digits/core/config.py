@@ -217,6 +217,18 @@ class SearchConfig:
             "help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"
         },
     )
+    robust_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of robustness in a trial's score val_score = (1 - w) * val_accuracy + w * val_robust_mean_accuracy (the robustness table's corruptions of robust_val_size validation digits, never test digits); the best val_score picks the final config; 0 = clean accuracy only"
+        },
+    )
+    robust_val_size: int = field(
+        default=1000,
+        metadata={
+            "help": "validation digits (stratified, seeded, at most the validation split) corrupted to score the trials' robustness"
+        },
+    )
     grace_period: int = field(
         default=60,
         metadata={
@@ -225,6 +237,11 @@ class SearchConfig:
     )
 
     def validate(self) -> None:
+        _check(0 <= self.robust_weight <= 1, f"robust_weight must be in [0, 1], got {self.robust_weight}")
+        _check(
+            10 <= self.robust_val_size <= 30000,
+            f"robust_val_size must be an integer from 10 to 30000, got {self.robust_val_size}",
+        )
         _check(
             3 <= self.grace_period <= 86400,
             f"grace_period must be a whole number of seconds from 3 to 86400, got {self.grace_period}",
