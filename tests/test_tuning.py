@@ -208,6 +208,24 @@ def test_the_grace_period_is_a_search_config_field_that_reaches_the_storage(tmp_
 
 
 @pytest.mark.unit
+def test_the_time_budget_stops_the_search_on_a_cpu_and_lets_a_gpu_run_every_trial(monkeypatch):
+    import torch
+
+    from digits.learn import train
+    from workflow.pipeline import plan
+
+    cpu = TrainConfig(device="cpu")
+    assert search_mod.time_budget(SearchConfig(), cpu) == 360.0
+    assert search_mod.time_budget(SearchConfig(timeout=100), cpu) == 100.0
+    assert search_mod.time_budget(SearchConfig(cpu_timeout=0), cpu) == 0.0
+    assert "no new trial after 6 min" in plan(cpu, SearchConfig(), 60000)
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
+    assert search_mod.time_budget(SearchConfig(), TrainConfig()) == 0.0  # the full search on a GPU
+    assert search_mod.time_budget(SearchConfig(timeout=100), TrainConfig()) == 100.0
+    assert "no new trial" not in plan(TrainConfig(), SearchConfig(), 60000)
+
+
+@pytest.mark.unit
 def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     data = SimpleNamespace(digest="abc")

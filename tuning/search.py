@@ -112,7 +112,7 @@ def run_search(
             search.n_trials,
             search.trial_epochs,
             len(split.train),
-            f" (timeout {search.timeout:g}s)" if search.timeout else "",
+            f" (no new trial after {time_budget(search, base):g}s)" if time_budget(search, base) else "",
         )
         _optimize(study, objective, search)
         _log_summary(study, run_id)
@@ -145,12 +145,28 @@ def _describe_search_run(
     tracking.log_dataset(mnist, "train", split.val, "validation")
 
 
+def time_budget(search: SearchConfig, base: TrainConfig) -> float:
+    """Seconds after which the search starts no new trial (0: none): ``timeout``, and ``cpu_timeout`` without CUDA.
+
+    The rule of the default pipeline's budget: on a GPU the full ``n_trials`` run; on a CPU the search stops
+    starting trials after ``cpu_timeout`` seconds (a running trial finishes), whichever of the two comes first.
+    """
+    from digits.learn.train import resolve_device
+
+    limits = [search.timeout] if search.timeout else []
+    if search.cpu_timeout and resolve_device(base.device).type != "cuda":
+        limits.append(search.cpu_timeout)
+    return min(limits) if limits else 0.0
+
+
 def _optimize(study: optuna.Study, objective: Objective, search: SearchConfig) -> None:
-    """``study.optimize`` for ``search.n_trials`` trials (or ``search.timeout``); log ``search_seconds``."""
+    """``study.optimize`` for ``search.n_trials`` trials within ``time_budget``; log ``search_seconds``."""
     t0 = time.perf_counter()
+    budget = time_budget(search, objective.base)
+    mlflow.log_metric("search_time_budget", budget)
     try:
         with _quiet_optuna(), tracking.interrupts_held():  # a signal waits for a trial's body (objective.py)
-            study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
+            study.optimize(objective, n_trials=search.n_trials, timeout=budget or None)
     except BaseException:
         fail_own_trials(study)  # so that no RUNNING trial outlives this process
         raise

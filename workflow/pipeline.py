@@ -240,6 +240,7 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
 
     storage = tuning_search.connect(search) if search.n_trials else None  # a bad storage URL: before the data is loaded
     mnist, split = load_data(config)
+    log.info("plan: %s", plan(config, search, len(split.train) + len(split.val)))
     # A study run with other settings: refused before any MLflow run.
     study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
@@ -285,6 +286,35 @@ def run_main(config: TrainConfig, search: SearchConfig, model_name: str = CNN_MO
         )
         mlflow.set_tag("promotion", promotion.reason)
         log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
+
+
+# Rough training speeds (images per second) of the default CNN (width 16), for the plan's estimate: 2 CPU cores
+# without bf16 (benchmarks/RESULTS.md, 3,400 in fp32) and one GPU. A wider network costs about width^2.
+_IMAGES_PER_SECOND = {"cpu": 3000.0, "cuda": 30000.0}
+_OVERHEAD_SECONDS = 120.0  # data, EDA, baseline, robustness corruptions, ONNX export and checks, registry
+
+
+def plan(config: TrainConfig, search: SearchConfig, n_images: int) -> str:
+    """What ``main`` will do and roughly how long it will take, in one line (said at the start of the run)."""
+    from digits.learn.train import resolve_device
+    from tuning.search import time_budget
+
+    device = resolve_device(config.device).type
+    speed = _IMAGES_PER_SECOND.get(device, _IMAGES_PER_SECOND["cpu"]) * (16 / config.width) ** 2
+    final = config.epochs * n_images / speed
+    steps = ["baseline", f"the final model: {config.epochs} epoch(s) on {n_images:,} images, calibrated"]
+    search_seconds = 0.0
+    if search.n_trials:
+        budget = time_budget(search, config)
+        # About half the trials are pruned after their first epoch.
+        search_seconds = search.n_trials * search.trial_epochs * 0.75 * n_images / speed
+        search_seconds = (
+            min(search_seconds, budget + search.trial_epochs * n_images / speed) if budget else search_seconds
+        )
+        limit = f", no new trial after {budget / 60:.0f} min" if budget else ""
+        steps.insert(1, f"a search of up to {search.n_trials} trials of {search.trial_epochs} epoch(s){limit}")
+    total = (final + search_seconds + _OVERHEAD_SECONDS) / 60
+    return f"{'; '.join(steps)}; test evaluation, ONNX, registry: roughly {total:.0f} minutes on {device}"
 
 
 def search_in_workers(study, config: TrainConfig, search: SearchConfig) -> TrainConfig:

@@ -197,7 +197,7 @@ class SearchConfig:
     n_trials: int = field(
         default=24,
         metadata={
-            "help": "trials to add to the study in this run (24: about 7-10 minutes on 2 CPU cores with the full training split, about half of the trials pruned after one epoch); 0 = no search, train the given config"
+            "help": "trials to add to the study in this run (about half of them pruned after one epoch; on a CPU cpu_timeout usually ends the search first); 0 = no search, train the given config"
         },
     )
     timeout: float = field(
@@ -215,6 +215,12 @@ class SearchConfig:
         default=1,
         metadata={
             "help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"
+        },
+    )
+    cpu_timeout: float = field(
+        default=360.0,
+        metadata={
+            "help": "on a machine without CUDA, stop starting new trials after this many seconds (the time budget that keeps the default pipeline within about 15 minutes on 2 CPU cores); with a GPU the full n_trials run; 0 = no budget"
         },
     )
     robust_weight: float = field(
@@ -237,6 +243,10 @@ class SearchConfig:
     )
 
     def validate(self) -> None:
+        _check(
+            math.isfinite(self.cpu_timeout) and self.cpu_timeout >= 0,
+            f"cpu_timeout must be 0 (none) or a positive number of seconds, got {self.cpu_timeout}",
+        )
         _check(0 <= self.robust_weight <= 1, f"robust_weight must be in [0, 1], got {self.robust_weight}")
         _check(
             10 <= self.robust_val_size <= 30000,
