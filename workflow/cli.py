@@ -29,7 +29,7 @@ from workflow.commands import (
     cmd_train,
     cmd_tune,
 )
-from workflow.flags import Parser, add_config_flags, int_flag
+from workflow.flags import Parser, add_config_flags, float_flag, int_flag
 
 PROG = "digits"
 
@@ -222,6 +222,13 @@ def _add_model_parsers(sub: Any) -> None:
         "--model-uri",
         default=CHAMPION_URI,
         help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})",
+    )
+    p.add_argument(
+        "--min_confidence",
+        "--min-confidence",
+        type=float_flag,
+        default=0.0,
+        help="answer 'unsure' instead of a digit (or number) whose calibrated confidence is below this, 0 to 1 (default: 0.0, answer everything)",
     )
     _add_number_flags(p, cmd_predict)
 
