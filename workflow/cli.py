@@ -193,23 +193,8 @@ def _add_pipeline_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_tune)
 
 
-def _add_model_parsers(sub: Any) -> None:
-    """The jobs on a trained model: register (alias moves), predict, evaluate, export."""
-    p = sub.add_parser(
-        "register", help="point an alias of a registered model at a version: explicit promotion or roll-back"
-    )
-    p.add_argument(
-        "--model_name", "--model-name", default=CNN_MODEL_NAME, help=f"registered model (default: {CNN_MODEL_NAME})"
-    )
-    p.add_argument("--alias", default=CHAMPION, help=f"alias to move (default: {CHAMPION})")
-    p.add_argument(
-        "--version",
-        type=int_flag,
-        default=0,
-        help="model version the alias should point at; must be given (default: 0, refused)",
-    )
-    p.set_defaults(handler=cmd_register)
-
+def _add_predict_parser(sub: Any) -> None:
+    """``digits predict``: image files through a registered model, as the served model reads them."""
     p = sub.add_parser(
         "predict",
         help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server",
@@ -231,6 +216,26 @@ def _add_model_parsers(sub: Any) -> None:
         help="answer 'unsure' instead of a digit (or number) whose calibrated confidence is below this, 0 to 1 (default: 0.0, answer everything)",
     )
     _add_number_flags(p, cmd_predict)
+
+
+def _add_model_parsers(sub: Any) -> None:
+    """The jobs on a trained model: register (alias moves), predict, evaluate, export."""
+    p = sub.add_parser(
+        "register", help="point an alias of a registered model at a version: explicit promotion or roll-back"
+    )
+    p.add_argument(
+        "--model_name", "--model-name", default=CNN_MODEL_NAME, help=f"registered model (default: {CNN_MODEL_NAME})"
+    )
+    p.add_argument("--alias", default=CHAMPION, help=f"alias to move (default: {CHAMPION})")
+    p.add_argument(
+        "--version",
+        type=int_flag,
+        default=0,
+        help="model version the alias should point at; must be given (default: 0, refused)",
+    )
+    p.set_defaults(handler=cmd_register)
+
+    _add_predict_parser(sub)
 
     p = sub.add_parser(
         "evaluate",

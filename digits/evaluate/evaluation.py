@@ -87,6 +87,31 @@ def log_test_evaluation(
         values.update({f"{prefix}{k}_uncalibrated": float(before[k]) for k in ("ece", "log_loss", "brier")})
     mlflow.log_metrics(values)
 
+    _log_tables_and_figures(y_true, proba, images, history, family, uncalibrated)
+    if predict is not None and images is not None:
+        values.update(
+            robustness.log_robustness(
+                predict,
+                images,
+                y_true,
+                label=_MODEL_LABELS.get(family, family),
+                reference=reference,
+                size=robust_size,
+            )
+        )
+    return values
+
+
+def _log_tables_and_figures(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    images: np.ndarray | None,
+    history: list[dict] | None,
+    family: str,
+    uncalibrated: np.ndarray | None,
+) -> None:
+    """The evaluation's tables (``TABLES``) and figures (``FIGURES``, those that apply) into ``evaluation/``."""
+    y_pred = proba.argmax(axis=1)
     reliability = metrics.reliability_bins(y_true, proba)
     tables = {
         "per_class.csv": metrics.per_class_report(y_true, proba),
@@ -114,18 +139,6 @@ def log_test_evaluation(
         for name, build in figures.items():
             (Path(tmp) / name).write_bytes(plots.figure_to_png(build()))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)
-    if predict is not None and images is not None:
-        values.update(
-            robustness.log_robustness(
-                predict,
-                images,
-                y_true,
-                label=_MODEL_LABELS.get(family, family),
-                reference=reference,
-                size=robust_size,
-            )
-        )
-    return values
 
 
 def curve_labels(family: str, history: list[dict]) -> tuple[str, str]:

@@ -122,7 +122,7 @@ def log_robustness(
     t0 = time.perf_counter()
     table = robustness_table(predict, images, labels, size)
     values = robust_metrics(table)
-    mlflow.log_metrics(values)
+    mlflow.log_metrics({**values, "robust_digits": float(table["n"].iloc[0])})  # robust_size, capped at the test set
     series = {label: table["accuracy"].to_numpy()}
     if reference is not None:
         name, metrics = reference

@@ -15,7 +15,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from digits.core.errors import first_line
-from digits.evaluate import metrics, robustness
+from digits.evaluate import metrics
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import CURVE_KEYS, EvaluationError, log_test_evaluation
 from digits.evaluate.number_eval import LENGTHS, log_number_evaluation, number_set, read_all
@@ -92,7 +92,7 @@ def evaluate_model(
     ``source_run_id``) holds what a training run holds after its test evaluation, with the training curves
     read from the source run. Returns the metrics; logs whether the test accuracy matches the source run's.
     ``model``: ``load_model(model_uri)`` when the caller has already loaded it. ``robust_size``: test digits
-    corrupted for the robustness evaluation (the flag; None: ``robustness.DEFAULT_SIZE``), logged as the param.
+    corrupted for the robustness evaluation (the flag; None: ``robustness.DEFAULT_SIZE``).
     """
     model = model or load_model(model_uri)
     proba = model.predict_proba(mnist.test_images)
@@ -110,7 +110,6 @@ def evaluate_model(
         if active.info.run_name != name:  # under `mlflow run` the run was created with a random name
             mlflow.set_tag("mlflow.runName", name)
         tracking.log_dataset(mnist, "test", None, "testing")
-        mlflow.log_param("robust_size", robustness.sample_size(len(mnist.test_labels), robust_size))
         history = history_from_run(source.info.run_id) if source else []  # the curves of the run that trained it
         values = log_test_evaluation(
             mnist.test_labels,
@@ -123,39 +122,28 @@ def evaluate_model(
         )
         if log_eda:
             log_eda_once(mnist)
-        reported = source.data.metrics.get("test_accuracy") if source else None
-        n = len(mnist.test_labels)
-        correct = n - int(values["test_errors"])
-        if reported is None:
-            log.info(
-                "%s: test accuracy %.2f%% (%d of %d); no source run accuracy to compare with",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-            )
-        elif round(reported * n) == correct:
-            log.info(
-                "%s: test accuracy %.2f%% (%d of %d), the same as source run %s",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-                source.info.run_id,
-            )
-        else:
-            log.warning(
-                "%s: test accuracy %.2f%% (%d of %d) differs from the %.2f%% of source run %s (other data or preprocessing?)",
-                model_uri,
-                100 * values["test_accuracy"],
-                correct,
-                n,
-                100 * reported,
-                source.info.run_id,
-            )
-        if reported is not None:
-            mlflow.log_metric("source_test_accuracy", reported)
+        _log_match(model_uri, values, source, len(mnist.test_labels))
     return values
+
+
+def _log_match(model_uri: str, values: dict[str, float], source, n: int) -> None:
+    """Say whether the test accuracy is the source run's (``source_test_accuracy`` logged when there is one)."""
+    reported = source.data.metrics.get("test_accuracy") if source else None
+    correct = n - int(values["test_errors"])
+    accuracy = f"{model_uri}: test accuracy {100 * values['test_accuracy']:.2f}% ({correct} of {n})"
+    if reported is None:
+        log.info("%s; no source run accuracy to compare with", accuracy)
+        return
+    if round(reported * n) == correct:
+        log.info("%s, the same as source run %s", accuracy, source.info.run_id)
+    else:
+        log.warning(
+            "%s differs from the %.2f%% of source run %s (other data or preprocessing?)",
+            accuracy,
+            100 * reported,
+            source.info.run_id,
+        )
+    mlflow.log_metric("source_test_accuracy", reported)
 
 
 def _pyfunc_proba(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray, model_uri: str) -> np.ndarray:
