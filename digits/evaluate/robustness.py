@@ -63,7 +63,7 @@ def corrupted_sets(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[n
         t0 = time.perf_counter()
         _CACHE[key] = {name: corruptions.corrupt(name, images[index], SEED) for name in corruptions.names()}
         log.info(
-            "robustness: %d corruptions of %d test digits made in %.1fs",
+            "robustness: %d corruptions of %d digits made in %.1fs",
             len(_CACHE[key]),
             size,
             time.perf_counter() - t0,
