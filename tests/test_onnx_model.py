@@ -117,6 +117,10 @@ def test_both_served_models_apply_the_stored_temperature_and_min_confidence(logg
     calibrated = predict_proba(network, images)
     network.set_temperature(1.0)
     np.testing.assert_allclose(calibrated, apply_temperature(predict_proba(network, images), 0.5), atol=1e-5)
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(logged["root"] / "model.onnx")).metadata_props}
+    assert metadata["temperature"] == "0.5"  # in the graph, recorded for a reader of the file
     threshold = float(np.median(calibrated.max(axis=1)))
     for uri in (logged["torch"], logged["onnx"]):
         model = mlflow.pyfunc.load_model(uri)
