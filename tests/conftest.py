@@ -26,10 +26,16 @@ TIERS = ("unit", "data", "e2e")
 # --- tiers -------------------------------------------------------------------------------------------------------
 
 
+# The robustness evaluation of every evaluated model corrupts robust_size=2,000 test digits by default (~40 s of
+# picture corruptions per process): the tests' pipelines take 300, passed as the flag or MLproject parameter.
+TEST_ROBUST_SIZE = 300
+
+
 def pytest_configure(config):
-    # The robustness evaluation of every evaluated model corrupts 2,000 test digits by default (~40 s of picture
-    # corruptions per process): the tests' pipelines, `mlflow run`s included (they inherit it), take 300.
-    os.environ.setdefault("DIGITS_ROBUST_SIZE", "300")
+    # In-process evaluations that are given no robust_size (log_test_evaluation, evaluate_model) take this default.
+    from digits.evaluate import robustness
+
+    robustness.DEFAULT_SIZE = TEST_ROBUST_SIZE
 
 
 def tier_problems(items) -> list[str]:

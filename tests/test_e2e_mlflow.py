@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_ROBUST_SIZE
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +25,8 @@ TINY_READER = {
 def mlflow_run(entry: str, params: dict, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``mlflow run . --env-manager local -e ENTRY -P k=v ...`` with this venv first on PATH."""
     args = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", entry]
+    if entry in ("main", "train", "baseline", "evaluate"):  # the tests' size of the robustness evaluation
+        params = {"robust_size": TEST_ROBUST_SIZE, **params}
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}

@@ -23,7 +23,11 @@ from digits.mlops.registry import fit_description
 from tests.conftest import ROOT, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
-TEST_METRICS = {f"test_{name}" for name in METRIC_NAMES} | {"test_errors"}
+TEST_METRICS = (
+    {f"test_{name}" for name in METRIC_NAMES}
+    | {"test_errors"}
+    | {f"test_coverage_at_{t}" for t in ("99", "99_5", "99_9")}
+)
 PIXEL_STD_FLOOR = 10.0  # a blank or near-blank PNG has a grey-level standard deviation far below this
 
 
@@ -211,6 +215,8 @@ def test_baseline_run_logs_the_fitted_models_parameters_once(experiment):
         "val_size": 50,
         "subset": 0,
         "seed": 2,
+        "calibration_size": 2000,
+        "robust_size": 2000,
     }
     assert params == {k: str(v) for k, v in expected.items()}
     # What was typed by hand before, now read from the model, and tol, which was missing:
@@ -513,7 +519,15 @@ def test_evaluate_registered_models_gives_the_training_runs_accuracy(main_run):
     base, cnn = runs["baseline-logreg"], runs["cnn-final"]
     card = mlflow.artifacts.load_text(f"runs:/{cnn.info.run_id}/{report.CARD_FILE}")
     result = subprocess.run(
-        digits_command("evaluate", "--model-uri", "models:/digits-cnn@champion", "--data_dir", main_run["data_dir"]),
+        digits_command(
+            "evaluate",
+            "--model-uri",
+            "models:/digits-cnn@champion",
+            "--data_dir",
+            main_run["data_dir"],
+            "--robust_size",
+            "300",
+        ),
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -33,6 +33,7 @@ def logged(tmp_path_factory, mlflow_db_template):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+    network.set_temperature(0.5)  # as calibration leaves it: both served models must answer with it
     with isolated_store(root, "onnx-model-tests", mlflow_db_template) as (uri, experiment):
         with mlflow.start_run(experiment_id=experiment):
             torch_info = registry.log_cnn_model(save_checkpoint(network, config, root / "ckpt"))
@@ -101,6 +102,35 @@ def test_the_onnx_model_answers_what_the_torch_model_answers_and_refuses_what_it
             assert info.value.get_http_status_code() == 400, name
             messages.append(info.value.message.rsplit("Error: ", 1)[-1])
         assert messages[0] == messages[1], name
+
+
+@pytest.mark.unit
+def test_both_served_models_apply_the_stored_temperature_and_min_confidence(logged):
+    from digits.evaluate.calibration import apply_temperature
+    from digits.serve.model import CALIBRATION_FILE, load_checkpoint, predict_proba
+
+    network, _ = load_checkpoint(logged["root"] / "ckpt")
+    assert json.loads((logged["root"] / "ckpt" / CALIBRATION_FILE).read_text())["temperature"] == 0.5
+    request = requests_to_compare()["arrays"]
+    images = np.stack(request["image"]).astype(np.uint8)
+    calibrated = predict_proba(network, images)
+    network.set_temperature(1.0)
+    np.testing.assert_allclose(calibrated, apply_temperature(predict_proba(network, images), 0.5), atol=1e-5)
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(logged["root"] / "model.onnx")).metadata_props}
+    assert metadata["temperature"] == "0.5"  # in the graph, recorded for a reader of the file
+    threshold = float(np.median(calibrated.max(axis=1)))
+    for uri in (logged["torch"], logged["onnx"]):
+        model = mlflow.pyfunc.load_model(uri)
+        np.testing.assert_allclose(np.stack(model.predict(request)["probabilities"]), calibrated, atol=1e-4)
+        answer = model.predict(request, params={"min_confidence": threshold})
+        unsure = calibrated.max(axis=1) < threshold
+        assert answer["unsure"].tolist() == unsure.tolist() and unsure.any() and not unsure.all()
+        assert answer["digit"].tolist() == np.where(unsure, -1, calibrated.argmax(1)).tolist()
+        with pytest.raises(MlflowException, match="must be a number from 0 to 1") as info:
+            model.predict(request, params={"min_confidence": 2.0})
+        assert info.value.get_http_status_code() == 400
 
 
 @pytest.mark.data

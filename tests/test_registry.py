@@ -85,13 +85,17 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
 
     model = mlflow.pyfunc.load_model(store["uri"])
     assert model.metadata.get_input_schema().input_names() == ["image"]
-    assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [("mode", "digit")]
+    assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [
+        ("mode", "digit"),
+        ("min_confidence", 0.0),
+    ]
     assert model.metadata.get_output_schema().input_names() == [
         "digit",
         "confidence",
         "probabilities",
         "text",
         "digits",
+        "unsure",
     ]
     example = json.loads((path / "serving_input_example.json").read_text())
     rows = example["dataframe_split"]["data"]
@@ -309,6 +313,13 @@ def test_cli_predict_reads_image_files_through_the_registered_model(store, name,
     assert re.fullmatch(
         rf"{re.escape(str(picture))}: \d \(confidence (0|1)\.\d{{3}}\)", capsys.readouterr().out.strip()
     )
+    # The reject option: below min_confidence the answer is "unsure" (this model is far from sure of anything).
+    assert main(["predict", str(picture), "--model_uri", f"models:/{name}@champion", "--min_confidence", "1"]) == 0
+    assert re.fullmatch(
+        rf"{re.escape(str(picture))}: unsure \(confidence 0\.\d{{3}}\)", capsys.readouterr().out.strip()
+    )
+    assert main(["predict", str(picture), "--model_uri", f"models:/{name}@champion", "--min_confidence", "2"]) == 2
+    assert "min_confidence must be a number from 0 to 1, got 2.0" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("not a picture")
     assert main(["predict", str(tmp_path / "notes.txt"), "--model_uri", f"models:/{name}@champion"]) == 1
     assert "notes.txt: the data is not a PNG or JPEG image" in capsys.readouterr().err

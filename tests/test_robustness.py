@@ -108,28 +108,32 @@ def test_robustness_table_and_metrics_measure_the_model(monkeypatch):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("raw, expected", [("", 2000), ("300", 300), ("50000", 1000)])
-def test_sample_size_comes_from_the_environment(monkeypatch, raw, expected):
-    monkeypatch.setenv(robustness.SIZE_ENV, raw)
-    assert robustness.sample_size(1000 if raw == "50000" else 10000) == expected
+@pytest.mark.parametrize(
+    "size, n_test, expected", [(None, 10000, robustness.DEFAULT_SIZE), (300, 10000, 300), (50000, 1000, 1000)]
+)
+def test_sample_size_is_the_config_field_capped_at_the_test_set(size, n_test, expected):
+    assert robustness.sample_size(n_test, size) == expected
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("raw", ["many", "5", "-3"])
-def test_bad_sample_size_is_one_line(monkeypatch, raw):
-    monkeypatch.setenv(robustness.SIZE_ENV, raw)
-    with pytest.raises(DigitsError, match=robustness.SIZE_ENV):
-        robustness.sample_size(10000)
+def test_robust_size_is_a_validated_config_field_not_an_environment_variable(monkeypatch):
+    from digits.core.config import ConfigError, DataConfig
+
+    monkeypatch.setenv("DIGITS_ROBUST_SIZE", "40")  # the old variable changes nothing any more
+    assert robustness.sample_size(10000, DataConfig().robust_size) == 2000
+    with pytest.raises(ConfigError, match="robust_size must be an integer from 10 to 10000, got 5"):
+        DataConfig(robust_size=5).validate()
+    with pytest.raises(DigitsError, match="robust_size"):
+        robustness.sample_size(10000, 5)
 
 
 @pytest.mark.unit
-def test_log_robustness_logs_metrics_table_and_figure(tracking_uri, monkeypatch):
-    monkeypatch.setenv(robustness.SIZE_ENV, "40")
+def test_log_robustness_logs_metrics_table_and_figure(tracking_uri):
     images, labels = fake_digits(100, np.random.default_rng(0))
     guess = lambda x: np.full((len(x), 10), 0.1)  # noqa: E731
     with mlflow.start_run() as run:
         values = robustness.log_robustness(
-            guess, images, labels, label="CNN", reference=("baseline", {"robust_rotate_15_accuracy": 0.5})
+            guess, images, labels, label="CNN", reference=("baseline", {"robust_rotate_15_accuracy": 0.5}), size=40
         )
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged["robust_mean_accuracy"] == values["robust_mean_accuracy"]

@@ -20,6 +20,7 @@ from PIL import Image, ImageFilter
 
 from digits.core.config import TrainConfig
 from digits.core.names import ONNX_SUFFIX
+from digits.evaluate.calibration import calibrate_network
 from digits.learn import render
 from digits.learn.data import split_train_val
 from digits.learn.train import fit
@@ -78,6 +79,8 @@ def registered(mnist, tmp_path_factory):
         config = TrainConfig(epochs=2, subset=3000, seed=0, device="cpu")
         split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
         trained = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
+        # Calibrated as the pipeline does (on the validation split): the served models must answer with its temperature.
+        calibrate_network(trained, mnist.train_images[split.val], mnist.train_labels[split.val], "the validation split")
         untrained = build_model(config).eval()
         promotions = {}
         for label, model in (("trained", trained), ("untrained", untrained)):
@@ -155,6 +158,34 @@ def test_mnist_pixel_values_in_both_layouts(server, registered, mnist):
     # The endpoint is the trained network, no more, no less: same answers as calling it directly.
     np.testing.assert_array_equal(digits, predict_proba(registered["model"], images).argmax(1))
     assert (digits == labels).mean() > 0.9
+
+
+def test_the_served_answer_is_calibrated_and_min_confidence_makes_doubtful_ones_unsure(server, registered, mnist):
+    images = mnist.test_images[:N_ARRAYS]
+    plain = predictions(invoke(server, {"inputs": images.tolist()}))
+    served = np.array([p["probabilities"] for p in plain])
+    network = registered["model"]
+    assert float(network.temperature) < 0.9  # label smoothing: under-confident, so the fitted T sharpens
+    np.testing.assert_allclose(served, predict_proba(network, images), atol=1e-4)  # the temperature, served
+    confidence = served.max(axis=1)
+    threshold = float(np.quantile(confidence, 0.2))
+    response = invoke(server, {"inputs": images.tolist(), "params": {"min_confidence": threshold}})
+    assert response.status_code == 200, response.text[:300]
+    answers = response.json()["predictions"]
+    unsure = np.array([a["unsure"] for a in answers])
+    np.testing.assert_array_equal(unsure, confidence < threshold)
+    assert 0 < unsure.sum() < len(answers)
+    for got, before in zip(answers, plain):
+        assert got["digit"] == (-1 if got["unsure"] else before["digit"])
+        assert got["confidence"] == pytest.approx(before["confidence"])  # the best guess stays for the person
+    assert "unsure" not in plain[0]  # without the param, the answer keeps its columns
+    for bad in ("high", 1.5, -0.1, True, [0.5]):
+        refused = invoke(server, {"inputs": images[:1].tolist(), "params": {"min_confidence": bad}})
+        assert refused.status_code == 400, refused.text[:300]
+        message = refused.json()["message"]
+        assert (
+            message.startswith("the param 'min_confidence' must be a number from 0 to 1, got ") and "\n" not in message
+        )
 
 
 def test_drawings_as_png_and_jpeg_in_split_and_records(server, mnist):

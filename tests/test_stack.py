@@ -308,10 +308,9 @@ def _wait_for(condition, what: str, timeout: float = 180) -> None:
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_a_worker_killed_mid_trial_has_its_trial_failed_by_the_heartbeat_and_retried(live, mnist_dir):
     # As on another machine: the survivor was running already, so only the storage's heartbeat can tell
-    # (DIGITS_GRACE_PERIOD=6 instead of 60 s, for the test's sake).
-    env = {**live.env, "DIGITS_GRACE_PERIOD": "6"}
-    longer = ("--trial_epochs", "2", "--subset", "2000")
-    victim, survivor = (_tune(live, mnist_dir, "kill", n, *longer, env=env) for n in (6, 8))
+    # (grace_period 6 instead of 60 s, for the test's sake).
+    longer = ("--trial_epochs", "2", "--subset", "2000", "--grace_period", "6")
+    victim, survivor = (_tune(live, mnist_dir, "kill", n, *longer) for n in (6, 8))
     _wait_for(lambda: _running_trials(live, "kill", survivor.pid), "the survivor runs a trial")
     _wait_for(lambda: _running_trials(live, "kill", victim.pid), "the victim runs a trial")
     victim.send_signal(signal.SIGKILL)
@@ -361,6 +360,8 @@ def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, thre
 def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     command = digits_command(
         "main",
+        "--robust_size",
+        "300",
         "--data_dir",
         str(mnist_dir),
         *TINY,

@@ -196,6 +196,36 @@ def test_digits_tune_with_a_bad_storage_exits_non_zero_with_one_line(tmp_path):
 
 
 @pytest.mark.unit
+def test_the_grace_period_is_a_search_config_field_that_reaches_the_storage(tmp_path, monkeypatch):
+    from digits.core.config import ConfigError
+
+    monkeypatch.setenv("DIGITS_GRACE_PERIOD", "999")  # the old variable changes nothing any more
+    storage = search_mod.connect(SearchConfig(storage=f"sqlite:///{tmp_path / 'g.db'}", grace_period=9))
+    assert storage.grace_period == 9 and storage.heartbeat_interval == 3
+    assert open_storage(f"sqlite:///{tmp_path / 'h.db'}").grace_period == SearchConfig().grace_period == 60
+    with pytest.raises(ConfigError, match="grace_period must be a whole number of seconds from 3 to 86400, got 2"):
+        SearchConfig(grace_period=2).validate()
+
+
+@pytest.mark.unit
+def test_the_time_budget_stops_the_search_on_a_cpu_and_lets_a_gpu_run_every_trial(monkeypatch):
+    import torch
+
+    from digits.learn import train
+    from workflow.pipeline import plan
+
+    cpu = TrainConfig(device="cpu")
+    assert search_mod.time_budget(SearchConfig(), cpu) == 360.0
+    assert search_mod.time_budget(SearchConfig(timeout=100), cpu) == 100.0
+    assert search_mod.time_budget(SearchConfig(cpu_timeout=0), cpu) == 0.0
+    assert "no new trial after 6 min" in plan(cpu, SearchConfig(), 60000)
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
+    assert search_mod.time_budget(SearchConfig(), TrainConfig()) == 0.0  # the full search on a GPU
+    assert search_mod.time_budget(SearchConfig(timeout=100), TrainConfig()) == 100.0
+    assert "no new trial" not in plan(TrainConfig(), SearchConfig(), 60000)
+
+
+@pytest.mark.unit
 def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     data = SimpleNamespace(digest="abc")
@@ -385,7 +415,10 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"]) and run.data.params["epochs"] == "1"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
-        assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+        # The value: the blend of clean and corrupted validation accuracy (robust_weight 0.5 by default).
+        clean, robust = run.data.metrics["val_accuracy"], run.data.metrics["val_robust_mean_accuracy"]
+        assert trial.user_attrs["val_accuracy"] == pytest.approx(clean) and 0 < robust < 1
+        assert run.data.metrics["val_score"] == pytest.approx(trial.value) == pytest.approx((clean + robust) / 2)
     metrics, params = search_run.data.metrics, search_run.data.params
     assert (
         metrics["n_complete"] == 3
@@ -393,8 +426,12 @@ def test_search_nests_trial_runs_logs_the_summary_and_resumes(mnist, stores):
         and metrics["n_failed"] == 0
         and metrics["n_trials"] == 3
     )
-    assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
-    assert metrics["default_val_accuracy"] == pytest.approx(study.trials[0].value)
+    assert metrics["best_val_score"] == pytest.approx(study.best_value)
+    assert metrics["default_val_score"] == pytest.approx(study.trials[0].value)
+    assert metrics["best_val_accuracy"] == pytest.approx(study.best_trial.user_attrs["val_accuracy"])
+    assert metrics["best_val_robust_mean_accuracy"] == pytest.approx(
+        study.best_trial.user_attrs["val_robust_mean_accuracy"]
+    )
     assert {f"best_{p}" for p in SEARCHED} <= set(params) and params["best_width"] == str(study.best_params["width"])
     figures = {a.path for a in client.list_artifacts(search_run.info.run_id, "figures")}
     assert {

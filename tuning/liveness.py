@@ -30,7 +30,7 @@ from mlflow.entities import RunStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from digits.core.errors import first_line
-from tuning.storage import grace_period
+from tuning.storage import GRACE_PERIOD
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def fail_zombies(study: optuna.Study, storage: optuna.storages.BaseStorage) -> l
         if worker is None:
             # A trial gets its worker within milliseconds of starting; one without, older than the grace period,
             # was left by a worker killed between asking for the trial and starting it.
-            dead = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > grace_period()
+            silent = (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+            dead = silent > (getattr(storage, "grace_period", None) or GRACE_PERIOD)  # RDBStorage keeps it
             reason = "its worker died before the trial started"
         elif worker["host"] == host:
             dead, reason = died_here(worker), f"its worker (pid {worker['pid']}) died"

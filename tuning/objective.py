@@ -7,6 +7,7 @@ A trial's run ends FINISHED when the trial completes, KILLED when it is pruned o
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -21,24 +22,31 @@ from mlflow.entities import RunStatus
 from digits.core import interrupts
 from digits.core.config import TrainConfig
 from digits.core.errors import first_line
+from digits.evaluate import robustness
 from digits.learn.train import NonFiniteLossError, fit
 from digits.mlops import tracking
+from digits.serve.model import predict_proba
 from tuning.liveness import this_worker
 from tuning.space import suggest_config
-from tuning.study import OBJECTIVE
+from tuning.study import OBJECTIVE, SCORE
+
+ROBUST = "val_robust_mean_accuracy"
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Objective:
-    """Train ``suggest_config(trial, base)`` on ``train``, score it by ``val_accuracy`` on ``val``."""
+    """Train ``suggest_config(trial, base)`` on ``train``, score it on ``val``: clean accuracy and, by
+    ``robust_weight``, the mean accuracy over the robustness table's corruptions of ``robust_val_size`` of its digits."""
 
     base: TrainConfig
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
     study_name: str
     search_run_id: str
+    robust_weight: float = 0.0  # SearchConfig.robust_weight
+    robust_val_size: int = 1000  # SearchConfig.robust_val_size
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", this_worker(trial.number))  # first: how a dead worker's trial is recognised
@@ -63,7 +71,29 @@ class Objective:
                 log.warning("trial %d failed: %s", trial.number, exc)
                 return math.nan
             mlflow.log_metric("trial_seconds", result.seconds)
-            return result.history[-1][OBJECTIVE]
+            return self.score(trial, result.model, result.history[-1][OBJECTIVE])
+
+    def score(self, trial: optuna.Trial, network, clean: float) -> float:
+        """``val_score`` of a trained network (logged, with its parts, in the trial's run and user attributes)."""
+        robust = robust_accuracy(network, self.val, self.robust_val_size) if self.robust_weight else clean
+        score = (1 - self.robust_weight) * clean + self.robust_weight * robust
+        mlflow.log_metrics({ROBUST: robust, SCORE: score})
+        trial.set_user_attr(OBJECTIVE, clean)
+        trial.set_user_attr(ROBUST, robust)
+        return score
+
+
+def robust_accuracy(network, val: tuple[np.ndarray, np.ndarray], size: int) -> float:
+    """Mean accuracy over the robustness table's corruptions of ``size`` validation digits (stratified, seeded).
+
+    The same corruption families as ``digits.evaluate.robustness`` measures on test digits, made from validation
+    digits (once per process: ``corrupted_sets`` keeps them), so the search never sees a test digit.
+    """
+    images, labels = val
+    table = robustness.robustness_table(
+        functools.partial(predict_proba, network), images, labels, min(size, len(labels))
+    )
+    return float(table["accuracy"].mean())
 
 
 def pruning_callback(trial: optuna.Trial, epochs: int, reference: bool):

@@ -45,10 +45,10 @@ from tuning.liveness import (
     on_stale_trial,
     this_worker,
 )
-from tuning.objective import Objective
+from tuning.objective import ROBUST, Objective
 from tuning.space import SEARCHED, suggest_config
 from tuning.storage import open_storage, redact
-from tuning.study import OBJECTIVE, open_study
+from tuning.study import OBJECTIVE, SCORE, open_study
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 def connect(search: SearchConfig) -> optuna.storages.RDBStorage:
     """Check ``search`` and open its storage (with the dead-worker callback); ``StorageError`` in one line."""
     search.validate()
-    return open_storage(search.storage, on_stale_trial=on_stale_trial)
+    return open_storage(search.storage, on_stale_trial=on_stale_trial, grace_period=search.grace_period)
 
 
 def open_search(
@@ -81,43 +81,29 @@ def run_search(
 ) -> TrainConfig:
     """Add ``search.n_trials`` trials to ``study`` and return the study's best config, with ``epochs=base.epochs``.
 
-    Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_accuracy`` on
-    ``split.val`` (the test set is never looked at). The search's MLflow run ``search`` is a child of the active
+    Trials train for ``search.trial_epochs`` epochs on ``split.train`` and are scored by ``val_score`` on
+    ``split.val``: (1 - ``robust_weight``) x clean accuracy + ``robust_weight`` x mean accuracy over the robustness
+    table's corruptions of ``robust_val_size`` validation digits (the test set is never looked at). The rule that
+    picks the final configuration: the study's complete trial with the highest ``val_score`` (the untuned default
+    is trial 0, scored the same way, so a tuned config must beat it to be chosen). The search's MLflow run ``search`` is a child of the active
     run (the pipeline's), the trials' runs its children. Ctrl-C/SIGTERM mark the running trial FAIL and end the
     runs KILLED; rerunning continues the study. ``parent_run_id``: the search run's parent when it is not the
     active run (a worker process started by ``tuning.workers`` under its pipeline's run).
     """
     before = len([t for t in study.trials if t.state != TrialState.WAITING])  # an enqueued trial is not run yet
-    trial_base = base.replace(epochs=search.trial_epochs)
     with tracking.model_run(
         "search", nested=True, model_family="cnn", pipeline_step="search", parent_run_id=parent_run_id
     ) as active:
         run_id = active.info.run_id
-        mlflow.set_tags(
-            {
-                "optuna_study_name": search.study_name,
-                "optuna_storage": redact(search.storage),
-                "optuna_sampler": type(study.sampler).__name__,
-                "optuna_pruner": type(study.pruner).__name__,
-                WORKER_TAG: json.dumps(this_worker()),
-            }
-        )
-        kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=run_id)
-        tracking.log_new_params(
-            {
-                **search.to_dict(),
-                "storage": redact(search.storage),
-                **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"},
-            }
-        )
-        tracking.log_dataset(mnist, "train", split.train, "training")
-        tracking.log_dataset(mnist, "train", split.val, "validation")
+        _describe_search_run(study, base, search, mnist, split, active)
         objective = Objective(
-            trial_base,
+            base.replace(epochs=search.trial_epochs),
             (mnist.train_images[split.train], mnist.train_labels[split.train]),
             (mnist.train_images[split.val], mnist.train_labels[split.val]),
             search.study_name,
             run_id,
+            robust_weight=search.robust_weight,
+            robust_val_size=search.robust_val_size,
         )
         log.info(
             "search: study %s in %s holds %d trial(s); adding %d of %d epoch(s) on %d images%s",
@@ -127,19 +113,65 @@ def run_search(
             search.n_trials,
             search.trial_epochs,
             len(split.train),
-            f" (timeout {search.timeout:g}s)" if search.timeout else "",
+            f" (no new trial after {time_budget(search, base):g}s)" if time_budget(search, base) else "",
         )
-        t0 = time.perf_counter()
-        try:
-            with _quiet_optuna(), interrupts.interrupts_held():  # a signal waits for a trial's body (objective.py)
-                study.optimize(objective, n_trials=search.n_trials, timeout=search.timeout or None)
-        except BaseException:
-            fail_own_trials(study)  # so that no RUNNING trial outlives this process
-            raise
-        mlflow.log_metric("search_seconds", time.perf_counter() - t0)
+        _optimize(study, objective, search)
         _log_summary(study, run_id)
         log_figures(study)
     return best_config(study, base)
+
+
+def _describe_search_run(
+    study: optuna.Study, base: TrainConfig, search: SearchConfig, mnist: MNIST, split: Split, active
+) -> None:
+    """Tags, params and datasets of the search's MLflow run; end the runs of this study's dead searches."""
+    mlflow.set_tags(
+        {
+            "optuna_study_name": search.study_name,
+            "optuna_storage": redact(search.storage),
+            "optuna_sampler": type(study.sampler).__name__,
+            "optuna_pruner": type(study.pruner).__name__,
+            WORKER_TAG: json.dumps(this_worker()),
+        }
+    )
+    kill_dead_search_runs(active.info.experiment_id, search.study_name, redact(search.storage), keep=active.info.run_id)
+    tracking.log_new_params(
+        {
+            **search.to_dict(),
+            "storage": redact(search.storage),
+            **{k: v for k, v in base.to_dict().items() if k not in SEARCHED and k != "epochs"},
+        }
+    )
+    tracking.log_dataset(mnist, "train", split.train, "training")
+    tracking.log_dataset(mnist, "train", split.val, "validation")
+
+
+def time_budget(search: SearchConfig, base: TrainConfig) -> float:
+    """Seconds after which the search starts no new trial (0: none): ``timeout``, and ``cpu_timeout`` without CUDA.
+
+    The rule of the default pipeline's budget: on a GPU the full ``n_trials`` run; on a CPU the search stops
+    starting trials after ``cpu_timeout`` seconds (a running trial finishes), whichever of the two comes first.
+    """
+    from digits.learn.train import resolve_device
+
+    limits = [search.timeout] if search.timeout else []
+    if search.cpu_timeout and resolve_device(base.device).type != "cuda":
+        limits.append(search.cpu_timeout)
+    return min(limits) if limits else 0.0
+
+
+def _optimize(study: optuna.Study, objective: Objective, search: SearchConfig) -> None:
+    """``study.optimize`` for ``search.n_trials`` trials within ``time_budget``; log ``search_seconds``."""
+    t0 = time.perf_counter()
+    budget = time_budget(search, objective.base)
+    mlflow.log_metric("search_time_budget", budget)
+    try:
+        with _quiet_optuna(), interrupts.interrupts_held():  # a signal waits for a trial's body (objective.py)
+            study.optimize(objective, n_trials=search.n_trials, timeout=budget or None)
+    except BaseException:
+        fail_own_trials(study)  # so that no RUNNING trial outlives this process
+        raise
+    mlflow.log_metric("search_seconds", time.perf_counter() - t0)
 
 
 def best_config(study: optuna.Study, base: TrainConfig) -> TrainConfig:
@@ -187,10 +219,14 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> None:
     metrics.update(n_trials=len(study.trials), n_trials_added=added)
     reference = next((t for t in study.trials if t.user_attrs.get("base") and t.state == TrialState.COMPLETE), None)
     if reference is not None:
-        metrics["default_" + OBJECTIVE] = reference.value  # the untuned config, scored like every trial
+        metrics["default_" + SCORE] = reference.value  # the untuned config, scored like every trial
+        metrics.update(
+            {f"default_{k}": reference.user_attrs[k] for k in (OBJECTIVE, ROBUST) if k in reference.user_attrs}
+        )
     best = _best_trial(study)
     if best is not None:
-        metrics["best_" + OBJECTIVE] = best.value
+        metrics["best_" + SCORE] = best.value
+        metrics.update({f"best_{k}": best.user_attrs[k] for k in (OBJECTIVE, ROBUST) if k in best.user_attrs})
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.set_tag("best_trial_number", str(best.number))
         mlflow.log_dict({"number": best.number, "value": best.value, "params": best.params}, "best_trial.json")
@@ -202,7 +238,7 @@ def _log_summary(study: optuna.Study, search_run_id: str) -> None:
         counts["pruned"],
         counts["failed"],
         best.number if best else "-",
-        OBJECTIVE,
+        SCORE,
         f"{best.value:.4f}" if best else "-",
         f" (default config {reference.value:.4f})" if reference is not None else "",
     )

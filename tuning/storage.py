@@ -12,7 +12,6 @@ file systems.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,12 +21,10 @@ import optuna
 
 from digits.core.errors import DigitsError, first_line
 
-# A live worker's heartbeat thread writes every HEARTBEAT_INTERVAL seconds; a RUNNING trial silent for
-# GRACE_PERIOD seconds is a dead worker's. Generous, because 2 busy CPU cores can starve the thread for a while.
-# $DIGITS_GRACE_PERIOD (seconds) overrides it: for the tests, or for machines whose workers are never starved.
+# A live worker's heartbeat thread writes every HEARTBEAT_INTERVAL seconds; a RUNNING trial silent for the
+# grace period (``SearchConfig.grace_period``, 60 s by default) is a dead worker's.
 HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 60
-GRACE_PERIOD_ENV = "DIGITS_GRACE_PERIOD"
+GRACE_PERIOD = 60  # SearchConfig.grace_period's default, for a storage opened without one
 # SQLite lets one writer in at a time; the others wait up to this many seconds instead of failing at once.
 SQLITE_LOCK_TIMEOUT = 60.0
 
@@ -36,19 +33,9 @@ class StorageError(DigitsError):
     """The Optuna storage URL cannot be opened."""
 
 
-def grace_period() -> int:
-    """``GRACE_PERIOD``, or the whole seconds in $DIGITS_GRACE_PERIOD (``StorageError`` when it is not one, or < 3)."""
-    text = os.environ.get(GRACE_PERIOD_ENV, "")
-    if not text:
-        return GRACE_PERIOD
-    if not text.isdigit() or int(text) < 3:
-        raise StorageError(f"{GRACE_PERIOD_ENV} must be a whole number of seconds, at least 3, got {text!r}")
-    return int(text)
-
-
-def heartbeat_interval() -> int:
+def heartbeat_interval(grace_period: int = GRACE_PERIOD) -> int:
     """``HEARTBEAT_INTERVAL``, or a third of a shorter grace period: a live worker beats several times per period."""
-    return min(HEARTBEAT_INTERVAL, max(1, grace_period() // 3))
+    return min(HEARTBEAT_INTERVAL, max(1, grace_period // 3))
 
 
 def redact(url: str) -> str:
@@ -62,10 +49,13 @@ def redact(url: str) -> str:
 
 
 def open_storage(
-    url: str, on_stale_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+    url: str,
+    on_stale_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    grace_period: int = GRACE_PERIOD,
 ) -> optuna.storages.RDBStorage:
     """Open the Optuna database at ``url`` (creating its tables if needed) with heartbeats.
 
+    ``grace_period``: seconds of silence after which a RUNNING trial is a dead worker's (``SearchConfig``).
     ``on_stale_trial`` is called for each RUNNING trial that Optuna fails because its heartbeat stopped.
     Raises ``StorageError`` (one line) when the URL cannot be parsed, its driver is missing or the database
     cannot be opened.
@@ -84,8 +74,8 @@ def open_storage(
                 return optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval(),
-                    grace_period=grace_period(),
+                    heartbeat_interval=heartbeat_interval(grace_period),
+                    grace_period=grace_period,
                     heartbeat_stale_trial_callback=on_stale_trial,
                 )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:

@@ -21,11 +21,23 @@ from digits.learn.data import MNIST
 from tuning.space import SEARCHED, base_params, space_of
 from tuning.storage import redact
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = "val_accuracy"  # what a trial reports after each epoch (pruning compares it)
+# A trial's value: (1 - robust_weight) * val_accuracy + robust_weight * the mean accuracy over the robustness table's
+# corruptions of validation digits (``tuning.objective``). The study's best value picks the final configuration.
+SCORE = "val_score"
 TPE_STARTUP_TRIALS = 5
 # TrainConfig fields that neither define the trials' results nor are searched: they may differ between runs
 # of one study (data_dir is replaced by the data's digest).
-MACHINE_FIELDS = ("data_dir", "epochs", "device", "threads", "compile", "extra_data")  # extra data: in data_digest
+MACHINE_FIELDS = (
+    "data_dir",
+    "epochs",
+    "device",
+    "threads",
+    "compile",
+    "extra_data",
+    "calibration_size",  # the final model's, after the search
+    "robust_size",  # the test evaluation's; trials are scored on validation images only
+)  # extra data: in data_digest
 
 
 class StudyMismatchError(DigitsError):
@@ -40,6 +52,8 @@ def study_setup(base: TrainConfig, search: SearchConfig, mnist: MNIST) -> dict[s
     setup = {
         **fixed,
         "trial_epochs": search.trial_epochs,
+        "robust_weight": search.robust_weight,
+        "robust_val_size": search.robust_val_size,
         "data_digest": mnist.digest,
         "space": space_of(base.optimizer),
     }
@@ -67,11 +81,11 @@ def open_study(
         created = False
     where = f"study {search.study_name!r} in {redact(search.storage)}"
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise StudyMismatchError(f"{where} minimises; this search maximises {OBJECTIVE}: pass another study_name")
+        raise StudyMismatchError(f"{where} minimises; this search maximises {SCORE}: pass another study_name")
     stored = study.user_attrs.get("setup")
     if stored is None:
         study.set_user_attr("setup", setup)
-        study.set_user_attr("objective", OBJECTIVE)
+        study.set_user_attr("objective", SCORE)
     elif stored != setup:
         diff = sorted(k for k in set(stored) | set(setup) if stored.get(k) != setup.get(k))
         was = ", ".join(f"{k}={_short(stored.get(k))}" for k in diff)

@@ -33,7 +33,7 @@ from workflow.commands import (
     cmd_train,
     cmd_tune,
 )
-from workflow.flags import Parser, add_config_flags, int_flag
+from workflow.flags import Parser, add_config_flags, float_flag, int_flag
 
 PROG = "digits"
 
@@ -231,6 +231,31 @@ def _add_reader_flags(p: argparse.ArgumentParser, *, in_main: bool) -> None:
     p.set_defaults(handler=cmd_reader)
 
 
+def _add_predict_parser(sub: Any) -> None:
+    """``digits predict``: image files through a registered model, as the served model reads them."""
+    p = sub.add_parser(
+        "predict",
+        help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server",
+    )
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark"
+    )
+    p.add_argument(
+        "--model_uri",
+        "--model-uri",
+        default=CHAMPION_URI,
+        help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})",
+    )
+    p.add_argument(
+        "--min_confidence",
+        "--min-confidence",
+        type=float_flag,
+        default=0.0,
+        help="answer 'unsure' instead of a digit (or number) whose calibrated confidence is below this, 0 to 1 (default: 0.0, answer everything)",
+    )
+    _add_number_flags(p, cmd_predict)
+
+
 def _add_model_parsers(sub: Any) -> None:
     """The jobs on a trained model: register (alias moves), predict, evaluate."""
     p = sub.add_parser(
@@ -248,20 +273,7 @@ def _add_model_parsers(sub: Any) -> None:
     )
     p.set_defaults(handler=cmd_register)
 
-    p = sub.add_parser(
-        "predict",
-        help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server",
-    )
-    p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark"
-    )
-    p.add_argument(
-        "--model_uri",
-        "--model-uri",
-        default=CHAMPION_URI,
-        help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})",
-    )
-    _add_number_flags(p, cmd_predict)
+    _add_predict_parser(sub)
 
     p = sub.add_parser(
         "evaluate",
@@ -273,7 +285,8 @@ def _add_model_parsers(sub: Any) -> None:
         default=CHAMPION_URI,
         help=f"model to evaluate: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or runs:/RUN_ID for a run's CNN checkpoint (default: {CHAMPION_URI})",
     )
-    add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed"))  # the test set is the same whatever the split
+    # The test set is the same whatever the split; calibration is the training's.
+    add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed", "calibration_size"))
     _add_number_flags(p, cmd_evaluate)
 
 

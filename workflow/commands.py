@@ -127,7 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_numbers(args.model_uri, mnist.test_images, mnist.test_labels, args.number_size, args.number_seed)
         return 0
     model = load_model(args.model_uri)  # first: a wrong URI is reported without waiting for the data
-    evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model)
+    evaluate_model(args.model_uri, load_mnist(args.data_dir or None), model=model, robust_size=args.robust_size)
     return 0
 
 
@@ -145,8 +145,12 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from digits.serve.serving import predict_files
 
-    for row in predict_files(args.images, args.model_uri, number=args.number).itertuples():
-        print(f"{row.path}: {row.text if args.number else row.digit} (confidence {row.confidence:.3f})")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ConfigError(f"--min_confidence must be a number from 0 to 1, got {args.min_confidence}")
+    rows = predict_files(args.images, args.model_uri, number=args.number, min_confidence=args.min_confidence)
+    for row in rows.itertuples():
+        answer = "unsure" if getattr(row, "unsure", False) else (row.text if args.number else row.digit)
+        print(f"{row.path}: {answer} (confidence {row.confidence:.3f})")
     return 0
 
 

@@ -18,12 +18,13 @@ import pandas as pd
 from digits.core.config import DataConfig, ReaderConfig, SearchConfig, TrainConfig
 from digits.core.errors import DigitsError
 from digits.core.names import CNN_MODEL_NAME, ONNX_SUFFIX
-from digits.evaluate import report
+from digits.evaluate import calibration, report
+from digits.evaluate.calibration import calibrate_network
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import log_test_evaluation
 from digits.evaluate.metrics import top_confusions
 from digits.learn import baseline
-from digits.learn.data import MNIST, Split, load_mnist, split_train_val
+from digits.learn.data import MNIST, Split, load_mnist, split_train_val, stratified_order
 from digits.learn.train import fit
 from digits.mlops import registry, tracking
 from digits.mlops.feedback_data import log_feedback_evaluation, with_extra_data
@@ -89,8 +90,18 @@ def run_baseline(config: DataConfig, mnist: MNIST, split: Split, *, nested: bool
             history=history,
             family="logreg",
             predict=lambda images: baseline.predict_proba(model, images),
+            robust_size=config.robust_size,
         )
         mlflow.log_metric("fit_seconds", fit_seconds)
+        # Fitted by log loss, the baseline is calibrated already: its temperature on the validation split is logged
+        # (temperature, calibration_*) to show it, not applied (the served scikit-learn model stays as fitted).
+        val_labels = mnist.train_labels[split.val]
+        val_proba = baseline.predict_proba(model, mnist.train_images[split.val])
+        summary = calibration.calibration_summary(
+            val_labels, val_proba, calibration.fit_temperature(val_proba, val_labels)
+        )
+        mlflow.log_metrics(summary)
+        mlflow.set_tag("calibration", "temperature fitted on the validation split, not applied")
         example = baseline.features(mnist.test_images[:2])
         info = mlflow.sklearn.log_model(
             model,
@@ -122,7 +133,7 @@ def run_cnn(
     name, step = ("cnn-final", "final") if final else ("cnn", "train")
     with tracking.model_run(name, nested=nested, model_family="cnn", pipeline_step=step) as active:
         tracking.log_config(config)
-        train_idx = np.sort(np.concatenate([split.train, split.val])) if final else split.train
+        train_idx, held_out = training_split(config, mnist, split, final)
         tracking.log_dataset(mnist, "train", train_idx, "training")
         if not final:
             tracking.log_dataset(mnist, "train", split.val, "validation")
@@ -135,7 +146,9 @@ def run_cnn(
             callbacks=[tracking.epoch_logger()],
         )
         mlflow.log_metrics({"train_seconds": result.seconds, "device_is_cuda": float(result.device.type == "cuda")})
-        proba = predict_proba(result.model, mnist.test_images)
+        uncalibrated = predict_proba(result.model, mnist.test_images) if len(held_out) else None
+        calibration = calibrate(result.model, mnist, held_out, final)
+        proba = predict_proba(result.model, mnist.test_images)  # as served: with the temperature
         predict = functools.partial(predict_proba, result.model)  # the corrupted digits' and the feedback's readings
         metrics = log_test_evaluation(
             mnist.test_labels,
@@ -144,21 +157,60 @@ def run_cnn(
             history=result.history,
             predict=predict,
             reference=("logistic regression", reference.metrics) if reference else None,
+            uncalibrated=uncalibrated,
+            robust_size=config.robust_size,
         )
         metrics.update(log_feedback_evaluation(config, predict))
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(result.model, config, tmp)
+            save_checkpoint(result.model, config, tmp, calibration)
             mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
             info = registry.log_cnn_model(tmp)  # the serving pyfunc, ready to register
         onnx_uri = log_onnx(result.model, config, mnist, proba) if final else None
         log.info(
-            "cnn: test accuracy %.2f%% (train %.1fs on %s)",
+            "cnn: test accuracy %.2f%%, ECE %.4f (train %.1fs on %s)",
             100 * metrics["test_accuracy"],
+            metrics["test_ece"],
             result.seconds,
             result.device,
         )
         confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
         return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri, confusions)
+
+
+def training_split(config: TrainConfig, mnist: MNIST, split: Split, final: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The images the CNN trains on and those held out to fit its temperature (``digits.evaluate.calibration``).
+
+    A model with a validation split trains on ``split.train`` and is calibrated on the whole validation split. The
+    final model trains on train + validation except a stratified, seeded ``calibration_size`` of the validation
+    digits (at most half of them), on which it is calibrated; ``calibration_size`` 0: all of them, no calibration.
+    """
+    if not final:
+        return split.train, (split.val if config.calibration_size else np.zeros(0, np.int64))
+    size = min(config.calibration_size, len(split.val) // 2)
+    order = stratified_order(mnist.train_labels[split.val], config.seed + 1)  # not the split's own order
+    held_out = np.sort(split.val[order[:size]])
+    rest = np.setdiff1d(split.val, held_out)
+    return np.sort(np.concatenate([split.train, rest])), held_out
+
+
+def calibrate(network, mnist: MNIST, held_out: np.ndarray, final: bool) -> dict | None:
+    """Fit and set ``network``'s temperature on the ``held_out`` training images; log and return the summary."""
+    if not len(held_out):
+        return None
+    where = "validation digits left out of the final model's training" if final else "validation digits (all of them)"
+    summary = calibrate_network(
+        network, mnist.train_images[held_out], mnist.train_labels[held_out], f"{len(held_out)} {where}"
+    )
+    mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+    mlflow.set_tag("calibration", f"temperature applied, fitted on {summary['held_out']}")
+    log.info(
+        "calibration: temperature %.3f on %s (NLL %.4f -> %.4f)",
+        summary["temperature"],
+        summary["held_out"],
+        summary["calibration_nll_before"],
+        summary["calibration_nll_after"],
+    )
+    return summary
 
 
 def log_onnx(network, config: TrainConfig, mnist: MNIST, test_proba: np.ndarray) -> str | None:
@@ -201,6 +253,7 @@ def run_main(
 
     storage = tuning_search.connect(search) if search.n_trials else None  # a bad storage URL: before the data is loaded
     mnist, split = load_data(config)
+    log.info("plan: %s", plan(config, search, len(split.train) + len(split.val)))
     # A study run with other settings: refused before any MLflow run.
     study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
@@ -248,6 +301,35 @@ def run_main(
         )
         mlflow.set_tag("promotion", promotion.reason)
         log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
+
+
+# Rough training speeds (images per second) of the default CNN (width 16), for the plan's estimate: 2 CPU cores
+# without bf16 (benchmarks/RESULTS.md, 3,400 in fp32) and one GPU. A wider network costs about width^2.
+_IMAGES_PER_SECOND = {"cpu": 3000.0, "cuda": 30000.0}
+_OVERHEAD_SECONDS = 120.0  # data, EDA, baseline, robustness corruptions, ONNX export and checks, registry
+
+
+def plan(config: TrainConfig, search: SearchConfig, n_images: int) -> str:
+    """What ``main`` will do and roughly how long it will take, in one line (said at the start of the run)."""
+    from digits.learn.train import resolve_device
+    from tuning.search import time_budget
+
+    device = resolve_device(config.device).type
+    speed = _IMAGES_PER_SECOND.get(device, _IMAGES_PER_SECOND["cpu"]) * (16 / config.width) ** 2
+    final = config.epochs * n_images / speed
+    steps = ["baseline", f"the final model: {config.epochs} epoch(s) on {n_images:,} images, calibrated"]
+    search_seconds = 0.0
+    if search.n_trials:
+        budget = time_budget(search, config)
+        # About half the trials are pruned after their first epoch.
+        search_seconds = search.n_trials * search.trial_epochs * 0.75 * n_images / speed
+        search_seconds = (
+            min(search_seconds, budget + search.trial_epochs * n_images / speed) if budget else search_seconds
+        )
+        limit = f", no new trial after {budget / 60:.0f} min" if budget else ""
+        steps.insert(1, f"a search of up to {search.n_trials} trials of {search.trial_epochs} epoch(s){limit}")
+    total = (final + search_seconds + _OVERHEAD_SECONDS) / 60
+    return f"{'; '.join(steps)}; test evaluation, ONNX, registry: roughly {total:.0f} minutes on {device}"
 
 
 def search_in_workers(study, config: TrainConfig, search: SearchConfig) -> TrainConfig:

@@ -52,9 +52,28 @@ class DataConfig:
     seed: int = field(
         default=0, metadata={"help": "seed of the split, the initialisation, the batch order and the augmentation"}
     )
+    calibration_size: int = field(
+        default=2000,
+        metadata={
+            "help": "validation images (a stratified, seeded part) that the final model, trained on train + validation, leaves out to fit its temperature on, at most half of val_size; a model with a validation split fits it on all of them; 0 = the final model is not calibrated"
+        },
+    )
+    robust_size: int = field(
+        default=2000,
+        metadata={
+            "help": "test digits (a stratified, seeded sample, the same for every model) corrupted for the robustness table and the robust_* metrics; 10000 = all of them"
+        },
+    )
 
     def validate(self) -> None:
         _check(self.val_size >= 10, f"val_size must be at least 10, got {self.val_size}")
+        _check(
+            10 <= self.robust_size <= 10000, f"robust_size must be an integer from 10 to 10000, got {self.robust_size}"
+        )
+        _check(
+            0 <= self.calibration_size <= 30000,
+            f"calibration_size must be an integer from 0 (no calibration) to 30000, got {self.calibration_size}",
+        )
         _check(self.val_size <= 30000, f"val_size must be at most 30000, got {self.val_size}")
         _check(self.subset >= 0, f"subset must be 0 (all) or a positive number of images, got {self.subset}")
         _check(
@@ -178,7 +197,7 @@ class SearchConfig:
     n_trials: int = field(
         default=24,
         metadata={
-            "help": "trials to add to the study in this run (24: about 7-10 minutes on 2 CPU cores with the full training split, about half of the trials pruned after one epoch); 0 = no search, train the given config"
+            "help": "trials to add to the study in this run (about half of them pruned after one epoch; on a CPU cpu_timeout usually ends the search first); 0 = no search, train the given config"
         },
     )
     timeout: float = field(
@@ -198,8 +217,45 @@ class SearchConfig:
             "help": "local worker processes sharing the search (n_trials split between them), each with threads = cores // workers unless threads is given; 1 = the search runs in this process"
         },
     )
+    cpu_timeout: float = field(
+        default=360.0,
+        metadata={
+            "help": "on a machine without CUDA, stop starting new trials after this many seconds (the time budget that keeps the default pipeline within about 15 minutes on 2 CPU cores); with a GPU the full n_trials run; 0 = no budget"
+        },
+    )
+    robust_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of robustness in a trial's score val_score = (1 - w) * val_accuracy + w * val_robust_mean_accuracy (the robustness table's corruptions of robust_val_size validation digits, never test digits); the best val_score picks the final config; 0 = clean accuracy only"
+        },
+    )
+    robust_val_size: int = field(
+        default=1000,
+        metadata={
+            "help": "validation digits (stratified, seeded, at most the validation split) corrupted to score the trials' robustness"
+        },
+    )
+    grace_period: int = field(
+        default=60,
+        metadata={
+            "help": "seconds a RUNNING trial's worker may stay silent (no heartbeat) before its trial is failed as a dead worker's; generous because 2 busy CPU cores can starve the heartbeat thread"
+        },
+    )
 
     def validate(self) -> None:
+        _check(
+            math.isfinite(self.cpu_timeout) and self.cpu_timeout >= 0,
+            f"cpu_timeout must be 0 (none) or a positive number of seconds, got {self.cpu_timeout}",
+        )
+        _check(0 <= self.robust_weight <= 1, f"robust_weight must be in [0, 1], got {self.robust_weight}")
+        _check(
+            10 <= self.robust_val_size <= 30000,
+            f"robust_val_size must be an integer from 10 to 30000, got {self.robust_val_size}",
+        )
+        _check(
+            3 <= self.grace_period <= 86400,
+            f"grace_period must be a whole number of seconds from 3 to 86400, got {self.grace_period}",
+        )
         _check(
             0 <= self.n_trials <= 10000, f"n_trials must be an integer from 0 (no search) to 10000, got {self.n_trials}"
         )

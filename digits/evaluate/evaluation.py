@@ -3,9 +3,14 @@
 What a model's run holds (the keys and paths are the same for the baseline, the CNN and ``digits evaluate``):
 
 - metrics ``test_<name>`` for every name of ``metrics.METRIC_NAMES``, and ``test_errors`` (misclassified images);
-- ``evaluation/per_class.csv``, ``evaluation/top_confusions.csv``, ``evaluation/reliability_bins.csv``;
-- ``evaluation/*.png``: the confusion matrix (counts and row-normalised), ROC curves, the reliability diagram,
-  the misclassified test images and the training curves (see ``FIGURES``).
+- ``test_coverage_at_99``, ``test_coverage_at_99_5``, ``test_coverage_at_99_9`` (the reject option,
+  ``digits.evaluate.coverage``); for a calibrated model also ``test_ece_uncalibrated`` and
+  ``test_log_loss_uncalibrated`` (the same model before its temperature);
+- ``evaluation/per_class.csv``, ``evaluation/top_confusions.csv``, ``evaluation/reliability_bins.csv``,
+  ``evaluation/accuracy_coverage.csv`` (the curve at fixed confidence thresholds);
+- ``evaluation/*.png``: the confusion matrix (counts and row-normalised), ROC curves, the reliability diagram (of the
+  answers as served: calibrated when the model is; ``reliability_uncalibrated.png`` beside it), the accuracy-coverage
+  curve, the misclassified test images and the training curves (see ``FIGURES``).
 
 The exploratory figures of the training data are ``digits.evaluate.eda``'s; the ``digits evaluate`` job, which loads
 any registered model, logged model or run checkpoint, is ``digits.mlops.evaluate_job``'s.
@@ -22,7 +27,7 @@ import mlflow
 import numpy as np
 
 from digits.core.errors import DigitsError
-from digits.evaluate import metrics, plots, robustness
+from digits.evaluate import coverage, metrics, plots, robustness
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +37,11 @@ FIGURES = (
     "confusion_matrix_normalized.png",
     "roc.png",
     "reliability.png",
+    "accuracy_coverage.png",
     "misclassified.png",
     "training_curves.png",
 )
-TABLES = ("per_class.csv", "top_confusions.csv", "reliability_bins.csv")
+TABLES = ("per_class.csv", "top_confusions.csv", "reliability_bins.csv", "accuracy_coverage.csv")
 # Set on the run that holds the EDA figures, once they are all logged: a run with these tags has all of them.
 # Set on every pipeline (and evaluation) run: the run whose eda/ folder shows this run's data.
 # The metric keys of the epoch curves, shared by the CNN's epoch logger and the baseline's blocks.
@@ -57,6 +63,8 @@ def log_test_evaluation(
     family: str = "cnn",
     predict: Callable[[np.ndarray], np.ndarray] | None = None,
     reference: tuple[str, dict[str, float]] | None = None,
+    uncalibrated: np.ndarray | None = None,
+    robust_size: int | None = None,
 ) -> dict[str, float]:
     """Log the test metrics, tables and figures of ``proba`` into the active run; return the metrics, prefixed.
 
@@ -65,25 +73,61 @@ def log_test_evaluation(
     ``family`` (``cnn`` or ``logreg``) says how to read the curves: epochs, or blocks of lbfgs iterations.
     ``predict`` (uint8 images -> probabilities) adds the robustness evaluation (``digits.evaluate.robustness``; needs
     ``images``), drawn beside ``reference`` (a name and its metrics) when given; its metrics are returned unprefixed.
+    ``uncalibrated``: the model's probabilities before temperature scaling (``proba`` are after); their ECE, log loss
+    and reliability diagram are logged with the suffix ``_uncalibrated``. ``robust_size``: test digits corrupted for
+    the robustness evaluation (the config field; None: ``robustness.DEFAULT_SIZE``).
     """
     y_true, proba = np.asarray(y_true), np.asarray(proba)
     values = {prefix + k: float(v) for k, v in metrics.classification_metrics(y_true, proba).items()}
     y_pred = proba.argmax(axis=1)
     values[prefix + "errors"] = float(np.sum(y_pred != y_true))  # "the same accuracy to the last image"
+    values.update({prefix + k: v for k, v in coverage.coverage_metrics(y_true, proba).items()})
+    if uncalibrated is not None:
+        before = metrics.classification_metrics(y_true, uncalibrated)
+        values.update({f"{prefix}{k}_uncalibrated": float(before[k]) for k in ("ece", "log_loss", "brier")})
     mlflow.log_metrics(values)
 
+    _log_tables_and_figures(y_true, proba, images, history, family, uncalibrated)
+    if predict is not None and images is not None:
+        values.update(
+            robustness.log_robustness(
+                predict,
+                images,
+                y_true,
+                label=_MODEL_LABELS.get(family, family),
+                reference=reference,
+                size=robust_size,
+            )
+        )
+    return values
+
+
+def _log_tables_and_figures(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    images: np.ndarray | None,
+    history: list[dict] | None,
+    family: str,
+    uncalibrated: np.ndarray | None,
+) -> None:
+    """The evaluation's tables (``TABLES``) and figures (``FIGURES``, those that apply) into ``evaluation/``."""
+    y_pred = proba.argmax(axis=1)
     reliability = metrics.reliability_bins(y_true, proba)
     tables = {
         "per_class.csv": metrics.per_class_report(y_true, proba),
         "top_confusions.csv": metrics.top_confusions(y_true, y_pred, k=10),
         "reliability_bins.csv": reliability.to_frame(),
+        "accuracy_coverage.csv": coverage.threshold_table(y_true, proba),
     }
     figures: dict[str, Callable] = {
         "confusion_matrix.png": lambda: plots.confusion_matrix_figure(y_true, y_pred, normalize=False),
         "confusion_matrix_normalized.png": lambda: plots.confusion_matrix_figure(y_true, y_pred, normalize=True),
         "roc.png": lambda: plots.roc_figure(y_true, proba),
         "reliability.png": lambda: plots.reliability_figure(y_true, proba),
+        "accuracy_coverage.png": lambda: coverage.coverage_figure(y_true, proba),
     }
+    if uncalibrated is not None:
+        figures["reliability_uncalibrated.png"] = lambda: plots.reliability_figure(y_true, uncalibrated)
     if images is not None:
         figures["misclassified.png"] = lambda: plots.misclassified_figure(images, y_true, proba)
     if history:
@@ -95,13 +139,6 @@ def log_test_evaluation(
         for name, build in figures.items():
             (Path(tmp) / name).write_bytes(plots.figure_to_png(build()))
         mlflow.log_artifacts(tmp, EVALUATION_DIR)
-    if predict is not None and images is not None:
-        values.update(
-            robustness.log_robustness(
-                predict, images, y_true, label=_MODEL_LABELS.get(family, family), reference=reference
-            )
-        )
-    return values
 
 
 def curve_labels(family: str, history: list[dict]) -> tuple[str, str]:

@@ -4,15 +4,15 @@
 run as metrics ``robust_<corruption>_accuracy`` and ``robust_mean_accuracy``, the table
 ``evaluation/robustness.csv`` and the figure ``evaluation/robustness.png`` (this model beside a reference, the
 baseline, when one is given). The corrupted test sets are made once per process and reused by every model
-evaluated in it (the picture corruptions cost ~1-9 ms per image). ``DIGITS_ROBUST_SIZE`` says how many test
-digits are corrupted (a stratified seeded sample; default 2,000, ``10000`` for all of them).
+evaluated in it (the picture corruptions cost ~1-9 ms per image). The config field ``robust_size`` (flag, MLproject
+parameter, logged with the run's config) says how many test digits are corrupted (a stratified seeded sample;
+default 2,000, ``10000`` for all of them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,7 +40,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 2000  # the picture corruptions of 2,000 digits take ~40 s on 2 cores, once per process
-SIZE_ENV = "DIGITS_ROBUST_SIZE"
 SEED = 0  # fixed: every model of every run is measured on the same corrupted digits
 TABLE = "robustness.csv"
 FIGURE = "robustness.png"
@@ -48,17 +47,11 @@ FIGURE = "robustness.png"
 _CACHE: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
 
-def sample_size(n_test: int) -> int:
-    """How many test digits to corrupt: ``$DIGITS_ROBUST_SIZE`` (at least 10, at most ``n_test``), else 2,000."""
-    raw = os.environ.get(SIZE_ENV, "").strip()
-    if not raw:
-        return min(DEFAULT_SIZE, n_test)
-    try:
-        size = int(raw)
-    except ValueError:
-        raise DigitsError(f"{SIZE_ENV} must be a whole number of test digits, got {raw!r}") from None
+def sample_size(n_test: int, size: int | None = None) -> int:
+    """How many test digits to corrupt: ``size`` (the config field ``robust_size``; ``DEFAULT_SIZE`` when None), at most ``n_test``."""
+    size = DEFAULT_SIZE if size is None else int(size)
     if size < 10:
-        raise DigitsError(f"{SIZE_ENV} must be at least 10, got {size}")
+        raise DigitsError(f"robust_size must be at least 10 test digits, got {size}")
     return min(size, n_test)
 
 
@@ -70,7 +63,7 @@ def corrupted_sets(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[n
         t0 = time.perf_counter()
         _CACHE[key] = {name: corruptions.corrupt(name, images[index], SEED) for name in corruptions.names()}
         log.info(
-            "robustness: %d corruptions of %d test digits made in %.1fs",
+            "robustness: %d corruptions of %d digits made in %.1fs",
             len(_CACHE[key]),
             size,
             time.perf_counter() - t0,
@@ -82,7 +75,7 @@ def robustness_table(
     predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, size: int | None = None
 ) -> pd.DataFrame:
     """Accuracy per corruption of the model behind ``predict`` (uint8 (N, 28, 28) -> probabilities (N, 10))."""
-    size = sample_size(len(labels)) if size is None else size
+    size = sample_size(len(labels), size)
     y, sets = corrupted_sets(images, labels, size)
     rows = []
     for name, x in sets.items():
@@ -117,18 +110,19 @@ def log_robustness(
     *,
     label: str,
     reference: tuple[str, dict[str, float]] | None = None,
+    size: int | None = None,
 ) -> dict[str, float]:
     """Measure, then log metrics, table and figure into the active run; return the metrics.
 
     ``label`` names this model in the figure; ``reference`` (a name and its ``robust_*`` metrics, e.g. the
-    baseline's) is drawn beside it.
+    baseline's) is drawn beside it; ``size``: test digits corrupted (``robust_size``; None: ``DEFAULT_SIZE``).
     """
     import mlflow
 
     t0 = time.perf_counter()
-    table = robustness_table(predict, images, labels)
+    table = robustness_table(predict, images, labels, size)
     values = robust_metrics(table)
-    mlflow.log_metrics(values)
+    mlflow.log_metrics({**values, "robust_digits": float(table["n"].iloc[0])})  # robust_size, capped at the test set
     series = {label: table["accuracy"].to_numpy()}
     if reference is not None:
         name, metrics = reference

@@ -79,14 +79,20 @@ def load_model(model_uri: str) -> LoadedModel:
 
 
 def evaluate_model(
-    model_uri: str, mnist: MNIST, *, model: LoadedModel | None = None, log_eda: bool = True
+    model_uri: str,
+    mnist: MNIST,
+    *,
+    model: LoadedModel | None = None,
+    log_eda: bool = True,
+    robust_size: int | None = None,
 ) -> dict[str, float]:
     """The ``digits evaluate`` job: evaluate ``model_uri`` on the test set and log it all as an evaluation run.
 
     The run (name ``evaluate-<family>``, tags ``model_family``, ``pipeline_step=evaluate``, ``evaluated_model_uri``,
     ``source_run_id``) holds what a training run holds after its test evaluation, with the training curves
     read from the source run. Returns the metrics; logs whether the test accuracy matches the source run's.
-    ``model``: ``load_model(model_uri)`` when the caller has already loaded it.
+    ``model``: ``load_model(model_uri)`` when the caller has already loaded it. ``robust_size``: test digits
+    corrupted for the robustness evaluation (the flag; None: ``robustness.DEFAULT_SIZE``).
     """
     model = model or load_model(model_uri)
     proba = model.predict_proba(mnist.test_images)
@@ -112,27 +118,27 @@ def evaluate_model(
             history=history,
             family=family,
             predict=model.predict_proba,
+            robust_size=robust_size,
         )
         if log_eda:
             log_eda_once(mnist)
-        _compare_with_source(model_uri, values, len(mnist.test_labels), source)
+        _log_match(model_uri, values, source, len(mnist.test_labels))
     return values
 
 
-def _compare_with_source(model_uri: str, values: dict[str, float], n: int, source: mlflow.entities.Run | None) -> None:
-    """Log whether the test accuracy is the source run's, to the image, and keep the source's as a metric."""
+def _log_match(model_uri: str, values: dict[str, float], source, n: int) -> None:
+    """Say whether the test accuracy is the source run's (``source_test_accuracy`` logged when there is one)."""
     reported = source.data.metrics.get("test_accuracy") if source else None
     correct = n - int(values["test_errors"])
-    accuracy = f"test accuracy {100 * values['test_accuracy']:.2f}% ({correct} of {n})"
+    accuracy = f"{model_uri}: test accuracy {100 * values['test_accuracy']:.2f}% ({correct} of {n})"
     if reported is None:
-        log.info("%s: %s; no source run accuracy to compare with", model_uri, accuracy)
+        log.info("%s; no source run accuracy to compare with", accuracy)
         return
     if round(reported * n) == correct:
-        log.info("%s: %s, the same as source run %s", model_uri, accuracy, source.info.run_id)
+        log.info("%s, the same as source run %s", accuracy, source.info.run_id)
     else:
         log.warning(
-            "%s: %s differs from the %.2f%% of source run %s (other data or preprocessing?)",
-            model_uri,
+            "%s differs from the %.2f%% of source run %s (other data or preprocessing?)",
             accuracy,
             100 * reported,
             source.info.run_id,

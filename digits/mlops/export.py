@@ -2,8 +2,8 @@
 
 The graph: input ``pixels``, uint8 (N, 28, 28), values 0-255, light ink on dark, the digit centred as MNIST's are
 (what ``preprocess.to_mnist`` makes of a picture); output ``probabilities``, float32 (N, 10). The batch axis is
-dynamic; the scaling to [0, 1], MNIST's normalisation and the softmax are inside the graph, so a client sends the
-pixels as they are. Exported with torch's dynamo exporter at opset ``OPSET``; ``digits export`` checks that ONNX
+dynamic; the scaling to [0, 1], MNIST's normalisation, the calibration temperature (metadata ``temperature``) and
+the softmax are inside the graph, so a client sends the pixels as they are and gets calibrated probabilities. Exported with torch's dynamo exporter at opset ``OPSET``; ``digits export`` checks that ONNX
 Runtime's answers match PyTorch's before it writes anything.
 """
 
@@ -75,6 +75,8 @@ def export_onnx(network: nn.Module, config: TrainConfig, path: str | Path) -> Pa
         "digits_config": config.to_json(),
         "input": "pixels: uint8 (N, 28, 28), 0-255, light ink on dark, centred like MNIST (digits.serve.preprocess.to_mnist)",
         "output": "probabilities: float32 (N, 10), digits 0-9",
+        # Calibration is inside the graph (the network divides its logits by it): recorded, not to be applied again.
+        "temperature": str(float(getattr(network, "temperature", 1.0))),
     }
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

@@ -29,6 +29,7 @@ from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, 
 
 from digits.core.errors import DigitsError, first_line
 from digits.core.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
+from digits.serve.contract import MIN_CONFIDENCE_PARAM, MODE_PARAM
 from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE
 
 # Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
@@ -89,7 +90,8 @@ def signature() -> ModelSignature:
     cannot type such a column, and one column lets ``{"inputs": array}`` and ``dataframe_split`` with pictures
     reach the same model. ``preprocess`` validates every value instead. The param ``mode`` (``digit``, the default,
     or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``. A param, not a
-    second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column.
+    second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column. The param
+    ``min_confidence`` (0 to 1) turns answers below it into "unsure" (digit -1, column ``unsure``).
     """
     inputs = Schema([ColSpec(AnyType(), "image")])
     outputs = Schema(
@@ -99,11 +101,13 @@ def signature() -> ModelSignature:
             ColSpec(Array(DataType.double), "probabilities", required=False),
             ColSpec(DataType.string, "text", required=False),
             ColSpec(DataType.string, "digits", required=False),
+            ColSpec(DataType.boolean, "unsure", required=False),
         ]
     )
-    return ModelSignature(
-        inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("mode", DataType.string, "digit")])
+    params = ParamSchema(
+        [ParamSpec(MODE_PARAM, DataType.string, "digit"), ParamSpec(MIN_CONFIDENCE_PARAM, DataType.double, 0.0)]
     )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def input_example() -> Any:

@@ -4,6 +4,11 @@ The param ``mode`` says what the request's pictures hold: ``digit`` (the default
 number, read by ``digits.serve.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
 ``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
 
+The param ``min_confidence`` (a number in [0, 1], default 0: answer everything) is the reject option: an answer whose
+confidence is below it is turned into an explicit "unsure": digit ``UNSURE`` (-1) in digit mode, text ``""`` in
+number mode, and a boolean column ``unsure`` (only when the param is given above 0, so the default answer keeps its
+columns). ``confidence`` and ``probabilities`` stay, so a client can still show the best guess to the person who checks.
+
 Torch-free, so the ONNX-backed model (``digits.serve.onnx_model``) serves without PyTorch installed.
 """
 
@@ -20,7 +25,15 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from digits.serve.contract import INPUT_COLUMN, MAX_BATCH, MODE_PARAM, MODES
+from digits.serve.contract import (
+    INPUT_COLUMN,
+    MAX_BATCH,
+    MIN_CONFIDENCE_PARAM,
+    MODE_PARAM,
+    MODES,
+    UNSURE,
+    min_confidence_problem,
+)
 from digits.serve.guard import install as install_guard
 from digits.serve.numbers import read_numbers
 from digits.serve.preprocess import InputError, to_mnist_batch
@@ -37,6 +50,7 @@ def answer(
     """
     try:
         mode = request_mode(params)
+        threshold = request_min_confidence(params)
         items = image_column(model_input)
         frames = [
             _answer_chunk(items[start : start + MAX_BATCH], start, mode, proba)
@@ -46,7 +60,7 @@ def answer(
         # BAD_REQUEST makes the scoring server answer 400 with this message; any other exception is a
         # 400 whose message says nothing useful.
         raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return with_unsure(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True), threshold)
 
 
 def _answer_chunk(
@@ -70,6 +84,30 @@ def request_mode(params: dict[str, Any] | None) -> str:
     if mode not in MODES:
         raise InputError(f"the param {MODE_PARAM!r} must be one of {', '.join(MODES)}, got {str(mode)[:50]!r}")
     return mode
+
+
+def request_min_confidence(params: dict[str, Any] | None) -> float:
+    """The request's ``min_confidence``: a number in [0, 1]; 0 (answer everything) when it is not given."""
+    value = (params or {}).get(MIN_CONFIDENCE_PARAM)
+    if isinstance(value, (np.floating, np.integer)):  # MLflow's params may come as numpy scalars
+        value = value.item()
+    problem = min_confidence_problem(value)
+    if problem:
+        raise InputError(problem)
+    return float(value or 0.0)
+
+
+def with_unsure(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``frame`` with the answers below ``threshold`` made explicit "unsure" (digit -1 or text ""), column ``unsure``."""
+    if threshold <= 0:
+        return frame
+    unsure = frame["confidence"].to_numpy() < threshold
+    if "digit" in frame:
+        frame["digit"] = np.where(unsure, UNSURE, frame["digit"].to_numpy()).astype(np.int64)
+    if "text" in frame:
+        frame["text"] = np.where(unsure, "", frame["text"].to_numpy().astype(object))
+    frame["unsure"] = unsure
+    return frame
 
 
 def numbers_frame(readings: Sequence[Any]) -> pd.DataFrame:

@@ -4,7 +4,7 @@ One place for what the scoring server's guard (``digits.serve.guard``), the serv
 ``serving``, ``onnx_model``), the app's clients, ``digits predict``, the benchmarks and the tests must agree on:
 
 - the one input column ``image`` (each row base64 PNG/JPEG text, or 28x28 / 784 pixel values 0-255);
-- the request params (``mode``: ``digit`` or ``number``), listed in ``PARAMS``;
+- the request params (``mode``: ``digit`` or ``number``; ``min_confidence``: 0 to 1), listed in ``PARAMS``;
 - the limits of one HTTP request (rows, bytes, pixels) and the one-line messages a client gets when over them.
 
 The per-request limits belong to the HTTP edge (the guard); in-process, ``predict`` takes any number of rows and
@@ -28,14 +28,17 @@ __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_PIXELS",
     "MAX_REQUEST_BYTES",
+    "MIN_CONFIDENCE_PARAM",
     "MEDIA_TYPE",
     "MODES",
     "MODE_PARAM",
     "PARAMS",
     "REQUEST_KEYS",
+    "UNSURE",
     "accepted_content",
     "batch_too_large",
     "body_too_large",
+    "min_confidence_problem",
     "request_body",
     "request_keys",
     "too_many_pixels",
@@ -45,9 +48,11 @@ __all__ = [
 INPUT_COLUMN = "image"  # the served signature's one column
 MODE_PARAM = "mode"  # what the pictures hold: a digit each (the default) or a whole number
 MODES = ("digit", "number")
+MIN_CONFIDENCE_PARAM = "min_confidence"  # the reject option: answers below it are "unsure" (digits.serve.answers)
+UNSURE = -1  # the digit of an answer below min_confidence
 # Every param a request may carry (the guard refuses others before parsing). A new param is added here, in the
 # served signature's params schema (mlops/registry.py) and where answers.py reads it.
-PARAMS: tuple[str, ...] = (MODE_PARAM,)
+PARAMS: tuple[str, ...] = (MODE_PARAM, MIN_CONFIDENCE_PARAM)
 MEDIA_TYPE = "application/json"  # the one content type the endpoint reads
 REQUEST_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")  # MLflow's JSON request layouts
 LAYOUTS = ("dataframe_split", "inputs")  # the layouts request_body writes
@@ -96,6 +101,17 @@ def accepted_content() -> str:
 def request_keys() -> str:
     """MLflow's request layouts as a phrase: ``dataframe_split, dataframe_records, instances or inputs``."""
     return f"{', '.join(REQUEST_KEYS[:-1])} or {REQUEST_KEYS[-1]}"
+
+
+def min_confidence_problem(value: Any) -> str | None:
+    """What is wrong with a ``min_confidence`` param (one line), or None: absent, or a number from 0 to 1."""
+    if value is None:
+        return None
+    # bool is an int to Python, and a string is no number here: both are a client's mistake.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and 0.0 <= float(value) <= 1.0:  # NaN fails the comparison
+        return None
+    return f"the param {MIN_CONFIDENCE_PARAM!r} must be a number from 0 to 1, got {str(value)[:50]!r}"
 
 
 # --- the client side ---------------------------------------------------------------------------------------------

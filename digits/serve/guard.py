@@ -48,11 +48,13 @@ from digits.serve.contract import (
     MAX_ERROR_CHARS,
     MAX_REQUEST_BYTES,
     MEDIA_TYPE,
+    MIN_CONFIDENCE_PARAM,
     PARAMS,
     REQUEST_KEYS,
     accepted_content,
     batch_too_large,
     body_too_large,
+    min_confidence_problem,
     request_keys,
 )
 
@@ -299,6 +301,9 @@ def parse_request(data: Any) -> dict[str, Any]:
             400,
             f"this model takes no params other than {', '.join(PARAMS)}, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
         )
+    problem = min_confidence_problem(params.get(MIN_CONFIDENCE_PARAM)) if isinstance(params, dict) else None
+    if problem:  # before MLflow's own type check of the params, whose message is a Python set's repr
+        raise _Refused(400, problem)
     rows = _rows(data)
     if rows is not None and len(rows) > MAX_BATCH:
         raise _Refused(400, batch_too_large(len(rows)))

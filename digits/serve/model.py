@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ MNIST_STD = 0.3081
 PIXEL_MAX = 255  # uint8 pixels: 0 = background, 255 = ink
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
+# The fitted temperature (``digits.evaluate.calibration``) beside the weights, as JSON: absent = 1 (uncalibrated).
+CALIBRATION_FILE = "calibration.json"
 
 
 def _conv(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -51,9 +54,19 @@ class DigitCNN(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 10))
         self.register_buffer("mean", torch.tensor(MNIST_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(MNIST_STD), persistent=False)
+        # Temperature scaling (Guo et al. 2017): the logits are divided by it, so the served torch model, the
+        # evaluation and the ONNX graph (which traces it in) all answer calibrated; 1 while training. Not in the
+        # state_dict: it lives in calibration.json, so weights saved before calibration existed still load.
+        self.register_buffer("temperature", torch.tensor(1.0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features((x - self.mean) / self.std))
+        return self.head(self.features((x - self.mean) / self.std)) / self.temperature
+
+    def set_temperature(self, temperature: float) -> None:
+        """Divide the logits by ``temperature`` (> 0) from now on: the argmax never changes, the confidence does."""
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        self.temperature.fill_(float(temperature))
 
 
 def build_model(config: TrainConfig) -> DigitCNN:
@@ -61,24 +74,44 @@ def build_model(config: TrainConfig) -> DigitCNN:
     return DigitCNN(width=config.width, blocks=config.blocks, dropout=config.dropout, batch_norm=config.batch_norm)
 
 
-def save_checkpoint(model: nn.Module, config: TrainConfig, directory: str | Path) -> Path:
-    """Write ``weights.pt`` (a plain state_dict) and ``config.json`` into ``directory``; return it."""
+def save_checkpoint(
+    model: nn.Module, config: TrainConfig, directory: str | Path, calibration: dict | None = None
+) -> Path:
+    """Write ``weights.pt`` (a plain state_dict), ``config.json`` and ``calibration.json`` into ``directory``; return it.
+
+    ``calibration.json`` holds the model's temperature and ``calibration`` (how it was fitted: held-out images, NLL
+    before and after); it is written when either is given, so an uncalibrated model's folder is as before.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd module keeps the real one here
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state.pop("temperature", None)  # (never persistent; kept out should a subclass make it so)
     torch.save(state, directory / WEIGHTS_FILE)
     (directory / CONFIG_FILE).write_text(config.to_json())
+    temperature = float(getattr(model, "temperature", torch.tensor(1.0)))
+    if calibration is not None or temperature != 1.0:
+        record = {"temperature": temperature, **(calibration or {})}
+        (directory / CALIBRATION_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return directory
 
 
+def read_temperature(directory: str | Path) -> float:
+    """The temperature stored in ``directory``'s calibration.json; 1.0 when there is none (an uncalibrated model)."""
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return 1.0
+    return float(json.loads(path.read_text())["temperature"])
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DigitCNN, TrainConfig]:
-    """Rebuild the network from ``config.json`` and load ``weights.pt`` with ``weights_only=True``."""
+    """Rebuild the network from ``config.json``, load ``weights.pt`` with ``weights_only=True``, set its temperature."""
     directory = Path(directory)
     config = TrainConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
     model = build_model(config)
     state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    model.set_temperature(read_temperature(directory))
     return model.to(device).eval(), config
 
 
