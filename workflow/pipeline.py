@@ -29,6 +29,7 @@ from digits.learn.train import fit
 from digits.mlops import registry, tracking
 from digits.mlops.feedback_data import log_feedback_evaluation, with_extra_data
 from digits.serve.model import predict_proba, save_checkpoint
+from workflow.reader_run import run_reader
 
 log = logging.getLogger(__name__)
 
@@ -278,29 +279,34 @@ def run_main(
         # The card goes into the CNN run and this one; it is also the registered version's description.
         card = report.log_model_card(mnist, split, best, base, cnn, model_name=model_name, n_trials=search.n_trials)
         # Register only after every step succeeded: a failed or interrupted run leaves the registry untouched.
-        registry.register_baseline(
-            base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=mnist.digest
-        )
-        if cnn.onnx_model_uri:  # first, so that the CNN run's promotion tags end up being the torch model's
-            onnx = registry.register_model(
-                cnn.onnx_model_uri,
-                model_name=model_name + ONNX_SUFFIX,
-                test_accuracy=cnn.metrics["test_accuracy"],
-                run_id=cnn.run_id,
-                data_digest=mnist.digest,
-                description=card,
-            )
-            log.info("registry: %s version %s -> %s", model_name + ONNX_SUFFIX, onnx.version, onnx.alias)
-        promotion = registry.register_model(
-            cnn.model_uri,
-            model_name=model_name,
+        register(base, cnn, mnist.digest, model_name, card)
+
+
+def register(base: ModelOutcome, cnn: ModelOutcome, digest: str, model_name: str, card: str) -> None:
+    """Register the baseline, the ONNX model and the CNN (``champion`` moves by the promotion rule); tag the run."""
+    registry.register_baseline(
+        base.model_uri, test_accuracy=base.metrics["test_accuracy"], run_id=base.run_id, data_digest=digest
+    )
+    if cnn.onnx_model_uri:  # first, so that the CNN run's promotion tags end up being the torch model's
+        onnx = registry.register_model(
+            cnn.onnx_model_uri,
+            model_name=model_name + ONNX_SUFFIX,
             test_accuracy=cnn.metrics["test_accuracy"],
             run_id=cnn.run_id,
-            data_digest=mnist.digest,
+            data_digest=digest,
             description=card,
         )
-        mlflow.set_tag("promotion", promotion.reason)
-        log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
+        log.info("registry: %s version %s -> %s", model_name + ONNX_SUFFIX, onnx.version, onnx.alias)
+    promotion = registry.register_model(
+        cnn.model_uri,
+        model_name=model_name,
+        test_accuracy=cnn.metrics["test_accuracy"],
+        run_id=cnn.run_id,
+        data_digest=digest,
+        description=card,
+    )
+    mlflow.set_tag("promotion", promotion.reason)
+    log.info("registry: %s version %s -> %s (%s)", model_name, promotion.version, promotion.alias, promotion.reason)
 
 
 # Rough training speeds (images per second) of the default CNN (width 16), for the plan's estimate: 2 CPU cores
@@ -373,55 +379,6 @@ def run_tune(config: TrainConfig, search: SearchConfig, parent_run_id: str = "")
             search_in_workers(study, config, search)
         else:
             tuning_search.run_search(study, config, search, mnist, split)
-
-
-def run_reader(config: ReaderConfig, mnist: MNIST, split: Split, *, nested: bool) -> ModelOutcome:
-    """Train the line reader on strips of the training digits, validate on strips of the validation digits, and log
-    its params, per-epoch CTC loss and validation metrics, the strips as inputs, figures and weights as ``reader``."""
-    from digits.evaluate import reader_eval
-    from digits.learn.reader_train import fit_reader, strips_digest
-    from digits.serve.reader import save_reader
-
-    with tracking.model_run("reader", nested=nested, model_family="reader", pipeline_step="reader") as active:
-        tracking.log_new_params(config.to_dict())
-        mlflow.log_dict(config.to_dict(), "reader_config.json")
-        for part, idx in (("training", split.train), ("validation", split.val)):
-            tracking.log_array_dataset(
-                mnist.train_images[idx],
-                mnist.train_labels[idx],
-                source=mnist.source,
-                name=f"mnist-strips-{part}",
-                digest=strips_digest(mnist.digest, idx, config, part),
-                context=part,
-            )
-        train = (mnist.train_images[split.train], mnist.train_labels[split.train])
-        val = (mnist.train_images[split.val], mnist.train_labels[split.val])
-        result = fit_reader(config, train, val, callbacks=[tracking.epoch_logger()])
-        last = result.history[-1]
-        metrics = {
-            "val_exact_match": last["val_exact_match"],
-            "val_cer": last["val_cer"],
-            "train_seconds": result.seconds,
-        }
-        parts = reader_eval.breakdown(result.val, result.val_readings)
-        for key in ("length", "spacing"):
-            metrics.update({f"val_exact_match_{key}_{k}": v for k, v in parts[key].items()})
-        mlflow.log_metrics(metrics)
-        mlflow.log_figure(reader_eval.samples_figure(result.val, result.val_readings), "figures/reader_samples.png")
-        mlflow.log_figure(
-            reader_eval.exact_match_figure(result.val, result.val_readings), "figures/reader_exact_match.png"
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            save_reader(result.model.cpu(), config, tmp)
-            mlflow.log_artifacts(tmp, "reader")  # weights.pt (state_dict) + reader_config.json: rebuilt from code
-        log.info(
-            "reader: validation exact match %.2f%%, CER %.3f%% (train %.0fs on %s)",
-            100 * metrics["val_exact_match"],
-            100 * metrics["val_cer"],
-            result.seconds,
-            result.device,
-        )
-        return ModelOutcome(active.info.run_id, metrics)
 
 
 def run_reader_entry(config: ReaderConfig) -> None:
