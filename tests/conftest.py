@@ -281,3 +281,19 @@ def import_closure(start: str, package: Path = ROOT / "digits") -> list[str]:
 def digits_command(*args: str) -> list[str]:
     """``python -m digits ARGS`` with this interpreter."""
     return [sys.executable, "-m", "digits", *args]
+
+
+# The line reader at a size that trains in seconds: `main` trains the reader too, and its default (5 epochs of
+# 10,000 strips) takes minutes on two cores. Tests of other steps pass these.
+TINY_READER = {
+    "reader_epochs": 1,
+    "reader_strips": 64,
+    "reader_val_strips": 20,
+    "reader_render": 0.0,
+    "reader_workers": 0,
+}
+
+
+def tiny_reader_flags() -> list[str]:
+    """``TINY_READER`` as command-line flags."""
+    return [item for name, value in TINY_READER.items() for item in (f"--{name}", str(value))]

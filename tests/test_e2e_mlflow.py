@@ -8,18 +8,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import ROOT, TEST_ROBUST_SIZE
+from tests.conftest import ROOT, TEST_ROBUST_SIZE, TINY_READER
 
 pytestmark = pytest.mark.e2e
 
 # main also trains the line reader: at these sizes it takes seconds, not the default's minutes.
-TINY_READER = {
-    "reader_epochs": 1,
-    "reader_strips": 64,
-    "reader_val_strips": 20,
-    "reader_render": 0.0,
-    "reader_workers": 0,
-}
 
 
 def mlflow_run(entry: str, params: dict, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

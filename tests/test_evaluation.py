@@ -20,7 +20,7 @@ from digits.evaluate.metrics import METRIC_NAMES
 from digits.learn import baseline
 from digits.mlops import evaluate_job
 from digits.mlops.registry import fit_description
-from tests.conftest import ROOT, digits_command, fake_mnist
+from tests.conftest import ROOT, TINY_READER, digits_command, fake_mnist
 
 # Every metric a model's run must hold after its test evaluation, under the same keys for every model.
 TEST_METRICS = (
@@ -466,6 +466,7 @@ def main_run(tmp_path_factory):
                 "data_dir": data_dir,
                 "device": "cpu",
                 "storage": f"sqlite:///{root / 'optuna.db'}",
+                **TINY_READER,
             },
         )
         client = mlflow.MlflowClient()

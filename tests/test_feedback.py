@@ -17,7 +17,7 @@ from PIL import Image
 
 from digits.feedback import store as feedback
 from digits.feedback.store import FeedbackError, Store
-from tests.conftest import ROOT, digits_command, fake_digits
+from tests.conftest import ROOT, digits_command, fake_digits, tiny_reader_flags
 
 
 def images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -478,6 +478,7 @@ def test_main_with_extra_data_shows_the_feedback_figures_in_the_card_and_keeps_t
         main(
             [
                 "main",
+                *tiny_reader_flags(),
                 "--data_dir",
                 str(fake_mnist_dir),
                 "--val_size",

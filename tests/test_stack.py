@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from digits.core.config import SearchConfig, TrainConfig
 from digits.ops import processes
 from digits.ops import stack as stack_mod
-from tests.conftest import ROOT, digits_command
+from tests.conftest import ROOT, digits_command, tiny_reader_flags
 from tuning import workers
 from workflow.cli import build_parser
 
@@ -360,6 +360,7 @@ def test_a_restarted_stack_keeps_the_study_the_runs_and_the_artifacts(live, thre
 def test_main_with_two_workers_retrains_the_best_trial_once(live, mnist_dir):
     command = digits_command(
         "main",
+        *tiny_reader_flags(),
         "--robust_size",
         "300",
         "--data_dir",
