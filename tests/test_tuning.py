@@ -232,7 +232,7 @@ def test_a_study_with_other_fixed_settings_is_refused(tmp_path):
     study = study_mod.open_study(TrainConfig(), SearchConfig(trial_epochs=2), data, storage)
     assert [t.state for t in study.trials] == [TrialState.WAITING]  # the untuned base, enqueued once
     assert study.trials[0].user_attrs["base"] is True
-    assert study.metric_names == ["val_accuracy"]  # what optuna-dashboard labels the value with
+    assert study.metric_names == ["val_score"]  # what optuna-dashboard labels the value with
     again = study_mod.open_study(
         TrainConfig(lr=0.2, device="cpu", threads=1), SearchConfig(trial_epochs=2, n_trials=1), data, storage
     )

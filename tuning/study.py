@@ -96,7 +96,7 @@ def open_study(
     if study.metric_names is None:  # optuna-dashboard labels the value with it, not "Objective 0"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 3.2
-            study.set_metric_names([OBJECTIVE])
+            study.set_metric_names([SCORE])  # the value: validation accuracy blended with the robust score
     if created:
         study.enqueue_trial(base_params(base), user_attrs={"base": True})
     return study
