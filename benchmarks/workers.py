@@ -164,13 +164,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="repeats of each measurement (default: 2)")
     parser.add_argument("--overhead_trials", type=int, default=20, help="stub trials per overhead repeat (default: 20)")
     args = parser.parse_args()
+    from digits.ops import processes
     from digits.ops import stack as stack_mod
 
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         args.work = tmp
         os.chdir(tmp)  # MLflow's sqlite store puts a new experiment's artifacts in ./mlruns
-        stack = stack_mod.open_stack(Path(tmp) / "stack", stack_mod.free_port(), stack_mod.free_port())
+        stack = stack_mod.open_stack(Path(tmp) / "stack", processes.free_port(), processes.free_port())
         stack_mod.up(stack)
         password = stack.pgpass.read_text().strip().rsplit(":", 1)[1]
         args.storage_with_password = lambda s: s.storage_url().replace("digits@", f"digits:{password}@")

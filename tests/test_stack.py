@@ -126,7 +126,7 @@ def live(tmp_path_factory):
     except stack_mod.StackError as exc:
         pytest.fail(f"the scale tests need PostgreSQL: {exc}")
     directory = tmp_path_factory.mktemp("stack") / "stack"
-    pg_port, mlflow_port = stack_mod.free_port(), stack_mod.free_port()
+    pg_port, mlflow_port = processes.free_port(), processes.free_port()
     started = _stack(directory, "up", "--pg_port", str(pg_port), "--mlflow_port", str(mlflow_port))
     pgdata = (directory / "pgdata").resolve()
     server = processes.read_pid(directory / "mlflow.pid")
