@@ -26,6 +26,7 @@ from PIL import Image
 
 from digits.core.errors import DigitsError
 from digits.learn import render
+from digits.learn.reader_train import edit_distance  # one copy for both readers
 from digits.serve.numbers import read_number
 
 log = logging.getLogger(__name__)
@@ -105,17 +106,6 @@ def number_set(
                     draw = render.canvas if renderer == "canvas" else render.photo
                     out.append(NumberSample(draw(strip, rng, scale=RENDER_SCALE), text, spacing, renderer, picks))
     return out
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: insertions, deletions and substitutions of one character."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def read_all(samples: Sequence[NumberSample], proba: Callable[[np.ndarray], np.ndarray]) -> list[tuple[str, float]]:
