@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from digits.core.errors import DigitsError
 
@@ -86,8 +86,32 @@ class DataConfig:
         return {f.name: getattr(self, f.name) for f in fields(DataConfig)}
 
 
+_C = TypeVar("_C", bound="_Saved")
+
+
+class _Saved:
+    """What a config saved beside its weights needs: every field as a dict or JSON, and back (``TrainConfig`` in a
+    checkpoint's ``config.json``, ``ReaderConfig`` in ``reader_config.json``). First among the bases, so that its
+    ``to_dict`` (all fields) comes before ``DataConfig``'s (its own only)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[_C], values: dict[str, Any]) -> _C:
+        """Build a config from a dict (a saved JSON file), ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self: _C, **changes: Any) -> _C:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class TrainConfig(DataConfig):
+class TrainConfig(_Saved, DataConfig):
     """Everything that defines one CNN training run: network shape, optimisation and the machine."""
 
     epochs: int = field(default=10, metadata={"help": "passes over the training split"})
@@ -174,21 +198,6 @@ class TrainConfig(DataConfig):
             f"extra_data must be a feedback export NAME.npz (or empty), got {self.extra_data!r}",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build a config from a dict (a saved config.json), ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -273,7 +282,7 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
-class ReaderConfig(DataConfig):
+class ReaderConfig(_Saved, DataConfig):
     """The line reader (``digits.serve.reader``): a CNN + CTC over synthetic number strips made from MNIST digits."""
 
     reader_epochs: int = field(default=5, metadata={"help": "epochs of the line reader, each on fresh strips"})
@@ -347,21 +356,6 @@ class ReaderConfig(DataConfig):
             self.reader_threads >= 0,
             f"reader_threads must be 0 (auto) or a positive integer, got {self.reader_threads}",
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ReaderConfig:
-        """Build a config from a dict (a saved reader_config.json), ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def replace(self, **changes: Any) -> ReaderConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _check(ok: bool, message: str) -> None:
