@@ -3,7 +3,7 @@
     python benchmarks/calibration.py --data_dir ../shared/data/mnist --seeds 3 --epochs 10 [--set FIELD=VALUE ...]
 
 Per seed, as ``main``'s final model: the default recipe (with ``--set`` overrides) trains on train + validation
-except ``calibration_size`` validation digits (``workflow.pipeline.training_split``), the temperature is fitted on
+except ``calibration_size`` validation digits (``workflow.cnn_run.training_split``), the temperature is fitted on
 those (``digits.evaluate.calibration``), and the test set is read before and after. Prints one line per seed, the
 mean ± std, the targets of issue 28 checked (ECE <= 0.010, log loss no worse, argmax unchanged, coverage_at_99_9
 >= 97%), and a last line of JSON.
@@ -28,7 +28,7 @@ from digits.learn.data import load_mnist, split_train_val  # noqa: E402
 from digits.learn.train import fit  # noqa: E402
 from digits.serve.model import predict_proba  # noqa: E402
 from workflow.flags import parse_overrides  # noqa: E402
-from workflow.pipeline import training_split  # noqa: E402
+from workflow.cnn_run import training_split  # noqa: E402
 
 KEYS = ("temperature", "accuracy", "ece_before", "ece_after", "log_loss_before", "log_loss_after", "coverage_at_99_9")
 

@@ -26,7 +26,7 @@ def test_request_body_in_both_layouts_with_and_without_params():
 
 
 def test_request_body_refuses_what_the_server_would():
-    with pytest.raises(ValueError, match="takes the params mode, min_confidence, not colour"):
+    with pytest.raises(ValueError, match="takes the params mode, min_confidence, length, pattern, not colour"):
         contract.request_body(["abc"], {"colour": "red"})
     with pytest.raises(ValueError, match="layout must be one of dataframe_split, inputs"):
         contract.request_body(["abc"], layout="records")

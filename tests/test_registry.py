@@ -88,6 +88,8 @@ def test_logged_model_has_no_pickle_and_carries_code_weights_signature_and_examp
     assert [(p.name, p.default) for p in model.metadata.get_params_schema().params] == [
         ("mode", "digit"),
         ("min_confidence", 0.0),
+        ("length", 0),
+        ("pattern", ""),
     ]
     assert model.metadata.get_output_schema().input_names() == [
         "digit",
@@ -172,7 +174,7 @@ def test_a_version_that_does_not_beat_the_champion_is_challenger(store, name, ac
     register(store, name, 0.9)
     promotion = register(store, name, accuracy)
     assert (promotion.version, promotion.promoted, promotion.alias) == (2, False, CHALLENGER)
-    assert "does not beat champion version 1 (0.9000)" in promotion.reason
+    assert "does not beat champion version 1 (test_accuracy 0.9000)" in promotion.reason
     client = MlflowClient()
     assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
     assert int(client.get_model_version_by_alias(name, CHALLENGER).version) == 2

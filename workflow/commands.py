@@ -35,10 +35,10 @@ def cmd_reader(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(TrainConfig, args)
-    from workflow import pipeline
+    from workflow import cnn_run, pipeline
 
     mnist, split = pipeline.load_data(config)
-    pipeline.run_cnn(config, mnist, split, nested=False)
+    cnn_run.run_cnn(config, mnist, split, nested=False)
     return 0
 
 

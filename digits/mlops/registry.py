@@ -1,8 +1,9 @@
 """The Model Registry: log the serving pyfunc, register versions, move aliases by the promotion rule, roll back.
 
-Promotion rule: a new version takes the alias ``champion`` only when its test accuracy is strictly higher than
-the current champion's (the first version always does); otherwise it takes ``challenger``, and the version,
-its source run and the return value say why. ``set_alias`` promotes or rolls back by hand.
+Promotion rule (``promotion.decide``): a new version takes the alias ``champion`` only when its test accuracy is
+strictly higher than the current champion's and its number exact match (when it carries the line reader) is not
+lower (the first version always does); otherwise it takes ``challenger``, and the version, its source run and the
+return value say why. ``set_alias`` promotes or rolls back by hand.
 
 Knows nothing of training: it gets a checkpoint directory and numbers.
 """
@@ -29,11 +30,11 @@ from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, 
 
 from digits.core.errors import DigitsError, first_line
 from digits.core.names import BASELINE_MODEL_NAME, CHALLENGER, CHAMPION, CNN_MODEL_NAME  # noqa: F401 (re-exported)
-from digits.serve.contract import MIN_CONFIDENCE_PARAM, MODE_PARAM
+from digits.mlops.promotion import TAG_ACCURACY, TAG_NUMBERS, decide
+from digits.serve.contract import LENGTH_PARAM, MIN_CONFIDENCE_PARAM, MODE_PARAM, PATTERN_PARAM
 from digits.serve.model import CONFIG_FILE, WEIGHTS_FILE
 
 # Version tags (and the run tag PROMOTION_TAG) that say where a version came from and why it got its alias.
-TAG_ACCURACY = "test_accuracy"
 TAG_RUN = "source_run_id"
 TAG_DIGEST = "data_digest"
 TAG_COMMIT = "git_commit"
@@ -91,7 +92,8 @@ def signature() -> ModelSignature:
     reach the same model. ``preprocess`` validates every value instead. The param ``mode`` (``digit``, the default,
     or ``number``) asks for numbers; their answer has the optional columns ``text`` and ``digits``. A param, not a
     second column: MLflow maps ``{"inputs": array}`` onto a signature of exactly one column. The param
-    ``min_confidence`` (0 to 1) turns answers below it into "unsure" (digit -1, column ``unsure``).
+    ``min_confidence`` (0 to 1) turns answers below it into "unsure" (digit -1, column ``unsure``); ``length`` (1-12,
+    0 any) and ``pattern`` (a regular expression over digits, "" none) hold a number's reading to them.
     """
     inputs = Schema([ColSpec(AnyType(), "image")])
     outputs = Schema(
@@ -105,7 +107,12 @@ def signature() -> ModelSignature:
         ]
     )
     params = ParamSchema(
-        [ParamSpec(MODE_PARAM, DataType.string, "digit"), ParamSpec(MIN_CONFIDENCE_PARAM, DataType.double, 0.0)]
+        [
+            ParamSpec(MODE_PARAM, DataType.string, "digit"),
+            ParamSpec(MIN_CONFIDENCE_PARAM, DataType.double, 0.0),
+            ParamSpec(LENGTH_PARAM, DataType.long, 0),  # 0: any length
+            ParamSpec(PATTERN_PARAM, DataType.string, ""),  # "": no pattern
+        ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -137,28 +144,29 @@ def serving_requirements(names: tuple[str, ...] = SERVING_REQUIREMENTS) -> list[
     return pins
 
 
-def log_cnn_model(checkpoint_dir: str | Path, name: str = "model") -> ModelInfo:
+def log_cnn_model(checkpoint_dir: str | Path, name: str = "model", reader: str | Path | None = None) -> ModelInfo:
     """Log the CNN checkpoint (weights.pt + config.json) as the serving pyfunc into the active run.
 
     Models-from-code with the serving modules as ``code_paths``: nothing is pickled. Logs the signature, an
     input example and pinned pip requirements. Keep the returned ``ModelInfo.model_uri`` to register it.
+    ``reader``: the line reader's folder (weights, config, calibration), which then reads ``mode=number``.
     """
     checkpoint_dir = Path(checkpoint_dir)
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (checkpoint_dir / f).is_file()]
     if missing:
         raise RegistryError(f"{checkpoint_dir} is not a checkpoint: missing {', '.join(missing)}")
-    return _log_pyfunc(
-        name, "digits.serve.serving", "DigitClassifier", {"checkpoint": str(checkpoint_dir)}, SERVING_REQUIREMENTS
-    )
+    artifacts = {"checkpoint": str(checkpoint_dir), **({"reader": str(reader)} if reader else {})}
+    return _log_pyfunc(name, "digits.serve.serving", "DigitClassifier", artifacts, SERVING_REQUIREMENTS)
 
 
-def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo:
+def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model", reader: str | Path | None = None) -> ModelInfo:
     """Log an exported graph (``digits.mlops.export``) as the ONNX-backed serving pyfunc into the active run.
 
     The same signature, input example and input handling as ``log_cnn_model``'s; its requirements hold
-    onnxruntime instead of torch, and its bundled code imports no torch.
+    onnxruntime instead of torch, and its bundled code imports no torch. ``reader``: the folder of the line reader's
+    graph (``reader_export``), which then reads ``mode=number``.
     """
-    from digits.serve.onnx_model import ONNX_ARTIFACT
+    from digits.serve.onnx_model import ONNX_ARTIFACT, READER_ONNX_ARTIFACT
 
     if not Path(onnx_path).is_file():
         raise RegistryError(f"{onnx_path} is not an ONNX file")
@@ -166,7 +174,7 @@ def log_onnx_model(onnx_path: str | Path, name: str = "onnx-model") -> ModelInfo
         name,
         "digits.serve.onnx_model",
         "OnnxDigitClassifier",
-        {ONNX_ARTIFACT: str(onnx_path)},
+        {ONNX_ARTIFACT: str(onnx_path), **({READER_ONNX_ARTIFACT: str(reader)} if reader else {})},
         ONNX_SERVING_REQUIREMENTS,
     )
 
@@ -204,14 +212,18 @@ def register_model(
     data_digest: str,
     git_commit: str | None = None,
     description: str | None = None,
+    number_exact_match: float | None = None,
 ) -> Promotion:
     """Register ``model_uri`` as a new version of ``model_name``, tag it, and move ``champion`` if it is better.
 
-    Tags: test_accuracy, source_run_id, data_digest, git_commit (``None``: the checkout's HEAD, if any). The
-    version gets ``champion`` when its test accuracy beats the champion's, else ``challenger``; the reason is
-    set as the ``promotion`` tag of the version and of run ``run_id``.
+    Tags: test_accuracy, test_number_exact_match (when given: the version carries the line reader), source_run_id,
+    data_digest, git_commit (``None``: the checkout's HEAD, if any). The version gets ``champion`` by
+    ``promotion.decide``, else ``challenger``; the reason is set as the ``promotion`` tag of the version and of run
+    ``run_id``.
     """
-    return _register(model_uri, model_name, test_accuracy, run_id, data_digest, git_commit, description)
+    return _register(
+        model_uri, model_name, test_accuracy, number_exact_match, run_id, data_digest, git_commit, description
+    )
 
 
 def register_baseline(model_uri: str, *, model_name: str = BASELINE_MODEL_NAME, **tags: Any) -> Promotion:
@@ -270,17 +282,19 @@ def _register(
     model_uri: str,
     model_name: str,
     test_accuracy: float,
+    number_exact_match: float | None,
     run_id: str,
     data_digest: str,
     git_commit: str | None,
     description: str | None,
 ) -> Promotion:
-    accuracy = float(test_accuracy)
-    if not (math.isfinite(accuracy) and 0 <= accuracy <= 1):
-        raise RegistryError(f"test_accuracy must be a number from 0 to 1, got {test_accuracy!r}")
+    accuracy = _share(test_accuracy, TAG_ACCURACY)
+    numbers = None if number_exact_match is None else _share(number_exact_match, TAG_NUMBERS)
     commit = git_commit or current_git_commit() or "unknown"
     client = MlflowClient()
     tags = {TAG_ACCURACY: repr(accuracy), TAG_RUN: run_id, TAG_DIGEST: data_digest, TAG_COMMIT: commit}
+    if numbers is not None:
+        tags[TAG_NUMBERS] = repr(numbers)
     try:
         registered = mlflow.register_model(model_uri, model_name, tags=tags)
     except MlflowException as exc:
@@ -288,37 +302,10 @@ def _register(
     version = int(registered.version)
     if description:
         client.update_model_version(model_name, str(version), description=fit_description(description, run_id))
-
     champion = _alias_version(client, model_name, CHAMPION)
-    best = _accuracy(champion) if champion else None
+    promoted, reason = decide(version, accuracy, numbers, (champion.version, champion.tags) if champion else None)
     if champion is None:
-        promoted, reason = (
-            True,
-            f"version {version} (test_accuracy {accuracy:.4f}) is the first champion of {model_name}",
-        )
-    elif best is None:
-        promoted, reason = (
-            False,
-            (
-                f"version {version} (test_accuracy {accuracy:.4f}) is challenger: champion version {champion.version} has no "
-                f"{TAG_ACCURACY} tag to compare with; promote by hand with `digits register`"
-            ),
-        )
-    elif accuracy > best:
-        promoted, reason = (
-            True,
-            (
-                f"version {version} (test_accuracy {accuracy:.4f}) beats champion version {champion.version} ({best:.4f}): now champion"
-            ),
-        )
-    else:
-        promoted, reason = (
-            False,
-            (
-                f"version {version} (test_accuracy {accuracy:.4f}) does not beat champion version {champion.version} "
-                f"({best:.4f}): challenger, not promoted"
-            ),
-        )
+        reason = reason.replace("the first champion", f"the first champion of {model_name}")
     alias = CHAMPION if promoted else CHALLENGER
     client.set_registered_model_alias(model_name, alias, str(version))
     client.set_model_version_tag(model_name, str(version), PROMOTION_TAG, reason)
@@ -326,6 +313,13 @@ def _register(
         client.set_tag(run_id, PROMOTION_TAG, reason)
         client.set_tag(run_id, "registered_version", f"{model_name}/{version}")
     return Promotion(model_name=model_name, version=version, promoted=promoted, alias=alias, reason=reason)
+
+
+def _share(value: float, name: str) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise RegistryError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return number
 
 
 def _get_model(client: MlflowClient, model_name: str) -> None:
@@ -346,14 +340,6 @@ def _alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVe
         if _not_found(exc) or exc.error_code == ErrorCode.Name(ErrorCode.INVALID_PARAMETER_VALUE):
             return None
         raise
-
-
-def _accuracy(version: ModelVersion) -> float | None:
-    try:
-        value = float(version.tags.get(TAG_ACCURACY, "nan"))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _version_number(version: int | str) -> int:

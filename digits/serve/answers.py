@@ -14,6 +14,7 @@ Torch-free, so the ONNX-backed model (``digits.serve.onnx_model``) serves withou
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -27,22 +28,32 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from digits.serve.contract import (
     INPUT_COLUMN,
+    LENGTH_PARAM,
     MAX_BATCH,
     MIN_CONFIDENCE_PARAM,
     MODE_PARAM,
     MODES,
+    PATTERN_PARAM,
     UNSURE,
+    constraint_problem,
     min_confidence_problem,
 )
 from digits.serve.guard import install as install_guard
+from digits.serve.line_reader import LineReader, read_lines
 from digits.serve.numbers import read_numbers
 from digits.serve.preprocess import InputError, to_mnist_batch
 
 
 def answer(
-    model_input: Any, proba: Callable[[np.ndarray], np.ndarray], params: dict[str, Any] | None = None
+    model_input: Any,
+    proba: Callable[[np.ndarray], np.ndarray],
+    params: dict[str, Any] | None = None,
+    reader: LineReader | None = None,
 ) -> pd.DataFrame:
     """The served answer to any number of rows in either mode, from a batch classifier (uint8 (N, 28, 28) -> (N, 10)).
+
+    Numbers are read by ``reader`` (the trained line reader) when the model has one; a model logged without one
+    reads them by cutting (``numbers``), which takes no ``length`` / ``pattern``.
 
     The rows are worked through ``MAX_BATCH`` at a time, so memory stays bounded in-process (``predict`` on a
     DataFrame of 10,000 rows, ``mlflow models predict``, a Spark UDF); one HTTP request holds at most ``MAX_BATCH``
@@ -51,9 +62,15 @@ def answer(
     try:
         mode = request_mode(params)
         threshold = request_min_confidence(params)
+        constraint = request_constraint(params, mode, reader is not None)
         items = image_column(model_input)
+        numbers = (
+            functools.partial(read_lines, reader=reader, **constraint)
+            if reader is not None
+            else functools.partial(read_numbers, proba=proba)
+        )
         frames = [
-            _answer_chunk(items[start : start + MAX_BATCH], start, mode, proba)
+            _answer_chunk(items[start : start + MAX_BATCH], start, mode, proba, numbers)
             for start in range(0, max(len(items), 1), MAX_BATCH)
         ]
     except InputError as exc:
@@ -64,18 +81,43 @@ def answer(
 
 
 def _answer_chunk(
-    items: Sequence[Any], start: int, mode: str, proba: Callable[[np.ndarray], np.ndarray]
+    items: Sequence[Any],
+    start: int,
+    mode: str,
+    proba: Callable[[np.ndarray], np.ndarray],
+    numbers: Callable[[Sequence[Any]], Sequence[Any]],
 ) -> pd.DataFrame:
     """The answer for ``items``, rows ``start`` on of the input; an ``InputError`` names the row in the whole input."""
     try:
         if mode == "number":
-            return numbers_frame(read_numbers(items, proba))
+            return numbers_frame(numbers(items))
         return predictions_frame(proba(to_mnist_batch(items, max_batch=MAX_BATCH)))
     except InputError as exc:
         message = str(exc)
         if start and (found := re.match(r"image (\d+): ", message)):
             message = f"image {int(found[1]) + start}: {message[found.end() :]}"
         raise InputError(message) from None
+
+
+def request_constraint(params: dict[str, Any] | None, mode: str, has_reader: bool) -> dict[str, Any]:
+    """The request's ``length`` and ``pattern`` (None when not given, 0 or empty), checked; only in mode number, and
+    only for a model with the line reader (cutting cannot be held to them)."""
+    params = params or {}
+    length, pattern = params.get(LENGTH_PARAM), params.get(PATTERN_PARAM)
+    if isinstance(length, np.integer):  # MLflow's params may come as numpy scalars
+        length = length.item()
+    problem = constraint_problem(length, pattern)
+    if problem:
+        raise InputError(problem)
+    length, pattern = (length or None), (pattern or None)
+    if (length or pattern) and mode != "number":
+        raise InputError(f"the params {LENGTH_PARAM!r} and {PATTERN_PARAM!r} apply to the mode 'number' only")
+    if (length or pattern) and not has_reader:
+        raise InputError(
+            f"this model reads numbers by cutting, which takes no {LENGTH_PARAM!r} or {PATTERN_PARAM!r}: "
+            "serve a model registered with the line reader"
+        )
+    return {"length": length, "pattern": pattern}
 
 
 def request_mode(params: dict[str, Any] | None) -> str:

@@ -22,6 +22,10 @@ __all__ = [
     "BODY_SECONDS",
     "INPUT_COLUMN",
     "LAYOUTS",
+    "LENGTH_PARAM",
+    "MAX_LENGTH",
+    "MAX_PATTERN",
+    "PATTERN_PARAM",
     "MAX_BATCH",
     "MAX_BATCH_PIXELS",
     "MAX_ENCODED_CHARS",
@@ -38,6 +42,7 @@ __all__ = [
     "accepted_content",
     "batch_too_large",
     "body_too_large",
+    "constraint_problem",
     "min_confidence_problem",
     "request_body",
     "request_keys",
@@ -50,9 +55,15 @@ MODE_PARAM = "mode"  # what the pictures hold: a digit each (the default) or a w
 MODES = ("digit", "number")
 MIN_CONFIDENCE_PARAM = "min_confidence"  # the reject option: answers below it are "unsure" (digits.serve.answers)
 UNSURE = -1  # the digit of an answer below min_confidence
+# Constraints on a number's reading (mode number, a model with the line reader): exactly ``length`` digits (1-12;
+# 0 = any), and/or a regular expression over digits (``pattern``; "" = none), e.g. "\\d{5}" or "\\d+(00)?".
+LENGTH_PARAM = "length"
+PATTERN_PARAM = "pattern"
+MAX_LENGTH = 12  # the most digits a number may have
+MAX_PATTERN = 100  # characters of a pattern
 # Every param a request may carry (the guard refuses others before parsing). A new param is added here, in the
 # served signature's params schema (mlops/registry.py) and where answers.py reads it.
-PARAMS: tuple[str, ...] = (MODE_PARAM, MIN_CONFIDENCE_PARAM)
+PARAMS: tuple[str, ...] = (MODE_PARAM, MIN_CONFIDENCE_PARAM, LENGTH_PARAM, PATTERN_PARAM)
 MEDIA_TYPE = "application/json"  # the one content type the endpoint reads
 REQUEST_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")  # MLflow's JSON request layouts
 LAYOUTS = ("dataframe_split", "inputs")  # the layouts request_body writes
@@ -112,6 +123,21 @@ def min_confidence_problem(value: Any) -> str | None:
     if number and 0.0 <= float(value) <= 1.0:  # NaN fails the comparison
         return None
     return f"the param {MIN_CONFIDENCE_PARAM!r} must be a number from 0 to 1, got {str(value)[:50]!r}"
+
+
+def constraint_problem(length: Any, pattern: Any) -> str | None:
+    """What is wrong with the ``length`` / ``pattern`` params by type and range (one line), or None.
+
+    The pattern's grammar is checked where it is compiled (``ctc_pattern``), with the same one-line 400.
+    """
+    if length is not None and (
+        isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= MAX_LENGTH
+    ):
+        return f"the param {LENGTH_PARAM!r} must be a whole number from 1 to {MAX_LENGTH} (0: any), got {str(length)[:50]!r}"
+    if pattern is not None and (not isinstance(pattern, str) or len(pattern) > MAX_PATTERN):
+        what = f"{len(pattern)} characters" if isinstance(pattern, str) else type(pattern).__name__
+        return f"the param {PATTERN_PARAM!r} must be a regular expression over digits of at most {MAX_PATTERN} characters, got {what}"
+    return None
 
 
 # --- the client side ---------------------------------------------------------------------------------------------

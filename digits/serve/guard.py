@@ -44,16 +44,19 @@ from digits.serve import seams
 from digits.serve.contract import (
     BODY_SECONDS,
     INPUT_COLUMN,
+    LENGTH_PARAM,
     MAX_BATCH,
     MAX_ERROR_CHARS,
     MAX_REQUEST_BYTES,
     MEDIA_TYPE,
     MIN_CONFIDENCE_PARAM,
     PARAMS,
+    PATTERN_PARAM,
     REQUEST_KEYS,
     accepted_content,
     batch_too_large,
     body_too_large,
+    constraint_problem,
     min_confidence_problem,
     request_keys,
 )
@@ -301,7 +304,12 @@ def parse_request(data: Any) -> dict[str, Any]:
             400,
             f"this model takes no params other than {', '.join(PARAMS)}, got {_json_kind(params) if not isinstance(params, dict) else sorted(map(str, params))[:10]}",
         )
-    problem = min_confidence_problem(params.get(MIN_CONFIDENCE_PARAM)) if isinstance(params, dict) else None
+    problem = (
+        min_confidence_problem(params.get(MIN_CONFIDENCE_PARAM))
+        or constraint_problem(params.get(LENGTH_PARAM), params.get(PATTERN_PARAM))
+        if isinstance(params, dict)
+        else None
+    )
     if problem:  # before MLflow's own type check of the params, whose message is a Python set's repr
         raise _Refused(400, problem)
     rows = _rows(data)

@@ -34,7 +34,7 @@ from scipy import ndimage
 from digits.serve.decode import decode_image
 from digits.serve.preprocess import MAX_BATCH_PIXELS, InputError, ink_map, ink_to_mnist, max_pool
 
-__all__ = ["MAX_DIGITS", "DigitReading", "NumberReading", "read_number", "read_numbers"]
+__all__ = ["MAX_DIGITS", "DigitReading", "NumberReading", "read_each", "read_number", "read_numbers"]
 
 MAX_DIGITS = 12
 Proba = Callable[[np.ndarray], np.ndarray]
@@ -104,6 +104,12 @@ def read_numbers(items: Sequence[Any], proba: Proba) -> list[NumberReading]:
 
     The message of an ``InputError`` names the first bad item by its position.
     """
+    return read_each(items, lambda image: read_number(image, proba))
+
+
+def read_each(items: Sequence[Any], read: Callable[[Any], Any]) -> list[Any]:
+    """``read`` applied to each item's picture (base64 text or bytes decoded, a list made an array), within one
+    request's budget of pixels; an ``InputError`` names the first bad item by its position."""
     if len(items) == 0:
         raise InputError("empty batch: send at least one image")
     budget, out = MAX_BATCH_PIXELS, []
@@ -122,7 +128,7 @@ def read_numbers(items: Sequence[Any], proba: Proba) -> list[NumberReading]:
                 raise InputError(
                     f"the pictures of this request have more than {MAX_BATCH_PIXELS:,} pixels together, the limit: send fewer per request"
                 )
-            out.append(read_number(image, proba))
+            out.append(read(image))
         except InputError as exc:
             raise InputError(f"image {i}: {exc}") from None
         except ValueError as exc:  # np.asarray of ragged lists

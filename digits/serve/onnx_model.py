@@ -7,6 +7,7 @@ MNIST-like by the same ``preprocess.to_mnist`` in Python first.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -15,10 +16,15 @@ import pandas as pd
 
 from digits.serve.answers import answer, prepare_server
 from digits.serve.contract import MAX_BATCH
+from digits.serve.line_reader import LineReader, read_calibration
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+# The line reader's graph (digits.mlops.export.export_reader_onnx) and its calibration, in one folder.
+READER_ONNX_ARTIFACT = "reader_onnx"
+READER_ONNX_FILE = "reader.onnx"
+READER_INPUT, READER_OUTPUT = "strips", "log_probs"
 
 
 def session(path: Any, threads: int = 0):
@@ -40,14 +46,28 @@ def onnx_probabilities(sess: Any, images: np.ndarray, batch_size: int = MAX_BATC
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
+def onnx_reader(directory: Any) -> LineReader:
+    """The served line reader from a folder holding ``reader.onnx`` and its ``reader_calibration.json``."""
+    sess = session(Path(directory) / READER_ONNX_FILE)
+
+    def frames(strips: np.ndarray) -> np.ndarray:
+        return sess.run([READER_OUTPUT], {READER_INPUT: np.ascontiguousarray(strips, dtype=np.float32)})[0]
+
+    return LineReader(frames, read_calibration(directory))
+
+
 class OnnxDigitClassifier(mlflow.pyfunc.PythonModel):
     """The ONNX graph behind the endpoint: validates and preprocesses the ``image`` column, then predicts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Open the ``onnx`` artifact with ONNX Runtime; in the server, add the guard."""
         self.session = session(context.artifacts[ONNX_ARTIFACT])
+        folder = context.artifacts.get(READER_ONNX_ARTIFACT)
+        self.reader = onnx_reader(folder) if folder else None  # without one, numbers are read by cutting
         prepare_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
-        return answer(model_input, lambda images: onnx_probabilities(self.session, images), params)
+        return answer(
+            model_input, lambda images: onnx_probabilities(self.session, images), params, getattr(self, "reader", None)
+        )

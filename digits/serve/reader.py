@@ -19,19 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from digits.core.config import ReaderConfig
+from digits.serve.line_reader import LineReader, read_calibration
 from digits.serve.preprocess import ink_map
+from digits.serve.strip import HEIGHT, LINE, MAX_WIDTH, PAD, STRIDE, batch_array, frames_for, to_strip  # noqa: F401 (re-exported)
 
 __all__ = ["BLANK", "HEIGHT", "STRIDE", "ReaderNet", "Reading", "greedy_decode", "picture_strip", "read_strips"]
 
-HEIGHT = 32  # strip height in pixels
-LINE = 28  # the ink's box is scaled to this height (MNIST's 28-pixel frame), 2 pixels of margin above and below
-PAD = 4  # blank columns on each side of the ink
-STRIDE = 4  # width pixels per output frame: about 7 frames per digit, enough for a blank between repeats
-MAX_WIDTH = 1024  # a wider strip is squeezed to this width (12 wide digits with wide gaps fit)
 BLANK = 0  # class 0 is CTC's blank; class d + 1 is digit d
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "reader_config.json"
@@ -71,34 +67,9 @@ class ReaderNet(nn.Module):
         return torch.log_softmax(self.head(frames), dim=1).transpose(1, 2)  # (N, T, 11)
 
 
-def frames_for(width: int | np.ndarray) -> int | np.ndarray:
-    """Output frames of a strip ``width`` pixels wide (two halvings of the width)."""
-    return (width // 2) // 2
-
-
 def build_reader(config: ReaderConfig) -> ReaderNet:
     """The untrained reader that ``config`` describes."""
     return ReaderNet(width=config.reader_width, dropout=config.reader_dropout)
-
-
-def to_strip(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """An ink map (float in [0, 1] or uint8, ink bright) to the reader's strip: uint8 (HEIGHT, W), and the map of x:
-    ``strip_x = (map_x - offset) * factor + PAD`` returned as (strip, offset, factor)."""
-    ink = np.asarray(ink, dtype=np.float32)
-    if ink.max() > 1:
-        ink = ink / 255
-    rows, cols = np.flatnonzero(ink.max(axis=1) > 0.05), np.flatnonzero(ink.max(axis=0) > 0.05)
-    if rows.size == 0:
-        return np.zeros((HEIGHT, 2 * PAD + STRIDE), np.uint8), 0.0, 1.0
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    factor = LINE / crop.shape[0]
-    width = max(STRIDE, min(MAX_WIDTH - 2 * PAD, round(crop.shape[1] * factor)))
-    resized = np.asarray(Image.fromarray(crop, mode="F").resize((width, LINE), Image.Resampling.BILINEAR))
-    resized = np.clip(resized / max(float(resized.max()), 1e-6), 0, 1)  # a thin pen reduced stays full ink
-    strip = np.zeros((HEIGHT, width + 2 * PAD), np.uint8)
-    top = (HEIGHT - LINE) // 2
-    strip[top : top + LINE, PAD : PAD + width] = np.rint(255 * resized)
-    return strip, float(cols[0]), width / crop.shape[1]
 
 
 def picture_strip(image: Any) -> np.ndarray:
@@ -134,13 +105,9 @@ def greedy_decode(log_probs: np.ndarray, lengths: Sequence[int] | None = None) -
 
 
 def batch_tensor(strips: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
-    """Strips of one height padded with background to the widest: (N, 1, HEIGHT, W) floats in [0, 1], and the widths."""
-    widths = np.array([s.shape[1] for s in strips])
-    # Rounded up to a multiple of 32: a handful of shapes, whose kernels the CPU backend plans once, not every batch.
-    batch = np.zeros((len(strips), 1, HEIGHT, -(-int(widths.max()) // 32) * 32), np.float32)
-    for i, s in enumerate(strips):
-        batch[i, 0, :, : s.shape[1]] = s
-    return torch.from_numpy(batch / 255), widths
+    """``strip.batch_array`` as a tensor: (N, 1, HEIGHT, W) floats in [0, 1], and the widths."""
+    batch, widths = batch_array(strips)
+    return torch.from_numpy(batch), widths
 
 
 @torch.inference_mode()
@@ -174,3 +141,31 @@ def load_reader(directory: str | Path) -> tuple[ReaderNet, ReaderConfig]:
     net = build_reader(config)
     net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return net.eval(), config
+
+
+def line_reader(directory: str | Path) -> LineReader:
+    """The served line reader from a saved folder (weights.pt, reader_config.json, reader_calibration.json)."""
+    net, _ = load_reader(directory)
+    net = net.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def frames(strips: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(strips, dtype=np.float32))
+        return net(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+
+    return LineReader(frames, read_calibration(directory))
+
+
+@torch.inference_mode()
+def strip_frames(net: ReaderNet, strips: Sequence[np.ndarray], batch: int = 256) -> list[np.ndarray]:
+    """Each strip's per-frame log-probabilities (T_i, 11) from ``net`` (on the CPU, eval mode), in width-sorted batches."""
+    net.eval()
+    order = np.argsort([s.shape[1] for s in strips], kind="stable")
+    out: list[np.ndarray] = [np.zeros(0)] * len(strips)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        x, widths = batch_tensor([strips[i] for i in idx])
+        lp = net(x).float().numpy()
+        for row, i, w in zip(lp, idx, widths):
+            out[i] = row[: int(frames_for(w))]
+    return out

@@ -32,8 +32,10 @@ from digits.core.names import CHAMPION_URI
 from digits.serve.answers import answer, prepare_server
 from digits.serve.contract import INPUT_COLUMN, MIN_CONFIDENCE_PARAM, MODE_PARAM
 from digits.serve.model import load_checkpoint, predict_proba
+from digits.serve.reader import line_reader
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+READER_ARTIFACT = "reader"  # the line reader's folder (reader.save_reader + its calibration), when logged with one
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
@@ -43,12 +45,16 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         """Rebuild the network from the ``checkpoint`` artifact (weights.pt + config.json); in the server, add the guard."""
         model, _ = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
         self.model = inference_model(model)
+        folder = context.artifacts.get(READER_ARTIFACT)
+        self.reader = line_reader(folder) if folder else None  # without one, numbers are read by cutting
         prepare_server()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
         # answer() works through any number of rows MAX_BATCH at a time: one forward pass each.
-        return answer(model_input, lambda images: predict_proba(self.model, images), params)
+        return answer(
+            model_input, lambda images: predict_proba(self.model, images), params, getattr(self, "reader", None)
+        )
 
 
 def inference_model(model: nn.Module) -> nn.Module:

@@ -1,0 +1,102 @@
+"""Numbers read by the trained line reader: pictures to strips, the reader's frames, a constrained CTC decoding.
+
+``LineReader`` holds a frame function (strips float32 (N, 1, HEIGHT, W) in [0, 1] -> log-probabilities
+(N, W // 4, 11): the torch network or its ONNX graph) and the temperature fitted on validation strips
+(``ctc_calibrate``). ``read_lines`` answers as the cut reader does (``numbers.NumberReading``: text, confidence,
+each digit with its confidence and box in the picture's pixels), so the endpoint's columns stay the same. The
+number's confidence is its string's probability exp(-CTC loss) at that temperature; a digit's, its posterior against
+its nine substitutes. ``length`` and ``pattern`` hold the decoding to readings they allow (``ctc_pattern``).
+Numpy only, besides the frame function: the ONNX-backed model reads numbers without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digits.serve.ctc_decode import read_frames
+from digits.serve.ctc_pattern import MAX_DIGITS, ConstraintError, compile_constraint
+from digits.serve.decode import InputError
+from digits.serve.numbers import DigitReading, NumberReading, read_each
+from digits.serve.preprocess import ink_map
+from digits.serve.strip import Placement, batch_array, frames_for, place
+
+__all__ = ["CALIBRATION_FILE", "LineReader", "read_calibration", "read_lines"]
+
+CALIBRATION_FILE = "reader_calibration.json"  # beside the reader's weights (or its ONNX graph): its temperature
+Frames = Callable[[np.ndarray], np.ndarray]
+_BATCH = 64  # strips per forward pass
+
+
+@dataclass(frozen=True)
+class LineReader:
+    """A frame function (strips -> per-frame log-probabilities) and the temperature of its string confidence."""
+
+    frames: Frames
+    temperature: float = 1.0
+
+
+def read_calibration(directory: str | Path) -> float:
+    """The temperature in ``directory``'s ``reader_calibration.json``; 1.0 when there is none."""
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return 1.0
+    value = float(json.loads(path.read_text())["temperature"])
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{path}: the temperature must be a positive number, got {value}")
+    return value
+
+
+def _strip(image: Any) -> tuple[np.ndarray, Placement]:
+    ink, scale = ink_map(image)
+    if not (ink > 0.05).any():
+        raise InputError("no number found: the image is blank")
+    return place(ink, scale)
+
+
+def read_lines(
+    items: Sequence[Any], reader: LineReader, length: object = None, pattern: object = None
+) -> list[NumberReading]:
+    """Read each picture in ``items`` as a number with ``reader``, held to ``length`` digits and/or ``pattern``.
+
+    Malformed constraints, a blank picture, no digits read and more than ``MAX_DIGITS`` digits are an
+    ``InputError`` (a 400 when served), naming the picture by its position.
+    """
+    compile_constraint(length=length, pattern=pattern)  # a malformed constraint: refused before any picture is read
+    strips = read_each(items, _strip)
+    frames: list[np.ndarray] = [np.zeros(0)] * len(strips)
+    order = np.argsort([s.shape[1] for s, _ in strips], kind="stable")  # similar widths share a forward pass
+    for start in range(0, len(order), _BATCH):
+        idx = order[start : start + _BATCH]
+        batch, widths = batch_array([strips[i][0] for i in idx])
+        out = np.asarray(reader.frames(batch))
+        for row, i, width in zip(out, idx, widths):
+            frames[i] = row[: int(frames_for(width))]
+    return [
+        _answer(i, strip, where, frames[i], reader.temperature, length, pattern)
+        for i, (strip, where) in enumerate(strips)
+    ]
+
+
+def _answer(
+    i: int, strip: np.ndarray, where: Placement, frames: np.ndarray, temperature: float, length: object, pattern: object
+) -> NumberReading:
+    try:
+        reading = read_frames(frames, strip, length=length, pattern=pattern, temperature=temperature)
+    except ConstraintError as exc:
+        raise InputError(f"image {i}: {exc}") from None
+    if not reading.text:
+        raise InputError(f"image {i}: no number found: no digits could be read in the ink")
+    if len(reading.text) > MAX_DIGITS:
+        raise InputError(f"image {i}: read {len(reading.text)} digits, more than the {MAX_DIGITS} a number may have")
+    digits = tuple(
+        DigitReading(int(c), float(p), where.to_picture(box))
+        for c, p, box in zip(reading.text, reading.digit_confidences, reading.boxes)
+    )
+    return NumberReading(reading.text, float(reading.confidence), digits)
