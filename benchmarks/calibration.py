@@ -27,8 +27,8 @@ from digits.evaluate.calibration import calibrate_network  # noqa: E402
 from digits.learn.data import load_mnist, split_train_val  # noqa: E402
 from digits.learn.train import fit  # noqa: E402
 from digits.serve.model import predict_proba  # noqa: E402
-from workflow.flags import parse_overrides  # noqa: E402
 from workflow.cnn_run import training_split  # noqa: E402
+from workflow.flags import parse_overrides  # noqa: E402
 
 KEYS = ("temperature", "accuracy", "ece_before", "ece_after", "log_loss_before", "log_loss_after", "coverage_at_99_9")
 

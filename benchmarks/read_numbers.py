@@ -15,8 +15,12 @@ number from the picture array (p50, one torch thread). The last line of output i
 
 (Not ``benchmarks/numbers.py``: run as a script, that name would shadow the standard library's ``numbers``.)
 
-Targets (issue 29, line reader): gaps >= 98% exact, touching >= 97%, 8-12 digits >= 94%, photo 5 >= 97%, per digit
->= 99.5%, <= 10 ms p50 per 5-digit number.
+The line reader reads through the served path (``line_reader.read_lines`` with the folder's fitted temperature), so
+its figures are the endpoint's; ``exact_at_95`` is the exact match of the 95% most confident numbers (the reject
+option that refuses 5%), ``ece`` the calibration error of the number's confidence.
+
+Targets (issues 29 and 30, line reader): gaps >= 98% exact, touching >= 97%, 8-12 digits >= 94%, photo 5 >= 97%,
+per digit >= 99.5%, <= 10 ms p50 per 5-digit number; exact_at_95 >= 99.7%.
 """
 
 from __future__ import annotations
@@ -102,32 +106,43 @@ def cut_reader(proba):
     from digits.core.errors import DigitsError
     from digits.serve.numbers import read_number
 
-    def read(picture) -> str:
+    def read(picture) -> tuple[str, float]:
         try:
-            return read_number(picture, proba).text
+            reading = read_number(picture, proba)
+            return reading.text, reading.confidence
         except DigitsError:
-            return ""
+            return "", 0.0
 
     return read
 
 
 def line_reader(directory: str):
-    from digits.serve.reader import load_reader, picture_strip, read_strips
+    """The served path of mode=number (``line_reader.read_lines``: strip, frames, constrained decoding at the fitted
+    temperature, boxes): what the endpoint runs, less the JSON."""
+    from digits.core.errors import DigitsError
+    from digits.serve.line_reader import read_lines
+    from digits.serve.reader import line_reader as load
 
-    net, _ = load_reader(directory)
+    reader = load(directory)
 
-    def read(picture) -> str:
+    def read(picture) -> tuple[str, float]:
         try:
-            return read_strips(net, [picture_strip(picture)])[0].text
-        except ValueError:  # InputError: a blank picture
-            return ""
+            reading = read_lines([picture], reader)[0]
+            return reading.text, reading.confidence
+        except DigitsError:  # a blank picture, more than 12 digits
+            return "", 0.0
 
     return read
 
 
-def figures(samples: list[dict], readings: list[str]) -> dict[str, float]:
-    """Exact match per cell x renderer, photo 5, and per-digit accuracy (1 - CER) overall."""
+def figures(samples: list[dict], answers: list[tuple[str, float]]) -> dict[str, float]:
+    """Exact match per cell x renderer, photo 5, per-digit accuracy (1 - CER) overall, and the reject option: exact
+    match of the 95% most confident numbers, and the confidence's ECE."""
+    from digits.evaluate.reader_test import accuracy_at_coverage
     from digits.learn.reader_train import score
+    from digits.serve.ctc_calibrate import expected_calibration_error
+
+    readings = [text for text, _ in answers]
 
     out: dict[str, float] = {}
     for cell in CELLS:
@@ -139,6 +154,10 @@ def figures(samples: list[dict], readings: list[str]) -> dict[str, float]:
         out[cell] = (out[f"{cell}_canvas"] + out[f"{cell}_photo"]) / 2
     out["photo5"] = (out["gap5_photo"] + out["touch5_photo"]) / 2
     out["per_digit"] = 1 - score([s["text"] for s in samples], readings)["cer"]
+    correct = np.array([s["text"] == r for s, r in zip(samples, readings)])
+    confidence = np.array([c for _, c in answers])
+    out["exact_at_95"] = accuracy_at_coverage(confidence, correct, 0.95)
+    out["ece"] = expected_calibration_error(confidence, correct)
     return out
 
 
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         "numbers": len(samples),
         "results": results,
     }
-    keys = [f"{c}_{r}" for c in CELLS for r in RENDERERS] + list(CELLS) + ["photo5", "per_digit"]
+    keys = [f"{c}_{r}" for c in CELLS for r in RENDERERS] + list(CELLS) + ["photo5", "per_digit", "exact_at_95", "ece"]
     print(f"{'cell':<14}{'cut':>9}{'line':>9}")
     for key in keys:
         print(f"{key:<14}{100 * results['cut'][key]:>8.1f}%{100 * results['line'][key]:>8.1f}%")

@@ -60,6 +60,11 @@ def server_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="with --quick_model: register this checkpoint folder (weights.pt + config.json) instead of training a throw-away network (default: train one)",
     )
+    parser.add_argument(
+        "--reader",
+        default="",
+        help="with --quick_model: the line reader's folder (weights.pt, reader_config.json, reader_calibration.json) the model carries for mode=number (default: none, numbers are cut)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,7 +164,7 @@ def throughput(
 # --- the server ---------------------------------------------------------------------------------------------------
 
 
-def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
+def quick_model(data_dir: str, root: Path, checkpoint: str = "", reader: str = "") -> str:
     """Train the default network briefly (or load ``checkpoint``), log and register it in a sqlite store under
     ``root``; return the store URI."""
     import mlflow
@@ -182,9 +187,17 @@ def quick_model(data_dir: str, root: Path, checkpoint: str = "") -> str:
         split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
         model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model
     experiment = mlflow.create_experiment("serving-benchmark", artifact_location=(root / "artifacts").as_uri())
+    onnx_reader = None
+    if reader:
+        from digits.mlops.reader_export import export_reader
+        from digits.serve.line_reader import read_calibration
+        from digits.serve.reader import load_reader
+
+        net, reader_config = load_reader(reader)
+        onnx_reader = export_reader(net, reader_config, root / "reader_onnx", read_calibration(reader))
     with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"))
-        onnx = log_onnx_model(export_onnx(model, config, root / "model.onnx"))
+        info = log_cnn_model(save_checkpoint(model, config, root / "checkpoint"), reader=reader or None)
+        onnx = log_onnx_model(export_onnx(model, config, root / "model.onnx"), reader=onnx_reader)
     register_model(
         onnx.model_uri,
         model_name="digits-cnn-onnx",
@@ -247,7 +260,7 @@ def server_from_arguments(
         return None, args.url.rstrip("/"), args.url
     model_uri = args.model_uri
     if args.quick_model:
-        quick_model(args.data_dir, tmp, args.checkpoint)
+        quick_model(args.data_dir, tmp, args.checkpoint, getattr(args, "reader", ""))
         model_uri = "models:/digits-cnn-onnx@champion" if backend == "onnx" else "models:/digits-cnn@champion"
     try:
         process, url = start_server(model_uri, tmp / "server.log")

@@ -54,7 +54,7 @@ def test_mlflow_run_train_logs_a_finished_run(mnist_dir, tracking_uri):
     assert "config.json" in artifacts
 
 
-def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
+def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri, tmp_path):
     mlflow_run(
         "main", {"epochs": 1, "subset": 5000, "n_trials": 0, "data_dir": mnist_dir, "device": "cpu", **TINY_READER}
     )
@@ -84,6 +84,19 @@ def test_mlflow_run_main_nests_baseline_and_cnn(mnist_dir, tracking_uri):
     assert (
         cnn.data.tags["registered_version"] == "digits-cnn/1"
     )  # the run's own registration tags are the torch model's
+    # The line reader rides with both served models: its test figures on the CNN's run and on both versions.
+    reader = children["reader"]
+    assert cnn.data.tags["reader_run_id"] == reader.info.run_id
+    numbers = reader.data.metrics["test_number_exact_match"]
+    assert cnn.data.metrics["test_number_exact_match"] == numbers
+    assert float(champion.tags["test_number_exact_match"]) == numbers == float(onnx.tags["test_number_exact_match"])
+    assert reader.data.metrics["number_temperature"] > 0 and 0 <= reader.data.metrics["test_number_ece"] <= 1
+    for name, folder, files in (
+        ("digits-cnn", "reader", {"weights.pt", "reader_config.json", "reader_calibration.json"}),
+        ("digits-cnn-onnx", "reader_onnx", {"reader.onnx", "reader_calibration.json"}),
+    ):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / name)))
+        assert {p.name for p in (local / "artifacts" / folder).iterdir()} == files, name
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from digits.evaluate import number_eval
 from digits.serve.answers import answer, request_mode
 from digits.serve.numbers import MAX_DIGITS, read_number, read_numbers
 from digits.serve.preprocess import InputError
-from tests.conftest import digits_command, isolated_store, scoring_server
+from tests.conftest import ROOT, digits_command, isolated_store, scoring_server
 
 # --- synthetic numbers and a classifier that knows two shapes ----------------------------------------------------------
 
@@ -452,9 +452,13 @@ def test_app_page_has_the_number_canvas():
     assert {"number-sketch", "read-number", "number-message", "number-boxes", "sketch"} <= ids
 
 
+TOUCHING = 0.8  # digits this many of their heights apart: the strokes of neighbours touch (a 12-px brush)
+
+
 @pytest.mark.e2e
 def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
-    """The app's wide canvas in headless Chromium: 7010 written with real mouse strokes, read as 7010 with 4 boxes."""
+    """The app's wide canvas in headless Chromium: 7010 written with real mouse strokes, its digits touching, read by
+    the champion's line reader (``tests/assets/reader``) as 7010."""
     from tests.test_app import CHROMIUM, CHROMIUM_ARGS, STEPS, STROKES, start_app
 
     if not os.path.exists(CHROMIUM):
@@ -473,7 +477,7 @@ def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
         split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
         model = fit(config, (mnist.train_images[split.train], mnist.train_labels[split.train])).model.cpu()
         with mlflow.start_run(experiment_id=experiment) as run:
-            info = log_cnn_model(save_checkpoint(model, config, root / "ckpt"))
+            info = log_cnn_model(save_checkpoint(model, config, root / "ckpt"), reader=ROOT / "tests/assets/reader")
         register_model(info.model_uri, test_accuracy=0.98, run_id=run.info.run_id, data_digest=mnist.digest)
         server = start_app("number-app", root, uri)
         try:
@@ -490,10 +494,10 @@ def test_app_number_mode_in_a_real_browser(mnist, tmp_path_factory):
                 for i, digit in enumerate("7010"):
                     for stroke in STROKES[digit]:
                         (x, y), rest = stroke[0], stroke[1:]
-                        page.mouse.move(left + (1.1 * i + x) * side, top + y * side)
+                        page.mouse.move(left + (TOUCHING * i + x) * side, top + y * side)
                         page.mouse.down()
                         for x, y in rest:
-                            page.mouse.move(left + (1.1 * i + x) * side, top + y * side, steps=STEPS)
+                            page.mouse.move(left + (TOUCHING * i + x) * side, top + y * side, steps=STEPS)
                         page.mouse.up()
                 page.click("#read-number")
                 page.wait_for_function(

@@ -10,7 +10,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -26,14 +26,14 @@ from workflow.commands import (
     cmd_export,
     cmd_feedback,
     cmd_main,
-    cmd_predict,
     cmd_reader,
     cmd_register,
     cmd_stack,
     cmd_train,
     cmd_tune,
 )
-from workflow.flags import Parser, add_config_flags, float_flag, int_flag
+from workflow.flags import Parser, add_config_flags, int_flag
+from workflow.predict_flags import add_number_flags, add_predict_parser
 
 PROG = "digits"
 
@@ -65,37 +65,6 @@ def _add_feedback_parsers(sub: Any, app_parser: argparse.ArgumentParser) -> None
     )
     p.add_argument("--feedback_dir", "--feedback-dir", default="", help=where)
     p.set_defaults(handler=cmd_feedback)
-
-
-def _add_number_flags(p: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]) -> None:
-    """Set ``handler`` and add ``--number`` to predict (read each file as a number) or evaluate (the numbers evaluation)."""
-    p.set_defaults(handler=handler)
-    if handler is cmd_predict:
-        p.add_argument(
-            "--number",
-            action="store_true",
-            help="read each file as a handwritten number of 1 to 12 digits on one line (default: off, one digit per file)",
-        )
-        return
-    p.add_argument(
-        "--number",
-        action="store_true",
-        help="evaluate on handwritten numbers composed from MNIST test digits instead, in a run evaluate-numbers (default: off)",
-    )
-    p.add_argument(
-        "--number_size",
-        "--number-size",
-        type=int_flag,
-        default=20,
-        help="with --number: numbers per length (3-8), spacing and renderer (default: 20, 480 numbers)",
-    )
-    p.add_argument(
-        "--number_seed",
-        "--number-seed",
-        type=int_flag,
-        default=0,
-        help="with --number: seed of the composed numbers (default: 0)",
-    )
 
 
 def _add_stack_parser(sub: Any) -> None:
@@ -231,31 +200,6 @@ def _add_reader_flags(p: argparse.ArgumentParser, *, in_main: bool) -> None:
     p.set_defaults(handler=cmd_reader)
 
 
-def _add_predict_parser(sub: Any) -> None:
-    """``digits predict``: image files through a registered model, as the served model reads them."""
-    p = sub.add_parser(
-        "predict",
-        help="predict the digit in image files (PNG/JPEG) with a registered model and the endpoint's own preprocessing, without a server",
-    )
-    p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, dark ink on light or light on dark"
-    )
-    p.add_argument(
-        "--model_uri",
-        "--model-uri",
-        default=CHAMPION_URI,
-        help=f"model to load: models:/NAME@ALIAS or models:/NAME/VERSION (default: {CHAMPION_URI})",
-    )
-    p.add_argument(
-        "--min_confidence",
-        "--min-confidence",
-        type=float_flag,
-        default=0.0,
-        help="answer 'unsure' instead of a digit (or number) whose calibrated confidence is below this, 0 to 1 (default: 0.0, answer everything)",
-    )
-    _add_number_flags(p, cmd_predict)
-
-
 def _add_model_parsers(sub: Any) -> None:
     """The jobs on a trained model: register (alias moves), predict, evaluate."""
     p = sub.add_parser(
@@ -273,7 +217,7 @@ def _add_model_parsers(sub: Any) -> None:
     )
     p.set_defaults(handler=cmd_register)
 
-    _add_predict_parser(sub)
+    add_predict_parser(sub)
 
     p = sub.add_parser(
         "evaluate",
@@ -287,7 +231,7 @@ def _add_model_parsers(sub: Any) -> None:
     )
     # The test set is the same whatever the split; calibration is the training's.
     add_config_flags(p, DataConfig, skip=("val_size", "subset", "seed", "calibration_size"))
-    _add_number_flags(p, cmd_evaluate)
+    add_number_flags(p, cmd_evaluate)
 
 
 def _add_export_parser(sub: Any) -> None:

@@ -147,7 +147,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.min_confidence <= 1.0:
         raise ConfigError(f"--min_confidence must be a number from 0 to 1, got {args.min_confidence}")
-    rows = predict_files(args.images, args.model_uri, number=args.number, min_confidence=args.min_confidence)
+    if (args.length or args.pattern) and not args.number:
+        raise ConfigError("--length and --pattern apply to numbers: add --number")
+    if not 0 <= args.length <= 12:
+        raise ConfigError(f"--length must be a whole number from 1 to 12 (0: any), got {args.length}")
+    rows = predict_files(
+        args.images,
+        args.model_uri,
+        number=args.number,
+        min_confidence=args.min_confidence,
+        length=args.length,
+        pattern=args.pattern,
+    )
     for row in rows.itertuples():
         answer = "unsure" if getattr(row, "unsure", False) else (row.text if args.number else row.digit)
         print(f"{row.path}: {answer} (confidence {row.confidence:.3f})")

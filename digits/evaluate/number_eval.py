@@ -1,4 +1,5 @@
-"""The numbers evaluation: handwritten numbers composed from MNIST *test* digits, read by ``digits.serve.numbers``.
+"""The numbers evaluation: handwritten numbers composed from MNIST *test* digits, read as the served model reads them
+(its line reader when it carries one, else cutting with ``digits.serve.numbers``).
 
 A number of 3 to 8 digits is laid out left to right from test digits cropped to their ink, each scaled by up to
 15% and shifted off the baseline by up to 8% of its height, with a spacing kind: ``gap`` (blank of 15-50% of a
@@ -108,13 +109,25 @@ def number_set(
     return out
 
 
-def read_all(samples: Sequence[NumberSample], proba: Callable[[np.ndarray], np.ndarray]) -> list[tuple[str, float]]:
-    """(text, confidence) read for each sample; a picture the reader refuses reads as '' with confidence 0."""
+def read_all(
+    samples: Sequence[NumberSample],
+    proba: Callable[[np.ndarray], np.ndarray] | None = None,
+    read: Callable[[np.ndarray], tuple[str, float]] | None = None,
+) -> list[tuple[str, float]]:
+    """(text, confidence) read for each sample, by ``read`` (a picture to its reading: the served model's number
+    mode) or by cutting with the classifier ``proba``; a picture the reader refuses reads as '' with confidence 0."""
+    if read is None:
+        if proba is None:
+            raise ValueError("read_all needs a reader (read) or a classifier to cut with (proba)")
+
+        def read(picture: np.ndarray) -> tuple[str, float]:
+            reading = read_number(picture, proba)
+            return reading.text, reading.confidence
+
     out = []
     for sample in samples:
         try:
-            reading = read_number(sample.picture, proba)
-            out.append((reading.text, reading.confidence))
+            out.append(read(sample.picture))
         except DigitsError:
             out.append(("", 0.0))
     return out

@@ -4,14 +4,17 @@ logged as its own run, with the training curves read from the run that trained i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from digits.core.errors import first_line
@@ -43,6 +46,9 @@ class LoadedModel:
     family: str  # model_family tag: cnn or logreg
     kind: str  # how it was loaded: pyfunc, sklearn or checkpoint
     source_run_id: str | None
+    # A picture of a number to (text, confidence) as the served model answers mode=number (its line reader, or
+    # cutting); None: cut with predict_proba.
+    read_number: Callable[[np.ndarray], tuple[str, float]] | None = None
 
 
 def load_model(model_uri: str) -> LoadedModel:
@@ -75,7 +81,32 @@ def load_model(model_uri: str) -> LoadedModel:
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise EvaluationError(f"cannot load model {model_uri!r}: {first_line(exc)}") from None
-    return LoadedModel(lambda images: _pyfunc_proba(pyfunc, images, model_uri), "cnn", "pyfunc", source)
+    return LoadedModel(
+        lambda images: _pyfunc_proba(pyfunc, images, model_uri),
+        "cnn",
+        "pyfunc",
+        source,
+        functools.partial(_pyfunc_number, pyfunc),
+    )
+
+
+def _pyfunc_number(pyfunc: Any, picture: np.ndarray) -> tuple[str, float]:
+    """The served answer to one picture in mode number; a refusal (a 400 when served) is a ``DigitsError``."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from digits.serve.contract import INPUT_COLUMN, MODE_PARAM
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(picture, dtype=np.uint8)).save(buffer, format="PNG")  # as a client sends it
+    text = base64.b64encode(buffer.getvalue()).decode("ascii")
+    try:
+        row = pyfunc.predict(pd.DataFrame({INPUT_COLUMN: [text]}), params={MODE_PARAM: "number"}).iloc[0]
+    except MlflowException as exc:
+        raise EvaluationError(first_line(exc)) from None
+    return str(row["text"]), float(row["confidence"])
 
 
 def evaluate_model(
@@ -228,7 +259,7 @@ def evaluate_numbers(
     """The ``digits evaluate --number`` job: ``size`` numbers per (length, spacing, renderer) in a run ``evaluate-numbers``."""
     model = load_model(model_uri)
     samples = number_set(images, labels, size, seed)
-    readings = read_all(samples, model.predict_proba)
+    readings = read_all(samples, model.predict_proba, model.read_number)
     with tracking.model_run(
         "evaluate-numbers",
         nested=False,

@@ -1,8 +1,10 @@
 """What both served models share: the ``image`` column read and validated, the answer table, the server set-up.
 
 The param ``mode`` says what the request's pictures hold: ``digit`` (the default) or ``number`` (a handwritten
-number, read by ``digits.serve.numbers``: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
-``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``).
+number, read by the model's line reader, ``digits.serve.line_reader``, or by cutting, ``digits.serve.numbers``, for
+a model without one: answer columns ``text``, ``confidence`` and ``digits``, a JSON list of
+``{"digit", "confidence", "box"}``). A param, so one mode per request (``"params": {"mode": "number"}``). In mode
+number, ``length`` (1-12; 0 any) and ``pattern`` (a regular expression over digits; "" none) hold the reading.
 
 The param ``min_confidence`` (a number in [0, 1], default 0: answer everything) is the reject option: an answer whose
 confidence is below it is turned into an explicit "unsure": digit ``UNSURE`` (-1) in digit mode, text ``""`` in

@@ -4,7 +4,8 @@ One place for what the scoring server's guard (``digits.serve.guard``), the serv
 ``serving``, ``onnx_model``), the app's clients, ``digits predict``, the benchmarks and the tests must agree on:
 
 - the one input column ``image`` (each row base64 PNG/JPEG text, or 28x28 / 784 pixel values 0-255);
-- the request params (``mode``: ``digit`` or ``number``; ``min_confidence``: 0 to 1), listed in ``PARAMS``;
+- the request params (``mode``: ``digit`` or ``number``; ``min_confidence``: 0 to 1; ``length``: 0 to 12 and
+  ``pattern``: a regular expression, for numbers), listed in ``PARAMS``;
 - the limits of one HTTP request (rows, bytes, pixels) and the one-line messages a client gets when over them.
 
 The per-request limits belong to the HTTP edge (the guard); in-process, ``predict`` takes any number of rows and

@@ -30,7 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from digits.core.errors import DigitsError, first_line
 from digits.core.names import CHAMPION_URI
 from digits.serve.answers import answer, prepare_server
-from digits.serve.contract import INPUT_COLUMN, MIN_CONFIDENCE_PARAM, MODE_PARAM
+from digits.serve.contract import INPUT_COLUMN, LENGTH_PARAM, MIN_CONFIDENCE_PARAM, MODE_PARAM, PATTERN_PARAM
 from digits.serve.model import load_checkpoint, predict_proba
 from digits.serve.reader import line_reader
 
@@ -86,13 +86,19 @@ class PredictError(DigitsError):
 
 
 def predict_files(
-    paths: Sequence[str | os.PathLike], model_uri: str = CHAMPION_URI, number: bool = False, min_confidence: float = 0.0
+    paths: Sequence[str | os.PathLike],
+    model_uri: str = CHAMPION_URI,
+    number: bool = False,
+    min_confidence: float = 0.0,
+    length: int = 0,
+    pattern: str = "",
 ) -> pd.DataFrame:
     """Predict image files (PNG/JPEG) with the model at ``model_uri``, through the served model's own preprocessing.
 
     Returns one row per file: path, digit, confidence, probabilities; with ``number`` (the served mode ``number``):
     path, text, confidence, digits. ``min_confidence`` > 0 (the served param): a column ``unsure``, and digit -1
-    (text "") where the confidence is below it.
+    (text "") where the confidence is below it. ``length`` (1-12; 0 any) and ``pattern`` ("" none): the served
+    params that hold a number's reading to them.
     """
     if not paths:
         raise PredictError("no image files given")
@@ -110,6 +116,8 @@ def predict_files(
     for path, text in zip(paths, encoded):  # one at a time, so the first unreadable picture is named by its path
         try:
             params = {MODE_PARAM: "number" if number else "digit", MIN_CONFIDENCE_PARAM: float(min_confidence)}
+            if number:
+                params.update({LENGTH_PARAM: int(length), PATTERN_PARAM: str(pattern)})
             result = model.predict(pd.DataFrame({INPUT_COLUMN: [text]}), params=params)
         except MlflowException as exc:
             raise PredictError(f"{path}: {first_line(exc).removeprefix('image 0: ')}") from None
