@@ -157,7 +157,17 @@ def test_mlflow_run_reader_logs_metrics_figures_and_model(mnist_dir, tracking_ur
         "val_exact_match",
         "val_cer",
     } <= set(run.data.metrics)
-    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"mnist-strips-training", "mnist-strips-validation"}
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {
+        "mnist-strips-training",
+        "mnist-strips-validation",
+        "mnist-strips-testing",
+    }
+    # Calibrated on the validation strips, read once on test strips as served, exported to ONNX beside the weights.
+    for key in ("test_number_exact_match", "test_number_ece", "test_number_exact_at_95", "test_number_box_hits"):
+        assert 0 <= run.data.metrics[key] <= 1, key
+    assert run.data.metrics["number_temperature"] > 0
+    onnx = {a.path for a in client.list_artifacts(run.info.run_id, "reader_onnx")}
+    assert onnx == {"reader_onnx/reader.onnx", "reader_onnx/reader_calibration.json"}
     names = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/reader_samples.png", "figures/reader_exact_match.png"} <= names
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reader")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from digits.core.config import SearchConfig, TrainConfig
+from digits.core.config import ReaderConfig, SearchConfig, TrainConfig
 from tests.conftest import ROOT, digits_command
 from tuning import liveness
 from tuning import search as search_mod
@@ -219,6 +220,10 @@ def test_the_time_budget_stops_the_search_on_a_cpu_and_lets_a_gpu_run_every_tria
     assert search_mod.time_budget(SearchConfig(timeout=100), cpu) == 100.0
     assert search_mod.time_budget(SearchConfig(cpu_timeout=0), cpu) == 0.0
     assert "no new trial after 6 min" in plan(cpu, SearchConfig(), 60000)
+    # The line reader's minutes are in the estimate (8 x 15,000 strips at ~225/s: about 9 more minutes).
+    alone, with_reader = plan(cpu, SearchConfig(), 60000), plan(cpu, SearchConfig(), 60000, ReaderConfig(device="cpu"))
+    minutes = [int(re.search(r"roughly (\d+) minutes", text)[1]) for text in (alone, with_reader)]
+    assert "the line reader: 8 epoch(s) of 15,000 strips" in with_reader and 8 <= minutes[1] - minutes[0] <= 11
     monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
     assert search_mod.time_budget(SearchConfig(), TrainConfig()) == 0.0  # the full search on a GPU
     assert search_mod.time_budget(SearchConfig(timeout=100), TrainConfig()) == 100.0

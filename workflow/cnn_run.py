@@ -86,18 +86,8 @@ def run_cnn(
             robust_size=config.robust_size,
         )
         metrics.update(log_feedback_evaluation(config, predict))
-        if reader is not None:
-            numbers = {k: v for k, v in reader.metrics.items() if k.startswith("test_number_")}
-            mlflow.log_metrics(numbers)
-            mlflow.set_tag("reader_run_id", reader.run_id)
-            metrics.update(numbers)
-        reader_folder = reader.folder if reader is not None else None
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(result.model, config, tmp, calibration)
-            mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
-            info = registry.log_cnn_model(tmp, reader=reader_folder)  # the serving pyfunc, ready to register
-        onnx_reader = reader.onnx_folder if reader is not None else None
-        onnx_uri = log_onnx(result.model, config, mnist, proba, onnx_reader) if final else None
+        metrics.update(_reader_figures(reader))
+        model_uri, onnx_uri = _log_served(result.model, config, calibration, mnist, proba, reader, final)
         log.info(
             "cnn: test accuracy %.2f%%, ECE %.4f (train %.1fs on %s)",
             100 * metrics["test_accuracy"],
@@ -106,7 +96,30 @@ def run_cnn(
             result.device,
         )
         confusions = top_confusions(mnist.test_labels, proba.argmax(axis=1), k=10)
-        return ModelOutcome(active.info.run_id, metrics, info.model_uri, onnx_uri, confusions)
+        return ModelOutcome(active.info.run_id, metrics, model_uri, onnx_uri, confusions)
+
+
+def _reader_figures(reader: ReaderOutcome | None) -> dict[str, float]:
+    """The reader's test figures, logged on the CNN's run too: the registry compares versions on both."""
+    if reader is None:
+        return {}
+    numbers = {k: v for k, v in reader.metrics.items() if k.startswith("test_number_")}
+    mlflow.log_metrics(numbers)
+    mlflow.set_tag("reader_run_id", reader.run_id)
+    return numbers
+
+
+def _log_served(
+    network, config: TrainConfig, calibration, mnist: MNIST, proba, reader: ReaderOutcome | None, final: bool
+) -> tuple[str, str | None]:
+    """The checkpoint, the serving pyfunc (with the reader's folder) and, for the final model, the ONNX-backed one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(network, config, tmp, calibration)
+        mlflow.log_artifacts(tmp, "checkpoint")  # torch-only users load this folder with model.load_checkpoint
+        info = registry.log_cnn_model(tmp, reader=reader.folder if reader else None)  # ready to register
+    onnx_reader = reader.onnx_folder if reader is not None else None
+    onnx_uri = log_onnx(network, config, mnist, proba, onnx_reader) if final else None
+    return info.model_uri, onnx_uri
 
 
 def training_split(config: TrainConfig, mnist: MNIST, split: Split, final: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -112,7 +112,7 @@ def run_main(
 
     storage = tuning_search.connect(search) if search.n_trials else None  # a bad storage URL: before the data is loaded
     mnist, split = load_data(config)
-    log.info("plan: %s", plan(config, search, len(split.train) + len(split.val)))
+    log.info("plan: %s", plan(config, search, len(split.train) + len(split.val), reader))
     # A study run with other settings: refused before any MLflow run.
     study = tuning_search.open_search(config, search, mnist, storage) if storage is not None else None
     with tracking.run("main", tags={"pipeline_step": "main"}):
@@ -174,9 +174,13 @@ def register(base: ModelOutcome, cnn: ModelOutcome, digest: str, model_name: str
 # without bf16 (benchmarks/RESULTS.md, 3,400 in fp32) and one GPU. A wider network costs about width^2.
 _IMAGES_PER_SECOND = {"cpu": 3000.0, "cuda": 30000.0}
 _OVERHEAD_SECONDS = 120.0  # data, EDA, baseline, robustness corruptions, ONNX export and checks, registry
+# The line reader's strips per second while it trains (2 CPU cores: ~225 measured in the pipeline; one GPU: the
+# strip maker's pace), and its test reading, calibration and ONNX export.
+_STRIPS_PER_SECOND = {"cpu": 225.0, "cuda": 750.0}
+_READER_OVERHEAD_SECONDS = 40.0
 
 
-def plan(config: TrainConfig, search: SearchConfig, n_images: int) -> str:
+def plan(config: TrainConfig, search: SearchConfig, n_images: int, reader: ReaderConfig | None = None) -> str:
     """What ``main`` will do and roughly how long it will take, in one line (said at the start of the run)."""
     from digits.learn.train import resolve_device
     from tuning.search import time_budget
@@ -195,7 +199,12 @@ def plan(config: TrainConfig, search: SearchConfig, n_images: int) -> str:
         )
         limit = f", no new trial after {budget / 60:.0f} min" if budget else ""
         steps.insert(1, f"a search of up to {search.n_trials} trials of {search.trial_epochs} epoch(s){limit}")
-    total = (final + search_seconds + _OVERHEAD_SECONDS) / 60
+    reader_seconds = 0.0
+    if reader is not None:
+        strips = reader.reader_epochs * reader.reader_strips
+        reader_seconds = strips / _STRIPS_PER_SECOND.get(device, _STRIPS_PER_SECOND["cpu"]) + _READER_OVERHEAD_SECONDS
+        steps.insert(-1, f"the line reader: {reader.reader_epochs} epoch(s) of {reader.reader_strips:,} strips")
+    total = (final + search_seconds + reader_seconds + _OVERHEAD_SECONDS) / 60
     return f"{'; '.join(steps)}; test evaluation, ONNX, registry: roughly {total:.0f} minutes on {device}"
 
 
