@@ -62,11 +62,11 @@ def run_reader(
             reader_eval.exact_match_figure(result.val, result.val_readings), "figures/reader_exact_match.png"
         )
         net = result.model.cpu().eval()
-        temperature, served = _calibrate_and_test(net, config, mnist, result.val)
+        calibration, served = _calibrate_and_test(net, config, mnist, result.val)
         metrics.update(served)
         mlflow.log_metrics(metrics)
         keep = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="digits-reader-"))
-        folder, onnx_folder = _save(net, config, temperature, keep)
+        folder, onnx_folder = _save(net, config, calibration, keep)
         log.info(
             "reader: test exact match %.2f%% (%.2f%% of the 95%% most confident), CER %.3f%%, ECE %.4f, boxes %.2f%% "
             "(train %.0fs on %s)",
@@ -100,22 +100,24 @@ def test_strips(config: ReaderConfig, mnist: MNIST):
     return make_strips(mnist.test_images, mnist.test_labels, config.reader_val_strips, rng, **strip_kwargs(config))
 
 
-def _calibrate_and_test(net, config: ReaderConfig, mnist: MNIST, val) -> tuple[float, dict[str, float]]:
-    """The temperature fitted on the validation strips, and the served reader's figures on them and the test strips."""
-    from digits.evaluate.reader_test import number_metrics, read_all_strips
+def _calibrate_and_test(net, config: ReaderConfig, mnist: MNIST, val) -> tuple[dict[str, float], dict[str, float]]:
+    """The calibration fitted on the validation strips (the confidence's temperature, the emissions' offset from their
+    digits), and the served reader's figures on them and on the test strips."""
+    from digits.evaluate.reader_test import fit_emission_offset, number_metrics, read_all_strips
     from digits.serve.ctc_calibrate import fit_temperature
     from digits.serve.reader import strip_frames
 
     val_frames = strip_frames(net, val.images)
     temperature = fit_temperature(list(zip(val_frames, val.texts)))
-    metrics = {"number_temperature": temperature}
-    metrics.update(number_metrics(val, read_all_strips(val_frames, val, temperature), prefix="val_"))
+    offset = fit_emission_offset(val_frames, val, temperature)
+    metrics = {"number_temperature": temperature, "number_emission_offset": offset}
+    metrics.update(number_metrics(val, read_all_strips(val_frames, val, temperature, offset), prefix="val_"))
     test = test_strips(config, mnist)
-    metrics.update(number_metrics(test, read_all_strips(strip_frames(net, test.images), test, temperature)))
-    return temperature, metrics
+    metrics.update(number_metrics(test, read_all_strips(strip_frames(net, test.images), test, temperature, offset)))
+    return {"temperature": temperature, "emission_offset": offset}, metrics
 
 
-def _save(net, config: ReaderConfig, temperature: float, keep: Path) -> tuple[Path, Path | None]:
+def _save(net, config: ReaderConfig, calibration: dict[str, float], keep: Path) -> tuple[Path, Path | None]:
     """The torch folder and the ONNX folder (None when its graph fails the parity check), logged as artifacts."""
     import json
 
@@ -125,10 +127,10 @@ def _save(net, config: ReaderConfig, temperature: float, keep: Path) -> tuple[Pa
     from digits.serve.reader import save_reader
 
     folder = save_reader(net, config, keep / "reader")
-    (folder / CALIBRATION_FILE).write_text(json.dumps({"temperature": temperature}, indent=2))
+    (folder / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     mlflow.log_artifacts(str(folder), "reader")  # weights.pt (state_dict) + configs: rebuilt from code, no pickle
     try:
-        onnx_folder = export_reader(net, config, keep / "reader_onnx", temperature)
+        onnx_folder = export_reader(net, config, keep / "reader_onnx", calibration)
     except ReaderExportError as exc:
         mlflow.set_tag("reader_onnx_export", first_line(exc))
         log.warning("reader: %s: the ONNX model reads numbers by cutting", first_line(exc))

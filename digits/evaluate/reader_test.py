@@ -19,14 +19,32 @@ import numpy as np
 from digits.learn.reader_train import edit_distance
 from digits.learn.strips import Strips
 from digits.serve.ctc_calibrate import expected_calibration_error
-from digits.serve.ctc_decode import NumberReading, read_frames
+from digits.serve.ctc_decode import NumberReading, constrained_decode, read_frames, tempered
+from digits.serve.strip import STRIDE
 
-__all__ = ["accuracy_at_coverage", "box_hits", "number_metrics", "read_all_strips"]
+__all__ = ["fit_emission_offset", "accuracy_at_coverage", "box_hits", "number_metrics", "read_all_strips"]
 
 
-def read_all_strips(frames: Sequence[np.ndarray], strips: Strips, temperature: float) -> list[NumberReading]:
-    """Each strip read from its frames (T_i, 11) as served: free decoding, boxes and confidences at ``temperature``."""
-    return [read_frames(f, image, temperature=temperature) for f, image in zip(frames, strips.images)]
+def read_all_strips(
+    frames: Sequence[np.ndarray], strips: Strips, temperature: float, offset: float = 0.0
+) -> list[NumberReading]:
+    """Each strip read from its frames (T_i, 11) as served: free decoding, boxes and confidences at ``temperature``,
+    boxes found around emissions moved by ``offset`` pixels."""
+    return [read_frames(f, image, temperature=temperature, offset=offset) for f, image in zip(frames, strips.images)]
+
+
+def fit_emission_offset(frames: Sequence[np.ndarray], strips: Strips, temperature: float) -> float:
+    """The median distance in strip pixels from the centre of the frames that emitted a digit to the digit's true
+    centre, over the strips read with the right number of digits: where this reader emits, relative to its digits
+    (a convolutional reader without recurrence emits a digit about one frame left of its centre)."""
+    shifts = []
+    for f, text, spans in zip(frames, strips.texts, strips.spans):
+        decoded = constrained_decode(tempered(f, temperature))
+        if len(decoded.text) != len(text):
+            continue
+        for (x0, x1), (first, last) in zip(np.asarray(spans, dtype=np.float64), decoded.spans):
+            shifts.append((x0 + x1) / 2 - (first + last + 1) / 2 * STRIDE)
+    return float(np.median(shifts)) if shifts else 0.0
 
 
 def accuracy_at_coverage(confidence: np.ndarray, correct: np.ndarray, coverage: float) -> float:

@@ -30,9 +30,13 @@ class ReaderExportError(DigitsError):
     """The reader's ONNX graph does not compute what the network does."""
 
 
-def export_reader(net: ReaderNet, config: ReaderConfig, directory: str | Path, temperature: float = 1.0) -> Path:
-    """Write ``reader.onnx`` and ``reader_calibration.json`` into ``directory``, after checking the graph against
-    ``net`` on strips of several widths (``ReaderExportError`` when it differs); return the folder."""
+def export_reader(
+    net: ReaderNet, config: ReaderConfig, directory: str | Path, calibration: dict[str, float] | None = None
+) -> Path:
+    """Write ``reader.onnx`` and ``reader_calibration.json`` (``calibration``: temperature, emission_offset) into
+    ``directory``, after checking the graph against ``net`` on strips of several widths (``ReaderExportError`` when it
+    differs); return the folder."""
+    calibration = dict(calibration or {"temperature": 1.0, "emission_offset": 0.0})
     import onnx
 
     directory = Path(directory)
@@ -56,7 +60,7 @@ def export_reader(net: ReaderNet, config: ReaderConfig, directory: str | Path, t
         "digits_reader_config": config.to_json(),
         "input": "strips: float32 (N, 1, 32, W) in [0, 1], ink bright, W a multiple of 32 (digits.serve.strip)",
         "output": "log_probs: float32 (N, W / 4, 11), class 0 the CTC blank, class d + 1 digit d",
-        "temperature": str(float(temperature)),
+        "calibration": json.dumps(calibration),
     }.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
@@ -66,7 +70,7 @@ def export_reader(net: ReaderNet, config: ReaderConfig, directory: str | Path, t
     if worst > PARITY_ATOL:
         path.unlink()
         raise ReaderExportError(f"the reader's ONNX graph does not match PyTorch (max |d log p| {worst:.2e})")
-    (directory / CALIBRATION_FILE).write_text(json.dumps({"temperature": float(temperature)}, indent=2))
+    (directory / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     return directory
 
 

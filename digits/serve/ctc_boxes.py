@@ -21,33 +21,38 @@ STRIDE = 4  # strip pixels per frame: reader.STRIDE (reader imports torch; this 
 INK = 0.2  # a pixel is ink above this share of the strip's brightest
 
 
-def _centre_x(t: float, stride: int) -> float:
-    return (t + 0.5) * stride
+def _centre_x(t: float, stride: int, offset: float = 0.0) -> float:
+    return (t + 0.5) * stride + offset
 
 
-def split_columns(profile: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE) -> list[int]:
-    """The columns where neighbouring digits are cut: between the end of one's emission and the start of the next,
-    the middle of the columns of least ink (the middle of an empty gap, the neck of two touching digits)."""
+def split_columns(
+    profile: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE, offset: float = 0.0
+) -> list[int]:
+    """The columns where neighbouring digits are cut: between the end of one's emission and the start of the next
+    (each frame's centre moved by ``offset`` pixels: where the reader emits, relative to the digit), the middle of the
+    columns of least ink (the middle of an empty gap, the neck of two touching digits)."""
     cuts = []
     width = len(profile)
     for (_, end), (start, _) in zip(spans[:-1], spans[1:]):
-        lo = int(np.clip(round(_centre_x(end, stride)), 0, width - 1))
-        hi = int(np.clip(round(_centre_x(start, stride)), lo, width - 1))
+        lo = int(np.clip(round(_centre_x(end, stride, offset)), 0, width - 1))
+        hi = int(np.clip(round(_centre_x(start, stride, offset)), lo, width - 1))
         window = profile[lo : hi + 1]
         least = np.flatnonzero(window <= window.min() + 1e-9)
         cuts.append(lo + int(least[len(least) // 2]))
     return cuts
 
 
-def seams(ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE) -> np.ndarray:
+def seams(ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE, offset: float = 0.0) -> np.ndarray:
     """Per row, the column where each pair of neighbours is cut: (L - 1, H), a path from top to bottom through the
     least ink between the end of one's emission and the start of the next, moving at most a column per row (a
     slanted or curved cut separates digits that overlap in x but barely touch), straight and near the
     ``split_columns`` cut where that costs nothing."""
     height, width = ink.shape
-    cuts = split_columns(ink.sum(axis=0), spans, stride)
-    los = [int(np.clip(round(_centre_x(end, stride)), 0, width - 1)) for _, end in spans[:-1]]
-    his = [int(np.clip(round(_centre_x(start, stride)), lo, width - 1)) for (start, _), lo in zip(spans[1:], los)]
+    cuts = split_columns(ink.sum(axis=0), spans, stride, offset)
+    los = [int(np.clip(round(_centre_x(end, stride, offset)), 0, width - 1)) for _, end in spans[:-1]]
+    his = [
+        int(np.clip(round(_centre_x(start, stride, offset)), lo, width - 1)) for (start, _), lo in zip(spans[1:], los)
+    ]
     if not cuts:
         return np.zeros((0, height), np.int64)
     span = max(hi - lo for lo, hi in zip(los, his)) + 1
@@ -97,16 +102,18 @@ def _owners(mask: np.ndarray, cut_rows: np.ndarray, emitted: list[tuple[int, int
 
 
 def digit_boxes(
-    ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE
+    ink: np.ndarray, spans: Sequence[tuple[int, int]], stride: int = STRIDE, offset: float = 0.0
 ) -> list[tuple[int, int, int, int]]:
     """The box of each digit of a reading on its strip: ``ink`` (H, W) the strip (bright ink), ``spans`` each digit's
-    emitting frames (first, last). A digit whose slice holds no ink gets its emission span's columns over the
-    line's rows."""
+    emitting frames (first, last), ``offset`` the pixels from where a reader emits to its digit's centre (fitted on
+    validation strips: a trained reader emitted about one frame left of centre). A digit whose slice holds no ink
+    gets its emission span's columns over the line's rows."""
     ink = np.asarray(ink, dtype=np.float32)
     if not len(spans):
         return []
     mask = ink > INK * max(float(ink.max()), 1e-6)
-    owners = _owners(mask, seams(ink, spans, stride), [(first * stride, (last + 1) * stride) for first, last in spans])
+    emitted = [(first * stride + offset, (last + 1) * stride + offset) for first, last in spans]
+    owners = _owners(mask, seams(ink, spans, stride, offset), emitted)
     rows = np.flatnonzero(mask.any(axis=1))
     top, bottom = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, ink.shape[0])
     boxes = []
@@ -116,6 +123,6 @@ def digit_boxes(
         if xs.size:
             boxes.append((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1))
         else:  # no ink of its own: the columns it was emitted on, over the line's rows
-            x0 = int(np.clip(first * stride, 0, ink.shape[1] - 1))
-            boxes.append((x0, top, max(x0 + 1, min(ink.shape[1], (last + 1) * stride)), bottom))
+            x0 = int(np.clip(round(first * stride + offset), 0, ink.shape[1] - 1))
+            boxes.append((x0, top, max(x0 + 1, min(ink.shape[1], round((last + 1) * stride + offset))), bottom))
     return boxes

@@ -254,12 +254,14 @@ def read_frames(
     length: object = None,
     pattern: object = None,
     temperature: float = 1.0,
+    offset: float = 0.0,
 ) -> NumberReading:
     """Everything the served reader answers for one strip: ``log_probs`` (T, 11) the reader's frames for ``ink``
-    (the strip, (HEIGHT, W)), held to ``length`` digits and/or ``pattern`` (``ConstraintError`` if malformed)."""
+    (the strip, (HEIGHT, W)), held to ``length`` digits and/or ``pattern`` (``ConstraintError`` if malformed);
+    ``temperature`` and ``offset`` (pixels from an emission to its digit's centre) as fitted on validation strips."""
     automaton = compile_constraint(length=length, pattern=pattern)
     lp = tempered(log_probs, temperature)
     decoded = constrained_decode(lp, automaton)
     posterior, log_p = digit_confidences(lp, decoded.text)
-    boxes = digit_boxes(ink, decoded.spans)
+    boxes = digit_boxes(ink, decoded.spans, offset=offset)
     return NumberReading(decoded.text, tuple(boxes), tuple(float(p) for p in posterior), float(np.exp(log_p)))

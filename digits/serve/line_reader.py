@@ -40,17 +40,23 @@ class LineReader:
 
     frames: Frames
     temperature: float = 1.0
+    offset: float = 0.0  # strip pixels from where the reader emits a digit to the digit's centre
+
+    @classmethod
+    def calibrated(cls, frames: Frames, directory: str | Path) -> LineReader:
+        """``frames`` with the calibration stored in ``directory`` (``read_calibration``)."""
+        record = read_calibration(directory)
+        return cls(frames, record["temperature"], record["emission_offset"])
 
 
-def read_calibration(directory: str | Path) -> float:
-    """The temperature in ``directory``'s ``reader_calibration.json``; 1.0 when there is none."""
+def read_calibration(directory: str | Path) -> dict[str, float]:
+    """``directory``'s ``reader_calibration.json``: ``temperature`` (1.0 when absent) and ``emission_offset`` (0.0)."""
     path = Path(directory) / CALIBRATION_FILE
-    if not path.is_file():
-        return 1.0
-    value = float(json.loads(path.read_text())["temperature"])
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{path}: the temperature must be a positive number, got {value}")
-    return value
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    temperature, offset = float(record.get("temperature", 1.0)), float(record.get("emission_offset", 0.0))
+    if not (math.isfinite(temperature) and temperature > 0 and math.isfinite(offset)):
+        raise ValueError(f"{path}: the temperature must be a positive number and the offset finite, got {record}")
+    return {"temperature": temperature, "emission_offset": offset}
 
 
 def _strip(image: Any) -> tuple[np.ndarray, Placement]:
@@ -85,10 +91,12 @@ def read_lines(
 
 
 def _answer(
-    i: int, strip: np.ndarray, where: Placement, frames: np.ndarray, temperature: float, length: object, pattern: object
+    i: int, strip: np.ndarray, where: Placement, frames: np.ndarray, reader: LineReader, length: object, pattern: object
 ) -> NumberReading:
     try:
-        reading = read_frames(frames, strip, length=length, pattern=pattern, temperature=temperature)
+        reading = read_frames(
+            frames, strip, length=length, pattern=pattern, temperature=reader.temperature, offset=reader.offset
+        )
     except ConstraintError as exc:
         raise InputError(f"image {i}: {exc}") from None
     if not reading.text:

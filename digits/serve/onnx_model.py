@@ -16,7 +16,7 @@ import pandas as pd
 
 from digits.serve.answers import answer, prepare_server
 from digits.serve.contract import MAX_BATCH
-from digits.serve.line_reader import LineReader, read_calibration
+from digits.serve.line_reader import LineReader
 
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"
@@ -53,7 +53,7 @@ def onnx_reader(directory: Any) -> LineReader:
     def frames(strips: np.ndarray) -> np.ndarray:
         return sess.run([READER_OUTPUT], {READER_INPUT: np.ascontiguousarray(strips, dtype=np.float32)})[0]
 
-    return LineReader(frames, read_calibration(directory))
+    return LineReader.calibrated(frames, directory)
 
 
 class OnnxDigitClassifier(mlflow.pyfunc.PythonModel):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from digits.core.config import ReaderConfig
-from digits.serve.line_reader import LineReader, read_calibration
+from digits.serve.line_reader import LineReader
 from digits.serve.preprocess import ink_map
 from digits.serve.strip import HEIGHT, LINE, MAX_WIDTH, PAD, STRIDE, batch_array, frames_for, to_strip  # noqa: F401 (re-exported)
 
@@ -153,7 +153,7 @@ def line_reader(directory: str | Path) -> LineReader:
         x = torch.from_numpy(np.ascontiguousarray(strips, dtype=np.float32))
         return net(x.contiguous(memory_format=torch.channels_last)).float().numpy()
 
-    return LineReader(frames, read_calibration(directory))
+    return LineReader.calibrated(frames, directory)
 
 
 @torch.inference_mode()
