@@ -150,3 +150,17 @@ def test_the_guard_refuses_ill_typed_constraints_before_mlflow_parses_them():
 def test_the_promotion_rule_looks_at_digits_and_numbers(accuracy, numbers, champion, promoted, said):
     got, reason = decide(7, accuracy, numbers, None if champion is None else ("3", champion))
     assert got is promoted and said in reason and "version 7" in reason
+
+
+def test_the_emission_offset_is_fitted_from_strips_whose_digits_are_known():
+    from digits.evaluate.reader_test import fit_emission_offset
+    from digits.learn.strips import Strips
+
+    strip = np.zeros((HEIGHT, 96), np.uint8)
+    strip[4:28, 16:36] = 255
+    strip[4:28, 56:76] = 255
+    frames = frames_from_ink("12")(strip[None, None].astype(np.float32) / 255)[0]
+    late = np.roll(frames, -1, axis=0)  # a reader that emits every digit one frame (4 px) left of its ink
+    strips = Strips([strip], ["12"], [np.array([[16.0, 36.0], [56.0, 76.0]])], [np.zeros(1)], ["ink"])
+    assert fit_emission_offset([frames], strips, 1.0) == pytest.approx(0.0, abs=2.0)
+    assert fit_emission_offset([late], strips, 1.0) == pytest.approx(4.0, abs=2.0)

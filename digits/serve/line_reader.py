@@ -84,10 +84,7 @@ def read_lines(
         out = np.asarray(reader.frames(batch))
         for row, i, width in zip(out, idx, widths):
             frames[i] = row[: int(frames_for(width))]
-    return [
-        _answer(i, strip, where, frames[i], reader.temperature, length, pattern)
-        for i, (strip, where) in enumerate(strips)
-    ]
+    return [_answer(i, strip, where, frames[i], reader, length, pattern) for i, (strip, where) in enumerate(strips)]
 
 
 def _answer(
