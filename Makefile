@@ -6,7 +6,7 @@ EPOCHS ?= 10
 # The oldest MLflow pyproject.toml accepts: `make test` also runs the serving tier against it, in its own venv.
 MLFLOW_OLDEST ?= 3.17.0
 OLDEST_VENV ?= .venv-mlflow-oldest
-SERVING_TESTS := tests/test_serving_limits.py tests/test_guard.py tests/test_serving.py tests/test_onnx_model.py tests/test_registry.py
+SERVING_TESTS := tests/test_serving_limits.py tests/test_guard.py tests/test_serving.py tests/test_serving_numbers.py tests/test_onnx_model.py tests/test_registry.py
 # What the tests need from the system: Debian's Chromium drives the real-browser test of the drawing app (no browser
 # download); Debian's PostgreSQL is the database of the scale tests (`digits stack up` runs initdb and pg_ctl).
 SYSTEM_PACKAGES := chromium postgresql
