@@ -30,9 +30,10 @@ from tests.conftest import isolated_store, scoring_server
 
 pytestmark = pytest.mark.e2e
 
-# Growth of the server's peak RSS over its peak at rest that any refused request may cause (measured: 451 MB for
-# 20,000 images in 31 MB of JSON, the largest: the body, its parsed lists and their copies).
-MEMORY_BOUND_MB = 500
+# Growth of the server's peak RSS over its peak at rest that any refused request may cause (measured: 451 MB, and
+# 502 MB once on MLflow 3.17.0 in CI, for 20,000 images in 31 MB of JSON, the largest: the body, its parsed lists and
+# their copies; the allocator's high-water mark varies by tens of MB from run to run, hence the margin).
+MEMORY_BOUND_MB = 600
 
 
 def _session_processes(session: int) -> list[int]:
