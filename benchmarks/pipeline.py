@@ -3,8 +3,8 @@
     python benchmarks/pipeline.py --data_dir ../shared/data/mnist [-P n_trials=12 ...]
 
 Runs in a fresh temporary folder, MLflow store and Optuna study (so nothing is resumed), reports the wall time, the
-peak RSS of the largest process (the training process), and the final test accuracies the run logged. The last
-line of output is one JSON object.
+peak RSS of the largest process (the training process), the final test accuracies the run logged, the line reader's
+training time and test figures, and the registered champion's figures. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -64,7 +64,22 @@ def main() -> None:
             for r in runs
             if r.data.tags.get("pipeline_step") in ("final", "baseline")
         }
-    result = {"wall_seconds": wall, "peak_rss_mb": peak_mb, "test_accuracy": final, "command": " ".join(command[1:])}
+        reader = {  # the line reader's step: its training time and the served reader's test figures
+            k: v
+            for r in runs
+            if r.data.tags.get("pipeline_step") == "reader"
+            for k, v in r.data.metrics.items()
+            if k.startswith("test_number_") or k in ("train_seconds", "val_exact_match", "number_temperature")
+        }
+        champion = client.get_model_version_by_alias("digits-cnn", "champion").tags
+    result = {
+        "wall_seconds": wall,
+        "peak_rss_mb": peak_mb,
+        "test_accuracy": final,
+        "reader": reader,
+        "champion_tags": {k: v for k, v in champion.items() if k.startswith("test_")},
+        "command": " ".join(command[1:]),
+    }
     print(json.dumps(result))
 
 
