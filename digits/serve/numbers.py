@@ -1,4 +1,5 @@
-"""A picture of a handwritten number (1 to 12 digits on one line, left to right) to its digits, boxes and confidences.
+"""A picture of a handwritten number (1 to 12 digits on one line, left to right) to its digits, boxes and confidences,
+by cutting: the number mode of a model logged without the line reader (``line_reader`` reads for those with one).
 
 The ink is found the way ``preprocess.to_mnist`` finds it (``preprocess.ink_map``), max-pooled to a line about
 48 pixels high, cut into digits, and every digit goes through the rest of ``to_mnist``
