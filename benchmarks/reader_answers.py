@@ -25,30 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-def frames_of(net, strips: list[np.ndarray]) -> list[np.ndarray]:
-    """The reader's log-probabilities (T_i, 11) for each strip, its padding frames dropped."""
-    import torch
-
-    from digits.serve.reader import batch_tensor, frames_for
-
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(strips), 128):
-            x, widths = batch_tensor(strips[start : start + 128])
-            lp = net(x).numpy()
-            out += [lp[i, : int(frames_for(w))] for i, w in enumerate(widths)]
-    return out
-
-
 def box_hits(boxes, spans: np.ndarray) -> list[bool]:
     """For each digit: is its box's centre within a quarter of the true digit's width of the true centre?"""
     return [abs((b[0] + b[2]) / 2 - (s0 + s1) / 2) <= (s1 - s0) / 4 for b, (s0, s1) in zip(boxes, spans)]
-
-
-def reject_accuracy(confidence: np.ndarray, correct: np.ndarray, refuse: float = 0.05) -> float:
-    """Accuracy of the answers kept when the ``refuse`` share with the lowest confidence is refused."""
-    keep = confidence >= np.quantile(confidence, refuse)
-    return float(correct[keep].mean())
 
 
 def main() -> None:
@@ -60,11 +39,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args()
 
+    from digits.evaluate.reader_test import accuracy_at_coverage
     from digits.learn.data import load_mnist
     from digits.learn.strips import make_strips
     from digits.serve.ctc_calibrate import expected_calibration_error, fit_temperature
     from digits.serve.ctc_decode import read_frames
-    from digits.serve.reader import load_reader
+    from digits.serve.reader import load_reader, strip_frames
 
     net, _ = load_reader(args.reader)
     mnist = load_mnist(args.data_dir or None)
@@ -72,7 +52,7 @@ def main() -> None:
     strips = make_strips(
         mnist.test_images, mnist.test_labels, args.strips, np.random.default_rng(args.seed), lengths=lengths
     )
-    frames = frames_of(net, strips.images)
+    frames = strip_frames(net, strips.images)
     half = len(frames) // 2
     temperature = fit_temperature(list(zip(frames[:half], strips.texts[:half])))
     rows = []
@@ -94,8 +74,8 @@ def main() -> None:
         "box_centre_hits": float(np.mean(digit_hits)) if digit_hits else None,
         "ece_t1": expected_calibration_error(raw_conf, exact),
         "ece_fitted": expected_calibration_error(cal_conf, exact),
-        "accepted_exact_at_5pct_refused": reject_accuracy(np.array(cal_conf), exact),
-        "accepted_exact_at_5pct_refused_length_held": reject_accuracy(np.array(held_conf), held_exact),
+        "accepted_exact_at_5pct_refused": accuracy_at_coverage(np.array(cal_conf), exact, 0.95),
+        "accepted_exact_at_5pct_refused_length_held": accuracy_at_coverage(np.array(held_conf), held_exact, 0.95),
     }
     for key, value in summary.items():
         print(f"{key:45s} {value}")

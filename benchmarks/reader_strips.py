@@ -33,12 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--write", action="store_true", help="write the fitted reader_calibration.json into --reader")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
     from digits.learn.data import load_mnist, split_train_val
-    from digits.learn.reader_train import strip_kwargs
-    from digits.learn.strips import make_strips
-    from digits.serve.line_reader import CALIBRATION_FILE
+    from digits.learn.reader_train import validation_strips
+    from digits.serve.line_reader import write_calibration
     from digits.serve.reader import load_reader
     from workflow.reader_run import _calibrate_and_test
 
@@ -47,18 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
         config = config.replace(reader_val_strips=args.strips)
     mnist = load_mnist(args.data_dir or None)
     split = split_train_val(mnist.train_labels, config.val_size, config.seed, config.subset)
-    rng = np.random.default_rng([config.seed, 1])  # the validation strips fit_reader made
-    val = make_strips(
-        mnist.train_images[split.val],
-        mnist.train_labels[split.val],
-        config.reader_val_strips,
-        rng,
-        **strip_kwargs(config),
-    )
+    val = validation_strips(config, mnist.train_images[split.val], mnist.train_labels[split.val])  # fit_reader's
     start = time.perf_counter()
     calibration, metrics = _calibrate_and_test(net, config, mnist, val)
     if args.write:
-        (Path(args.reader) / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+        write_calibration(args.reader, calibration)
     out = {
         "date": date.today().isoformat(),
         "machine": machine(),

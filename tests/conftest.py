@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -297,3 +298,19 @@ TINY_READER = {
 def tiny_reader_flags() -> list[str]:
     """``TINY_READER`` as command-line flags."""
     return [item for name, value in TINY_READER.items() for item in (f"--{name}", str(value))]
+
+
+def evaluate_numbers_run(tracking_uri: str, model_uri: str, experiment: str, mnist_dir, size: int):
+    """``digits evaluate --number`` of ``model_uri`` as a user runs it (a fresh process, its own experiment); the
+    finished run ``evaluate-numbers``."""
+    import mlflow
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment, "MPLBACKEND": "Agg"}
+    args = ("evaluate", "--number", "--number_size", str(size), "--model_uri", model_uri, "--data_dir", str(mnist_dir))
+    done = subprocess.run(digits_command(*args), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], "tags.pipeline_step = 'evaluate'"
+    )
+    return run

@@ -21,7 +21,7 @@ from digits.evaluate import number_eval
 from digits.serve.answers import answer, request_mode
 from digits.serve.numbers import MAX_DIGITS, read_number, read_numbers
 from digits.serve.preprocess import InputError
-from tests.conftest import ROOT, digits_command, isolated_store, scoring_server
+from tests.conftest import ROOT, digits_command, evaluate_numbers_run, isolated_store, scoring_server
 
 # --- synthetic numbers and a classifier that knows two shapes ----------------------------------------------------------
 
@@ -244,7 +244,7 @@ def test_evaluation_on_a_small_slice_logs_the_metrics(mnist, network, tracking_u
     from digits.serve.model import predict_proba
 
     samples = number_eval.number_set(mnist.test_images, mnist.test_labels, 2, seed=0, lengths=(3, 5))
-    readings = number_eval.read_all(samples, lambda images: predict_proba(network[1], images))
+    readings = number_eval.read_all(samples, number_eval.cutting(lambda images: predict_proba(network[1], images)))
     with mlflow.start_run() as run:
         values = number_eval.log_number_evaluation(samples, readings)
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
@@ -357,33 +357,8 @@ def test_cli_predict_number(registered_number_model, mnist, tmp_path):
 @pytest.mark.e2e
 def test_cli_evaluate_number_logs_a_run(registered_number_model, mnist_dir):
     model = registered_number_model
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": model["uri"],
-        "MLFLOW_EXPERIMENT_NAME": "numbers-tests",
-        "MPLBACKEND": "Agg",
-    }
-    done = subprocess.run(
-        digits_command(
-            "evaluate",
-            "--number",
-            "--number_size",
-            "1",
-            "--model_uri",
-            model["model_uri"],
-            "--data_dir",
-            str(mnist_dir),
-        ),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run = evaluate_numbers_run(model["uri"], model["model_uri"], "numbers-tests", mnist_dir, 1)
     client = mlflow.MlflowClient(model["uri"])
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("numbers-tests").experiment_id], "tags.pipeline_step = 'evaluate'"
-    )
     assert run.info.run_name == "evaluate-numbers" and run.data.params["number_set_size"] == "1"
     metrics = run.data.metrics
     for key in (

@@ -32,7 +32,7 @@ from digits.mlops.registry import log_cnn_model, log_onnx_model, register_model
 from digits.serve.line_reader import read_calibration
 from digits.serve.model import save_checkpoint
 from digits.serve.reader import load_reader
-from tests.conftest import ROOT, digits_command, isolated_store, scoring_server
+from tests.conftest import ROOT, digits_command, evaluate_numbers_run, isolated_store, scoring_server
 
 pytestmark = pytest.mark.e2e
 
@@ -183,30 +183,5 @@ def test_digits_predict_reads_a_number_file_held_to_a_length(registered, mnist, 
 def test_digits_evaluate_number_reads_through_the_models_line_reader(registered, mnist, mnist_dir):
     # The same composed numbers read in-process through the served model's mode=number: its exact match is the
     # reader's (about 0.86 on mixed test-digit strips), well above a 1-epoch CNN's cutting.
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": registered["uri"],
-        "MLFLOW_EXPERIMENT_NAME": "serving-numbers-tests",
-        "MPLBACKEND": "Agg",
-    }
-    done = subprocess.run(
-        digits_command(
-            "evaluate",
-            "--number",
-            "--number_size",
-            "2",
-            "--model_uri",
-            f"models:/{MODEL}@champion",
-            "--data_dir",
-            str(mnist_dir),
-        ),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    client = mlflow.MlflowClient(registered["uri"])
-    experiment = client.get_experiment_by_name("serving-numbers-tests").experiment_id
-    (run,) = client.search_runs([experiment], "tags.pipeline_step = 'evaluate'")
+    run = evaluate_numbers_run(registered["uri"], f"models:/{MODEL}@champion", "serving-numbers-tests", mnist_dir, 2)
     assert run.info.run_name == "evaluate-numbers" and run.data.metrics["number_exact_match"] >= 0.6

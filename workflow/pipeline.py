@@ -254,7 +254,8 @@ def run_tune(config: TrainConfig, search: SearchConfig, parent_run_id: str = "")
 def run_reader_entry(config: ReaderConfig) -> None:
     """The ``reader`` entry point: MNIST split as ``config`` says, then ``run_reader`` in its own top-level run."""
     mnist, split = load_data(config)
-    run_reader(config, mnist, split, nested=False)
+    with tempfile.TemporaryDirectory(prefix="digits-reader-") as workdir:  # the folders are logged; nothing to keep
+        run_reader(config, mnist, split, nested=False, workdir=workdir)
 
 
 def run_tune_reader(reader: ReaderConfig, search: SearchConfig) -> None:

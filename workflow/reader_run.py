@@ -5,7 +5,6 @@ calibrated on them, judged once on strips of the test digits, exported to ONNX, 
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +28,10 @@ class ReaderOutcome:
     onnx_folder: Path | None = None  # reader.onnx, reader_calibration.json; None when the export failed its check
 
 
-def run_reader(
-    config: ReaderConfig, mnist: MNIST, split: Split, *, nested: bool, workdir: str | Path | None = None
-) -> ReaderOutcome:
+def run_reader(config: ReaderConfig, mnist: MNIST, split: Split, *, nested: bool, workdir: str | Path) -> ReaderOutcome:
     """Train the line reader on strips of the training digits, validate on strips of the validation digits, fit the
     temperature of its number confidence on them, read strips of the test digits once as served, and log it all as
-    ``reader``. ``workdir``: where the bundled folders are kept for the caller (a temporary folder when None)."""
+    ``reader``. ``workdir``: where the bundled folders are written for the caller (who removes it)."""
     from digits.evaluate import reader_eval
     from digits.learn.reader_train import fit_reader
 
@@ -65,8 +62,7 @@ def run_reader(
         calibration, served = _calibrate_and_test(net, config, mnist, result.val)
         metrics.update(served)
         mlflow.log_metrics(metrics)
-        keep = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="digits-reader-"))
-        folder, onnx_folder = _save(net, config, calibration, keep)
+        folder, onnx_folder = _save(net, config, calibration, Path(workdir))
         log.info(
             "reader: test exact match %.2f%% (%.2f%% of the 95%% most confident), CER %.3f%%, ECE %.4f, boxes %.2f%% "
             "(train %.0fs on %s)",
@@ -119,15 +115,11 @@ def _calibrate_and_test(net, config: ReaderConfig, mnist: MNIST, val) -> tuple[d
 
 def _save(net, config: ReaderConfig, calibration: dict[str, float], keep: Path) -> tuple[Path, Path | None]:
     """The torch folder and the ONNX folder (None when its graph fails the parity check), logged as artifacts."""
-    import json
-
     from digits.core.errors import first_line
     from digits.mlops.reader_export import ReaderExportError, export_reader
-    from digits.serve.line_reader import CALIBRATION_FILE
     from digits.serve.reader import save_reader
 
-    folder = save_reader(net, config, keep / "reader")
-    (folder / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    folder = save_reader(net, config, keep / "reader", calibration)
     mlflow.log_artifacts(str(folder), "reader")  # weights.pt (state_dict) + configs: rebuilt from code, no pickle
     try:
         onnx_folder = export_reader(net, config, keep / "reader_onnx", calibration)

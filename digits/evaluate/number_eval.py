@@ -109,21 +109,21 @@ def number_set(
     return out
 
 
+def cutting(proba: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], tuple[str, float]]:
+    """A picture to (text, confidence) by cutting (``serve.numbers``) with the digit classifier ``proba``."""
+
+    def read(picture: np.ndarray) -> tuple[str, float]:
+        reading = read_number(picture, proba)
+        return reading.text, reading.confidence
+
+    return read
+
+
 def read_all(
-    samples: Sequence[NumberSample],
-    proba: Callable[[np.ndarray], np.ndarray] | None = None,
-    read: Callable[[np.ndarray], tuple[str, float]] | None = None,
+    samples: Sequence[NumberSample], read: Callable[[np.ndarray], tuple[str, float]]
 ) -> list[tuple[str, float]]:
-    """(text, confidence) read for each sample, by ``read`` (a picture to its reading: the served model's number
-    mode) or by cutting with the classifier ``proba``; a picture the reader refuses reads as '' with confidence 0."""
-    if read is None:
-        if proba is None:
-            raise ValueError("read_all needs a reader (read) or a classifier to cut with (proba)")
-
-        def read(picture: np.ndarray) -> tuple[str, float]:
-            reading = read_number(picture, proba)
-            return reading.text, reading.confidence
-
+    """(text, confidence) read for each sample by ``read`` (the served model's number mode, or ``cutting``); a
+    picture the reader refuses reads as '' with confidence 0."""
     out = []
     for sample in samples:
         try:

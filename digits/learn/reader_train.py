@@ -50,6 +50,12 @@ def strip_kwargs(config: ReaderConfig) -> dict:
     }
 
 
+def validation_strips(config: ReaderConfig, images: np.ndarray, labels: np.ndarray) -> Strips:
+    """The ``reader_val_strips`` validation strips of ``config``'s seed, made once from the validation digits."""
+    rng = np.random.default_rng([config.seed, 1])
+    return make_strips(images, labels, config.reader_val_strips, rng, **strip_kwargs(config))
+
+
 def strips_digest(source_digest: str, indices: np.ndarray, config: ReaderConfig, part: str) -> str:
     """What defines a run's strips: the MNIST files, the digits drawn from, the generator's settings and the seed."""
     settings = {**strip_kwargs(config), "seed": config.seed, "part": part}
@@ -131,9 +137,7 @@ def fit_reader(
     configure_threads(config.reader_threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    val_strips = make_strips(
-        *val, config.reader_val_strips, np.random.default_rng([config.seed, 1]), **strip_kwargs(config)
-    )
+    val_strips = validation_strips(config, *val)
     net = build_reader(config).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.reader_lr, weight_decay=1e-4)
     steps = config.reader_epochs * math.ceil(config.reader_strips / config.reader_batch_size)

@@ -21,7 +21,7 @@ from digits.core.errors import first_line
 from digits.evaluate import metrics
 from digits.evaluate.eda import log_eda_once
 from digits.evaluate.evaluation import CURVE_KEYS, EvaluationError, log_test_evaluation
-from digits.evaluate.number_eval import LENGTHS, log_number_evaluation, number_set, read_all
+from digits.evaluate.number_eval import LENGTHS, cutting, log_number_evaluation, number_set, read_all
 from digits.learn.data import MNIST
 from digits.mlops import tracking
 
@@ -47,7 +47,7 @@ class LoadedModel:
     kind: str  # how it was loaded: pyfunc, sklearn or checkpoint
     source_run_id: str | None
     # A picture of a number to (text, confidence) as the served model answers mode=number (its line reader, or
-    # cutting); None: cut with predict_proba.
+    # cutting); None: cut with predict_proba (a checkpoint, the baseline).
     read_number: Callable[[np.ndarray], tuple[str, float]] | None = None
 
 
@@ -259,7 +259,7 @@ def evaluate_numbers(
     """The ``digits evaluate --number`` job: ``size`` numbers per (length, spacing, renderer) in a run ``evaluate-numbers``."""
     model = load_model(model_uri)
     samples = number_set(images, labels, size, seed)
-    readings = read_all(samples, model.predict_proba, model.read_number)
+    readings = read_all(samples, model.read_number or cutting(model.predict_proba))
     with tracking.model_run(
         "evaluate-numbers",
         nested=False,

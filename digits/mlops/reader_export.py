@@ -17,7 +17,7 @@ import torch
 
 from digits.core.config import ReaderConfig
 from digits.core.errors import DigitsError, quiet_loggers
-from digits.serve.line_reader import CALIBRATION_FILE
+from digits.serve.line_reader import write_calibration
 from digits.serve.onnx_model import READER_INPUT, READER_ONNX_FILE, READER_OUTPUT, session
 from digits.serve.reader import ReaderNet
 from digits.serve.strip import HEIGHT, MAX_WIDTH
@@ -70,7 +70,7 @@ def export_reader(
     if worst > PARITY_ATOL:
         path.unlink()
         raise ReaderExportError(f"the reader's ONNX graph does not match PyTorch (max |d log p| {worst:.2e})")
-    (directory / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    write_calibration(directory, calibration)
     return directory
 
 

@@ -25,13 +25,12 @@ from digits.serve.ctc_pattern import MAX_DIGITS, ConstraintError, compile_constr
 from digits.serve.decode import InputError
 from digits.serve.numbers import DigitReading, NumberReading, read_each
 from digits.serve.preprocess import ink_map
-from digits.serve.strip import Placement, batch_array, frames_for, place
+from digits.serve.strip import Placement, place, strip_frames
 
-__all__ = ["CALIBRATION_FILE", "LineReader", "read_calibration", "read_lines"]
+__all__ = ["CALIBRATION_FILE", "LineReader", "read_calibration", "read_lines", "write_calibration"]
 
 CALIBRATION_FILE = "reader_calibration.json"  # beside the reader's weights (or its ONNX graph): its temperature
 Frames = Callable[[np.ndarray], np.ndarray]
-_BATCH = 64  # strips per forward pass
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,13 @@ def read_calibration(directory: str | Path) -> dict[str, float]:
     return {"temperature": temperature, "emission_offset": offset}
 
 
+def write_calibration(directory: str | Path, calibration: dict[str, float]) -> Path:
+    """Write ``calibration`` (temperature, emission_offset) as ``directory``'s ``reader_calibration.json``."""
+    path = Path(directory) / CALIBRATION_FILE
+    path.write_text(json.dumps(calibration, indent=2))
+    return path
+
+
 def _strip(image: Any) -> tuple[np.ndarray, Placement]:
     ink, scale = ink_map(image)
     if not (ink > 0.05).any():
@@ -76,14 +82,7 @@ def read_lines(
     """
     compile_constraint(length=length, pattern=pattern)  # a malformed constraint: refused before any picture is read
     strips = read_each(items, _strip)
-    frames: list[np.ndarray] = [np.zeros(0)] * len(strips)
-    order = np.argsort([s.shape[1] for s, _ in strips], kind="stable")  # similar widths share a forward pass
-    for start in range(0, len(order), _BATCH):
-        idx = order[start : start + _BATCH]
-        batch, widths = batch_array([strips[i][0] for i in idx])
-        out = np.asarray(reader.frames(batch))
-        for row, i, width in zip(out, idx, widths):
-            frames[i] = row[: int(frames_for(width))]
+    frames = strip_frames(reader.frames, [strip for strip, _ in strips])  # similar widths share a forward pass
     return [_answer(i, strip, where, frames[i], reader, length, pattern) for i, (strip, where) in enumerate(strips)]
 
 

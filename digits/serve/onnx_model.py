@@ -21,7 +21,7 @@ from digits.serve.line_reader import LineReader
 ONNX_FILE = "model.onnx"
 ONNX_ARTIFACT = "onnx"
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
-# The line reader's graph (digits.mlops.export.export_reader_onnx) and its calibration, in one folder.
+# The line reader's graph (digits.mlops.reader_export.export_reader) and its calibration, in one folder.
 READER_ONNX_ARTIFACT = "reader_onnx"
 READER_ONNX_FILE = "reader.onnx"
 READER_INPUT, READER_OUTPUT = "strips", "log_probs"
@@ -68,6 +68,4 @@ class OnnxDigitClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
-        return answer(
-            model_input, lambda images: onnx_probabilities(self.session, images), params, getattr(self, "reader", None)
-        )
+        return answer(model_input, lambda images: onnx_probabilities(self.session, images), params, self.reader)

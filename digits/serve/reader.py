@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from digits.core.config import ReaderConfig
-from digits.serve.line_reader import LineReader
+from digits.serve import strip
+from digits.serve.line_reader import LineReader, write_calibration
 from digits.serve.preprocess import ink_map
 from digits.serve.strip import HEIGHT, LINE, MAX_WIDTH, PAD, STRIDE, batch_array, frames_for, to_strip  # noqa: F401 (re-exported)
 
@@ -110,27 +111,22 @@ def batch_tensor(strips: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray
     return torch.from_numpy(batch), widths
 
 
-@torch.inference_mode()
 def read_strips(net: ReaderNet, strips: Sequence[np.ndarray], batch: int = 256) -> list[Reading]:
     """Read strips (uint8 (HEIGHT, W_i)) with ``net`` in eval mode, in batches of similar widths."""
-    net.eval()
-    order = np.argsort([s.shape[1] for s in strips], kind="stable")
-    out: list[Reading | None] = [None] * len(strips)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        x, widths = batch_tensor([strips[i] for i in idx])
-        readings = greedy_decode(net(x).numpy(), frames_for(widths))
-        for i, r in zip(idx, readings):
-            out[i] = r
-    return out  # type: ignore[return-value]
+    return [greedy_decode(f)[0] for f in strip_frames(net, strips, batch)]
 
 
-def save_reader(net: ReaderNet, config: ReaderConfig, directory: str | Path) -> Path:
-    """Write ``weights.pt`` (state_dict) and ``reader_config.json`` into ``directory``."""
+def save_reader(
+    net: ReaderNet, config: ReaderConfig, directory: str | Path, calibration: dict[str, float] | None = None
+) -> Path:
+    """Write ``weights.pt`` (state_dict), ``reader_config.json`` and, when given, ``reader_calibration.json`` into
+    ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / WEIGHTS_FILE)
     (directory / CONFIG_FILE).write_text(config.to_json())
+    if calibration is not None:
+        write_calibration(directory, calibration)
     return directory
 
 
@@ -156,16 +152,12 @@ def line_reader(directory: str | Path) -> LineReader:
     return LineReader.calibrated(frames, directory)
 
 
-@torch.inference_mode()
 def strip_frames(net: ReaderNet, strips: Sequence[np.ndarray], batch: int = 256) -> list[np.ndarray]:
     """Each strip's per-frame log-probabilities (T_i, 11) from ``net`` (on the CPU, eval mode), in width-sorted batches."""
     net.eval()
-    order = np.argsort([s.shape[1] for s in strips], kind="stable")
-    out: list[np.ndarray] = [np.zeros(0)] * len(strips)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        x, widths = batch_tensor([strips[i] for i in idx])
-        lp = net(x).float().numpy()
-        for row, i, w in zip(lp, idx, widths):
-            out[i] = row[: int(frames_for(w))]
-    return out
+
+    @torch.inference_mode()
+    def frames(x: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(x)).float().numpy()
+
+    return strip.strip_frames(frames, strips, batch)

@@ -52,9 +52,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Digit, confidence and the ten probabilities for each row of ``model_input`` (or, in mode number, text, confidence, digits)."""
         # answer() works through any number of rows MAX_BATCH at a time: one forward pass each.
-        return answer(
-            model_input, lambda images: predict_proba(self.model, images), params, getattr(self, "reader", None)
-        )
+        return answer(model_input, lambda images: predict_proba(self.model, images), params, self.reader)
 
 
 def inference_model(model: nn.Module) -> nn.Module:

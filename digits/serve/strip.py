@@ -8,7 +8,7 @@ ONNX-backed model uses this without torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "batch_array",
     "frames_for",
     "place",
+    "strip_frames",
     "to_strip",
 ]
 
@@ -94,3 +95,18 @@ def batch_array(strips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         batch[i, 0, :, : s.shape[1]] = s
     batch /= 255
     return batch, widths
+
+
+def strip_frames(
+    frames: Callable[[np.ndarray], np.ndarray], strips: Sequence[np.ndarray], batch: int = 64
+) -> list[np.ndarray]:
+    """Each strip's per-frame log-probabilities (T_i, 11), its padding frames dropped, from a frame function
+    (``batch_array``'s batches -> (N, W / 4, 11): the torch network or its ONNX graph), in batches of similar widths."""
+    order = np.argsort([s.shape[1] for s in strips], kind="stable")
+    out: list[np.ndarray] = [np.zeros((0, 11), np.float32)] * len(strips)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        x, widths = batch_array([strips[i] for i in idx])
+        for row, i, width in zip(np.asarray(frames(x)), idx, widths):
+            out[i] = row[: int(frames_for(width))]
+    return out
